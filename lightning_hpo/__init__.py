@@ -1,0 +1,15 @@
+"""lightning-hpo: train PyTorch Lightning models from YAML and tune them with Optuna."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["PFLPruner", "predict_final_loss", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import lightning_hpo` (and the CLI's --help) does not import Optuna.
+    if name in ("PFLPruner", "predict_final_loss"):
+        from lightning_hpo import pruner
+
+        return getattr(pruner, name)
+    raise AttributeError(f"module 'lightning_hpo' has no attribute {name!r}")

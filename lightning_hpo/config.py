@@ -1,0 +1,219 @@
+"""The run config: what one training run trains, on what, for how long.
+
+Loading is strict. Every key is known, typed and range-checked, and every import
+path is resolved, before anything is written to disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.imports import check_kwargs, resolve
+from lightning_hpo.yamlio import load_yaml
+
+_EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
+_CHECKPOINT = {"save_best": True, "save_last": True}
+_IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data")
+_DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
+
+
+@dataclass
+class RunConfig:
+    """One training run per seed. Field comments mirror configs/run_template.yaml."""
+
+    project: str = "MLP_Example"  # runs go to runs/<project>/<group>/<seed>
+    device: str = "auto"  # auto: the GPU when present, else the CPU; or cpu, cuda, cuda:1, mps
+    seeds: list[int] = field(default_factory=lambda: [89, 231, 928])
+    epochs: int = 50
+    batch_size: int = 256
+    net: str = "lightning_hpo.model.MLP"  # any nn.Module class
+    optimizer: str = "torch.optim.AdamW"  # any torch optimizer class
+    scheduler: str | None = "torch.optim.lr_scheduler.CosineAnnealingLR"  # or null
+    criterion: str = "torch.nn.MSELoss"  # any loss module class or function
+    data: str = "lightning_hpo.data.synthetic_regression"  # (train, val) factory or LightningDataModule
+    net_config: dict[str, Any] = field(default_factory=lambda: {"nodes": 64, "layers": 4, "activation": "GELU"})
+    optimizer_config: dict[str, Any] = field(default_factory=lambda: {"lr": 5.0e-3})
+    scheduler_config: dict[str, Any] = field(default_factory=lambda: {"eta_min": 1.0e-5})
+    criterion_config: dict[str, Any] = field(default_factory=dict)
+    data_config: dict[str, Any] = field(default_factory=dict)
+    early_stopping_config: dict[str, Any] = field(default_factory=lambda: dict(_EARLY_STOPPING))
+    checkpoint_config: dict[str, Any] = field(default_factory=lambda: dict(_CHECKPOINT))
+    strategy: str = "auto"  # Lightning strategy, e.g. ddp_spawn
+    devices: int | str = 1  # devices per run, or "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    def group_name(self) -> str:
+        """A readable folder name from the network, its settings and the learning rate."""
+        parts = [self.net.rsplit(".", 1)[-1]]
+        parts += [f"{k[0]}{_short(v)}" for k, v in self.net_config.items() if _is_scalar(v)]
+        parts.append(self.optimizer.rsplit(".", 1)[-1])
+        if "lr" in self.optimizer_config:
+            parts.append(f"lr{_short(self.optimizer_config['lr'])}")
+        parts.append(f"b{self.batch_size}")
+        parts.append(f"e{self.epochs}")
+        return re.sub(r"[^\w.\-+=]", "-", "_".join(parts))
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.1e}" if isinstance(value, float) else str(value)
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def _expected(name: str) -> str:
+    kinds = {
+        "seeds": "a list of distinct integers",
+        "epochs": "a positive integer",
+        "batch_size": "a positive integer",
+        "devices": 'a positive integer or "auto"',
+        "scheduler": "an import path or null",
+    }
+    if name in kinds:
+        return kinds[name]
+    return "a mapping" if name.endswith("_config") else "a string"
+
+
+def unknown_key(source: str, key: str, valid: list[str], prefix: str = "") -> ConfigError:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    fix = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(valid)}"
+    return ConfigError(source, prefix + key, "unknown key", fix)
+
+
+def _check_value(name: str, value: Any, source: str) -> Any:
+    """Type- and range-check one top-level field, returning the normalised value."""
+
+    def bad(problem: str | None = None, fix: str | None = None) -> ConfigError:
+        got = f"got {value!r}"
+        return ConfigError(source, name, problem or f"expected {_expected(name)}, {got}", fix or f"set {name} to {_expected(name)}")
+
+    if name in ("epochs", "batch_size"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        if value <= 0:
+            raise bad(f"must be > 0, got {value}")
+        return value
+    if name == "seeds":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in value):
+            raise bad()
+        if not value:
+            raise bad("is empty", "list at least one seed, e.g. [42]")
+        dupes = sorted({s for s in value if value.count(s) > 1})
+        if dupes:
+            raise bad(f"duplicate seed(s) {dupes}", "list each seed once")
+        return list(value)
+    if name == "devices":
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise bad()
+    if name == "scheduler" and value is None:
+        return None
+    if name.endswith("_config"):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if not isinstance(value, str) or not value.strip():
+        raise bad()
+    if name == "device" and not _DEVICE.match(value):
+        raise bad(f"unknown device {value!r}", "use auto, cpu, cuda, cuda:<index> or mps")
+    if name == "project" and not re.fullmatch(r"[\w.\-+=]+", value):
+        raise bad(f"{value!r} is not a usable folder name", "use letters, digits, '_', '-' and '.' only")
+    return value
+
+
+def _check_section(name: str, value: dict, defaults: dict, source: str) -> dict:
+    """A fixed-schema section such as early_stopping_config: known keys, default types."""
+    merged = dict(defaults)
+    for key, item in value.items():
+        if key not in defaults:
+            raise unknown_key(source, key, list(defaults), prefix=f"{name}.")
+        expected = type(defaults[key])
+        ok = isinstance(item, expected) and not (expected is not bool and isinstance(item, bool))
+        if expected is float and isinstance(item, int) and not isinstance(item, bool):
+            item, ok = float(item), True
+        if not ok:
+            raise ConfigError(source, f"{name}.{key}", f"expected a {expected.__name__}, got {item!r}", f"set it like the default ({defaults[key]!r})")
+        if expected in (int, float) and (item < 0 or not math.isfinite(item)):
+            raise ConfigError(source, f"{name}.{key}", f"must be a finite number >= 0, got {item!r}", f"set it like the default ({defaults[key]!r})")
+        merged[key] = item
+    return merged
+
+
+def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> RunConfig:
+    """Validate a plain mapping into a RunConfig. Imports are not resolved here."""
+    names = _field_names()
+    for key in data:
+        if key not in names:
+            raise unknown_key(source, str(key), names)
+    values = {k: _check_value(k, v, source) for k, v in data.items()}
+    values["early_stopping_config"] = _check_section("early_stopping_config", values.get("early_stopping_config", {}), _EARLY_STOPPING, source)
+    values["checkpoint_config"] = _check_section("checkpoint_config", values.get("checkpoint_config", {}), _CHECKPOINT, source)
+    cfg = RunConfig(**values)
+    if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
+        raise ConfigError(source, "devices", f"device {cfg.device!r} names one device but devices is {cfg.devices}", "use device: cuda with devices: N")
+    return cfg
+
+
+def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
+    """Resolve every import path and check its keyword arguments; check the device."""
+    for name in _IMPORT_FIELDS:
+        path = getattr(cfg, name)
+        if path is None:
+            continue
+        obj = resolve(path, source, name)
+        kwargs = getattr(cfg, f"{name}_config")
+        # Arguments the trainer supplies itself are not the user's to misspell.
+        supplied = {"net": ("in_features", "out_features"), "optimizer": ("params",), "scheduler": ("optimizer", "T_max")}
+        check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
+    check_device(cfg.device, source)
+
+
+def check_device(device: str, source: str) -> None:
+    """Refuse a GPU on a machine without one, before anything trains."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(source, "device", "asks for mps but this machine has no Apple GPU", "use device: auto or cpu")
+        return
+    count = torch.cuda.device_count()
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= count:
+        have = f"{count} CUDA device(s)" if count else "no CUDA GPU"
+        raise ConfigError(source, "device", f"asks for {device!r} but this machine has {have}", "use device: auto (the GPU when present, else the CPU) or cpu")
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load, validate and resolve a run config file.
+
+    Args:
+        path: the YAML file.
+        overrides: values from the command line (e.g. ``{"epochs": 3}``), checked like the file's.
+    """
+    source = str(path)
+    data = load_yaml(path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg = run_config_from_dict(data, source)
+    check_components(cfg, source)
+    return cfg

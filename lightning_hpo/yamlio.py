@@ -1,0 +1,106 @@
+"""Strict, safe YAML reading and plain YAML writing.
+
+PyYAML follows YAML 1.1, which surprises people in two ways we fix here:
+``1e-3`` is read as a string (we read it as a float, as YAML 1.2 does), and
+``yes``/``no``/``on``/``off`` silently become booleans (we reject them and ask
+for ``true``/``false`` or a quoted string). Duplicate keys, which PyYAML keeps
+last-wins, are an error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_hpo.errors import ConfigError
+
+_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+_AMBIGUOUS_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that knows which file it reads, for error messages."""
+
+    source = "<yaml>"
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    self.source,
+                    str(key),
+                    f"duplicate key (lines {seen[key]} and {line})",
+                    "keep only one of them",
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_bool(self, node):
+        if node.value.lower() in _AMBIGUOUS_BOOLS:
+            raise ConfigError(
+                self.source,
+                f"line {node.start_mark.line + 1}",
+                f"'{node.value}' is a YAML 1.1 boolean",
+                f"write true/false for a boolean, or quote it ('{node.value}') for a string",
+            )
+        return super().construct_yaml_bool(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:bool", _StrictLoader.construct_yaml_bool)
+# YAML 1.2 floats: 1e-3 and 5E2 are numbers, not strings. Resolvers are looked up by
+# first character, so register for every character a number can start with.
+_StrictLoader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _construct_float(loader, node):
+    value = node.value.replace("_", "")
+    if re.fullmatch(r"[-+]?\d+", value):
+        return int(value)
+    return float(value) if _FLOAT.match(value) else yaml.SafeLoader.construct_yaml_float(loader, node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping strictly; every problem is a ConfigError naming the file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, None, "file not found", "check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, None, f"cannot read the file ({exc.__class__.__name__})", "check its permissions and encoding") from None
+    loader = _StrictLoader(text)
+    loader.source = source
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, where, f"invalid YAML ({problem})", "fix the syntax") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise ConfigError(source, None, "the file is empty", "start from the template in configs/")
+    if not isinstance(data, dict):
+        raise ConfigError(source, None, f"expected a mapping of keys, got a {type(data).__name__}", "start from the template in configs/")
+    return data
+
+
+def dump_yaml(data: dict[str, Any], path: str | Path) -> None:
+    """Write a mapping as block-style YAML, atomically (no half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
+    tmp.replace(path)
