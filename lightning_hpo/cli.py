@@ -76,3 +76,91 @@ def _train(args: argparse.Namespace) -> int:
 def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     return run_command(_train, args)
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tune.py",
+        description="Run (or continue) an Optuna study over a run config. `tune.py report` summarises a study.",
+    )
+    p.add_argument("--run-config", "--run_config", default="configs/run_template.yaml", help="run config YAML (default: %(default)s)")
+    p.add_argument("--optimize-config", "--optimize_config", default="configs/optimize_template.yaml", help="optimize config YAML (default: %(default)s)")
+    p.add_argument("--storage", help="Optuna storage URL: sqlite:///f.db, postgresql://..., journal:f.log, journal+redis://host:6379 (default: sqlite:///<project>_Opt.db)")
+    p.add_argument("--study-name", help="override the config's study_name")
+    p.add_argument("--trials", type=int, help="override the study's total number of trials")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study (default: 1)")
+    p.add_argument("--device", help="override the run config's device")
+    p.add_argument("--epochs", type=int, help="override the run config's epochs")
+    p.add_argument("--output", default="runs", help="root folder for runs (default: %(default)s)")
+    p.add_argument("--heartbeat", type=int, default=30, help="seconds between RDB heartbeats; 0 turns them off (default: %(default)s)")
+    p.add_argument("--progress", action="store_true", help="show Lightning's per-batch progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
+    p.add_argument("--max-trials", type=int, help=argparse.SUPPRESS)  # a worker's share, set by --workers
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # torch threads per worker
+    return p
+
+
+def _load_tune_configs(args: argparse.Namespace):
+    """Both configs, validated together, before any storage is opened."""
+    from lightning_hpo.config import load_run_config
+    from lightning_hpo.search import load_optimize_config
+
+    run = load_run_config(args.run_config, {"device": args.device, "epochs": args.epochs})
+    opt = load_optimize_config(args.optimize_config, run, trials=args.trials)
+    if args.study_name:
+        opt.study_name = args.study_name
+    if args.workers < 1:
+        raise ConfigError("--workers", None, f"must be >= 1, got {args.workers}", "e.g. --workers 2")
+    return run, opt
+
+
+def _settings(args: argparse.Namespace):
+    from lightning_hpo.tuning import TuneSettings
+
+    if args.storage:
+        from lightning_hpo.storage import check_url
+
+        check_url(args.storage)
+    return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    run, opt = _load_tune_configs(args)
+    settings = _settings(args)
+    check_writable(args.output, "--output")
+
+    from lightning_hpo.training import quiet_lightning
+    from lightning_hpo.tuning import create_or_load_study, finish, quiet_optuna, remaining, tune
+
+    quiet_lightning()
+    quiet_optuna(args.debug)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.workers > 1:
+        # Create the study once, here, before the workers race to create its tables.
+        study = create_or_load_study(run, opt, settings)
+        from lightning_hpo.workers import run_workers
+
+        run_workers(sys.argv[1:] if args.argv is None else args.argv, args.workers, remaining(study, opt.trials))
+    else:
+        study = tune(run, opt, settings)
+    if args.max_trials is None:
+        finish(run, opt, study, settings)
+    return 0
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from lightning_hpo.report import report_main
+
+        return report_main(argv[1:])
+    args = tune_parser().parse_args(argv)
+    args.argv = argv
+    return run_command(_tune, args)
+
+
+if __name__ == "__main__":
+    sys.exit(tune_main())

@@ -11,6 +11,7 @@ import logging
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -279,3 +280,4 @@ def quiet_lightning() -> None:
     """Silence Lightning's per-Trainer banners ("GPU available: ...") that bury our output."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.13, harmless

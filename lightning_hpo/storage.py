@@ -1,0 +1,117 @@
+"""Study storage: open any Optuna storage URL safely, and never print its password.
+
+- ``sqlite:///file.db``: the embedded default; a busy timeout rides out concurrent writers.
+- ``postgresql://...``, ``mysql+pymysql://...``: any SQLAlchemy URL Optuna's RDBStorage takes.
+- ``journal:path/to/study.log``: Optuna's journal file.
+- ``journal+redis://host:6379/0``: Optuna's journal on Redis.
+
+RDB storages get a heartbeat: a trial whose worker was killed is marked FAIL and its
+parameters retried once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from pathlib import Path
+
+from lightning_hpo.errors import ConfigError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def default_url(project: str) -> str:
+    return f"sqlite:///{project}_Opt.db"
+
+
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal-file URL, else None."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].split("?")[0]
+        return None if path in ("", ":memory:") else Path(path)
+    if url.startswith("journal:") and not url.startswith("journal+"):
+        return Path(url[len("journal:") :])
+    return None
+
+
+def check_url(url: str, source: str = "--storage") -> None:
+    """Cheap checks that need no connection: known scheme, file writable, not corrupt."""
+    if not re.match(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+\w+)?://|^journal(\+redis)?:", url):
+        raise ConfigError(source, redact(url), "unknown storage URL", "use sqlite:///file.db, postgresql://user@host/db, journal:file.log or journal+redis://host:6379/0")
+    path = storage_file(url)
+    if path is None:
+        return
+    if path.exists():
+        if url.startswith("sqlite"):
+            with open(path, "rb") as fh:
+                header = fh.read(len(SQLITE_HEADER))
+            if header and header != SQLITE_HEADER:
+                raise ConfigError(source, str(path), "is not an SQLite database (corrupt or another format); it was left untouched", "restore it from a backup or choose another --storage")
+        return
+    parent = path.absolute().parent
+    import os
+
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(source, str(path), f"cannot create the study file: {existing} is not writable", "choose a writable location with --storage")
+
+
+def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--storage"):
+    """Open ``url`` as an Optuna storage, turning connection failures into ConfigError.
+
+    Args:
+        heartbeat: seconds between RDB heartbeats (None or 0: off). A trial silent for
+            twice this long is marked FAIL and retried once by the next live worker.
+    """
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    check_url(url, source)
+    try:
+        if url.startswith("journal+redis:"):
+            backend = JournalRedisBackend(url[len("journal+") :])
+            backend._redis.ping()
+            return JournalStorage(backend)
+        if url.startswith("journal:"):
+            path = storage_file(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        kwargs = {}
+        if url.startswith("sqlite"):
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+            storage_file(url).parent.mkdir(parents=True, exist_ok=True)
+        if heartbeat:
+            kwargs.update(
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _with_retries(lambda: RDBStorage(url, **kwargs))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - drivers raise many kinds; all mean "cannot open"
+        reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else exc.__class__.__name__
+        raise ConfigError(source, redact(url), f"cannot open the storage ({reason})", "check the URL, that the server is running, and that the driver is installed") from None
+
+
+def _with_retries(open_fn, attempts: int = 5):
+    """Workers that start together on an empty database race to create its tables
+    (optuna #1092, #4621); the loser's error is transient, so try again."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return open_fn()
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if attempt == attempts - 1 or "could not connect" in str(exc) or "Connection refused" in str(exc) or "unable to open" in str(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))

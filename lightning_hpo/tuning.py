@@ -1,0 +1,313 @@
+"""The study: each trial trains the run config with suggested parameters in Lightning Trainers.
+
+The stock ``PyTorchLightningPruningCallback`` reports the metric every epoch and asks
+the study's pruner (PFL by default) whether to stop. Several seeds per trial are laid
+out one after another in the trial's intermediate values: seed index ``s`` at epoch
+``e`` is step ``s * epochs + e`` (recorded as the trial's ``epochs_per_seed`` and
+``n_seeds`` user attributes), so every pruner compares like with like.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from lightning_hpo.config import RunConfig
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.search import OptimizeConfig
+from lightning_hpo.storage import default_url, open_storage, redact, storage_file
+from lightning_hpo.yamlio import dump_yaml
+
+# System attributes this tool writes on trials.
+INTERRUPTED = "lightning_hpo:interrupted"  # stopped by Ctrl-C / SIGTERM: not counted, rerun
+STALE = "lightning_hpo:stale"  # its worker died: not counted, retried
+HOST, PID = "lightning_hpo:host", "lightning_hpo:pid"
+RETRIED_FROM = "failed_trial"  # set by Optuna's RetryHeartbeatStaleTrialCallback
+
+
+class TrialFailed(Exception):
+    """A trial's training raised: the trial ends FAIL with the reason stored, the study goes on."""
+
+
+@dataclass
+class TuneSettings:
+    """Where and how a study runs. The command line fills these in."""
+
+    storage: str | None = None  # default: sqlite:///<project>_Opt.db
+    runs_root: str = "runs"
+    progress_bar: bool = False  # Lightning's per-batch bars
+    heartbeat: int | None = 30  # seconds; RDB storages only
+    max_trials: int | None = None  # this process's share (workers); None: until the study's total
+
+
+def study_project(run: RunConfig) -> str:
+    return f"{run.project}_Opt"
+
+
+class SeedOffsetTrial:
+    """A view of a trial whose ``report`` shifts steps by ``offset`` (seed index × epochs).
+
+    It lets the stock pruning callback, which reports ``current_epoch``, lay several
+    seeds' curves one after another in one trial.
+    """
+
+    def __init__(self, trial: optuna.Trial, offset: int):
+        self._base, self._offset = trial, offset
+
+    def report(self, value: float, step: int) -> None:
+        self._base.report(value, step + self._offset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_base", "_offset"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count toward the study's total: everything but interrupted or dead-worker
+    failures (those are run again) — finished, failed, running and queued trials."""
+    retried = {t.system_attrs.get(RETRIED_FROM) for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and (t.system_attrs.get(INTERRUPTED) or t.system_attrs.get(STALE) or t.number in retried):
+            continue
+        n += 1
+    return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_workers(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose worker process on this host is gone as FAIL, and queue
+    their parameters once more. Trials of other hosts and live processes are never touched."""
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.system_attrs.get(PID)
+        if t.system_attrs.get(HOST) != host or pid is None or _pid_alive(pid) or pid == os.getpid():
+            continue
+        try:
+            study._storage.set_trial_system_attr(t._trial_id, STALE, True)
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker got there first
+        failed.append(t.number)
+        if "retry_of" not in t.user_attrs:  # retry once, never a retry of a retry
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    return failed
+
+
+def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) -> optuna.Study:
+    """Open the storage and create the study, or load it and check it still matches the config."""
+    url = settings.storage or default_url(run.project)
+    storage = open_storage(url, heartbeat=settings.heartbeat)
+    try:
+        existing = optuna.load_study(study_name=opt.study_name, storage=storage, sampler=opt.make_sampler(), pruner=opt.make_pruner())
+    except KeyError:
+        existing = None
+    if existing is not None:
+        _check_compatible(existing, opt)
+        return existing
+    try:
+        return optuna.create_study(study_name=opt.study_name, storage=storage, sampler=opt.make_sampler(), pruner=opt.make_pruner(), direction=opt.direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another worker created it a moment ago.
+        existing = optuna.load_study(study_name=opt.study_name, storage=storage, sampler=opt.make_sampler(), pruner=opt.make_pruner())
+        _check_compatible(existing, opt)
+        return existing
+
+
+def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
+    stored = study.direction.name.lower()
+    if stored != opt.direction:
+        raise ConfigError("direction", opt.study_name, f"the existing study optimizes {stored} but the config says {opt.direction}", "use the stored direction, or a new study_name")
+    new = opt.distributions()
+    for t in reversed(study.get_trials(deepcopy=False)):
+        for name, old in t.distributions.items():
+            if name in new:
+                try:
+                    optuna.distributions.check_distribution_compatibility(old, new[name])
+                except ValueError as exc:
+                    key = next(p.where for p in opt.params if p.name == name)
+                    raise ConfigError("search_space", key, f"changed incompatibly since the study began ({exc})", "restore the old definition, or use a new study_name") from None
+        if t.distributions:
+            break
+
+
+def _system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    # Bookkeeping for this tool, kept out of the user attributes dashboards show.
+    trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) -> Callable[[optuna.Trial], float]:
+    """The objective: merge the trial's parameters into ``run``, train every seed, return the mean."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from lightning_hpo.training import fit_seed
+
+    mode = "min" if opt.direction == "minimize" else "max"
+
+    def objective(trial: optuna.Trial) -> float:
+        _system_attr(trial, HOST, socket.gethostname())
+        _system_attr(trial, PID, os.getpid())
+        cfg = opt.suggest(trial, run)
+        cfg.project = study_project(run)
+        group = f"{cfg.group_name()}[{trial.number}]"
+        run_dir = Path(settings.runs_root) / cfg.project / group
+        trial.set_user_attr("group_name", group)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("epochs_per_seed", cfg.epochs)
+        trial.set_user_attr("n_seeds", len(cfg.seeds))
+        finals = []
+        try:
+            for index, seed in enumerate(cfg.seeds):
+                callback = PyTorchLightningPruningCallback(SeedOffsetTrial(trial, index * cfg.epochs), monitor=opt.metric)
+                result = fit_seed(cfg, seed, run_dir / str(seed), monitor=opt.metric, mode=mode, callbacks=[callback], progress_bar=settings.progress_bar, after_fit=callback.check_pruned)
+                finals.append(result.final)
+        except (optuna.TrialPruned, ConfigError):
+            raise
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
+            _system_attr(trial, INTERRUPTED, True)
+            raise KeyboardInterrupt(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - any training error fails this trial only
+            reason = f"{exc.__class__.__name__}: {exc}".strip()
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise TrialFailed(reason) from exc
+        value = statistics.fmean(finals)
+        if not math.isfinite(value):
+            reason = f"{opt.metric} ended at {value}"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
+        return value
+
+    return objective
+
+
+def best_config(run: RunConfig, opt: OptimizeConfig, study: optuna.Study) -> RunConfig:
+    """The run config with the best trial's parameters merged in."""
+    return opt.merge(run, study.best_trial.params)
+
+
+def best_yaml_path(run: RunConfig, settings: TuneSettings) -> Path:
+    """``best.yaml`` lives next to the study file; for server storages, in the study's run folder."""
+    url = settings.storage or default_url(run.project)
+    path = storage_file(url)
+    return (path.parent if path else Path(settings.runs_root) / study_project(run)) / "best.yaml"
+
+
+class Progress:
+    """One line per finished trial, with the study's running counts and best value."""
+
+    def __init__(self, opt: OptimizeConfig, echo: Callable[[str], None]):
+        self.opt, self.echo = opt, echo
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        counts = f"done {states.count(TrialState.COMPLETE)}, pruned {states.count(TrialState.PRUNED)}, failed {states.count(TrialState.FAIL)}"
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"{self.opt.metric} {trial.value:.5g}"
+        elif trial.state == TrialState.PRUNED:
+            outcome = f"pruned at step {trial.last_step} ({self.opt.metric} {_fmt(trial.intermediate_values.get(trial.last_step))})"
+        else:
+            outcome = "FAILED: " + (trial.user_attrs.get("fail_reason") or ("interrupted" if trial.system_attrs.get(INTERRUPTED) else "unknown"))
+        try:
+            best = f"best {study.best_value:.5g} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "best -"
+        self.echo(f"[{counted(trials)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class StopAtTotal:
+    """Stops this worker once the study's total is reached, counting other workers' trials."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if counted(study.get_trials(deepcopy=False)) >= self.total:
+            study.stop()
+
+
+def remaining(study: optuna.Study, total: int) -> int:
+    return max(0, total - counted(study.get_trials(deepcopy=False)))
+
+
+def tune(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings | None = None, echo: Callable[[str], None] = print) -> optuna.Study:
+    """Run (or continue) the study until it holds ``opt.trials`` trials; return it.
+
+    Rerunning continues: only missing trials run. Trials interrupted by Ctrl-C/SIGTERM or
+    left behind by a dead worker do not count and are run again.
+    """
+    settings = settings or TuneSettings()
+    study = create_or_load_study(run, opt, settings)
+    for number in fail_dead_workers(study):
+        echo(f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again")
+    todo = remaining(study, opt.trials)
+    if settings.max_trials is not None:
+        todo = min(todo, settings.max_trials)
+    if todo > 0:
+        study.optimize(
+            make_objective(run, opt, settings),
+            n_trials=todo,
+            catch=(TrialFailed,),
+            callbacks=[Progress(opt, echo), StopAtTotal(opt.trials)],
+            gc_after_trial=True,
+        )
+    return study
+
+
+def finish(run: RunConfig, opt: OptimizeConfig, study: optuna.Study, settings: TuneSettings, echo: Callable[[str], None] = print) -> Path | None:
+    """Print the reference's "Best trial" block and write best.yaml. None when no trial completed."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        echo("No trial completed, so there is no best trial.")
+        return None
+    echo("Best trial:")
+    echo(f"  Number: {best.number}")
+    echo(f"  Value: {best.value:.6g} ({opt.metric}, {opt.direction})")
+    echo("  Params:")
+    for k, v in best.params.items():
+        echo(f"    {k}: {_fmt(v)}")
+    echo(f"  Path: {best.user_attrs.get('run_dir', '?')}")
+    path = best_yaml_path(run, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dump_yaml(best_config(run, opt, study).to_dict(), path)
+    echo(f"Best config: {path}  (python train.py --config {path})")
+    echo(f"Study: {redact(settings.storage or default_url(run.project))}  (optuna-dashboard {redact(settings.storage or default_url(run.project))})")
+    return path
+
+
+def quiet_optuna(debug: bool = False) -> None:
+    """Our per-trial line replaces Optuna's; keep its warnings only with --debug."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sys.stdout.reconfigure(line_buffering=True)

@@ -1,0 +1,58 @@
+"""``tune.py --workers N``: N local processes on one study, sharing the CPU and one output stream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (either ``--flag v`` or ``--flag=v``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == flag:
+            skip = True
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        out.append(arg)
+    return out
+
+
+def shares(total: int, workers: int) -> list[int]:
+    """Split ``total`` trials over ``workers`` as evenly as possible (sums to ``total``)."""
+    return [total // workers + (i < total % workers) for i in range(workers)]
+
+
+def run_workers(argv: list[str], workers: int, todo: int) -> None:
+    """Run ``todo`` trials on ``workers`` child processes of ``tune.py`` and wait for them.
+
+    Each child gets its share of the trials, so the study's total is met exactly, and
+    an equal share of the CPU threads. Children inherit stdout, so their per-trial lines
+    form one stream. Ctrl-C reaches every child (same process group); each fails its
+    running trial cleanly and exits, and this waits for them.
+    """
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    base = _without(_without(argv, "--workers"), "--threads")
+    procs = []
+    for share in shares(todo, workers):
+        if share == 0:
+            continue
+        cmd = [sys.executable, "-m", "lightning_hpo.cli", *base, "--max-trials", str(share), "--threads", str(threads)]
+        procs.append(subprocess.Popen(cmd))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        codes = [p.wait() for p in procs]
+        raise
+    failed = [c for c in codes if c != 0]
+    if failed:
+        raise SystemExit(failed[0])
