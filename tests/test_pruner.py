@@ -1,0 +1,474 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+import lightning_hpo.pruner as pruner_module
+from lightning_hpo.pruner import (
+    PFLPruner,
+    epochs_per_seed_of,
+    predict_final_loss,
+    prefix_trial,
+    split_curves,
+    stored_predictions,
+    trial_pfl,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def exp_curve(a: float, b: float, c: float, n: int) -> list[float]:
+    """``a*exp(-b*t) + c`` after epochs ``t = 1..n``."""
+    return [a * math.exp(-b * t) + c for t in range(1, n + 1)]
+
+
+# --------------------------------------------------------------------------- predict_final_loss
+
+
+@pytest.mark.parametrize("a", [1.0, 5.0, -2.0])
+@pytest.mark.parametrize("b", [0.05, 0.1, 0.2, 0.5])
+@pytest.mark.parametrize("c", [0.1, 1.0, 0.0, -1.0, -5.0])
+def test_noiseless_exponential_is_predicted_within_5_percent(a: float, b: float, c: float) -> None:
+    target = 100
+    true = a * math.exp(-b * target) + c
+    for n in (20, 30, 50, 80, 100, 120):
+        values = exp_curve(a, b, c, n)
+        # Relative to |true| alone the error explodes when the asymptote is near zero (and
+        # losses may be negative); the drop still to come from the first epoch is the scale
+        # the pruner ranks trials on, so the tolerance is 5% of the larger of the two.
+        scale = max(abs(true), abs(values[0] - true))
+        assert abs(predict_final_loss(values, target) - true) <= 0.05 * scale, n
+
+
+def test_prediction_is_equivariant_under_negation_and_shift() -> None:
+    values = exp_curve(2.0, 0.1, 0.3, 40)
+    base = predict_final_loss(values, 100)
+    assert predict_final_loss([-v for v in values], 100) == pytest.approx(-base)
+    assert predict_final_loss([v - 7.0 for v in values], 100) == pytest.approx(base - 7.0)
+
+
+def test_plateau_predicts_the_plateau() -> None:
+    values = [max(0.5, 2.0 - 0.1 * i) for i in range(40)]
+    assert predict_final_loss(values, 100) == pytest.approx(0.5, abs=0.01)
+
+
+def test_rising_curve_keeps_rising_at_less_than_its_slope() -> None:
+    values = [1.0 + 0.01 * i for i in range(30)]
+    full_slope = 1.0 + 0.01 * 99
+    assert values[-1] < predict_final_loss(values, 100) < full_slope
+
+
+def test_oscillation_stays_within_its_amplitude() -> None:
+    for period in (4, 8, 17):
+        values = [1.0 + 0.1 * math.sin(2 * math.pi * i / period) for i in range(40)]
+        assert abs(predict_final_loss(values, 100) - 1.0) <= 0.1, period
+
+
+def test_negative_losses() -> None:
+    values = exp_curve(3.0, 0.15, -12.0, 30)  # e.g. a negative log-likelihood
+    assert predict_final_loss(values, 60) == pytest.approx(3.0 * math.exp(-9.0) - 12.0, abs=0.05)
+
+
+@pytest.mark.parametrize("level", [3.0, -3.0, 0.0, 1e-300])
+def test_constant_curve(level: float) -> None:
+    assert predict_final_loss([level] * 50, 100) == level
+
+
+def test_short_curves_return_last_value() -> None:
+    assert predict_final_loss([5.0, 4.0, 3.0], 100) == 3.0
+    assert predict_final_loss(exp_curve(1.0, 0.1, 0.0, 9), 100) == exp_curve(1.0, 0.1, 0.0, 9)[-1]
+
+
+def test_curve_past_target_is_read_at_the_target_epoch() -> None:
+    values = [100.0 - i for i in range(100)]  # value at epoch 10 is 91
+    assert predict_final_loss(values, 10) == pytest.approx(91.0, abs=0.01)
+    assert predict_final_loss(values, 3) == 98.0
+
+
+def test_empty_and_non_finite_input() -> None:
+    assert math.isnan(predict_final_loss([], 10))
+    assert math.isnan(predict_final_loss([math.nan, math.inf], 10))
+    assert predict_final_loss([1.0, math.nan, 2.0, -math.inf], 10) == 2.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=200),
+    st.integers(min_value=1, max_value=10**6),
+)
+def test_finite_input_gives_finite_output(values: list[float], target: int) -> None:
+    assert math.isfinite(predict_final_loss(values, target))
+
+
+# --------------------------------------------------------------------------- layout helpers
+
+
+def test_split_curves() -> None:
+    values = {4: 5.0, 0: 1.0, 2: 3.0, 1: 2.0, 3: 4.0}
+    assert split_curves(values, None) == [[1.0, 2.0, 3.0, 4.0, 5.0]]
+    assert split_curves(values, 2) == [[1.0, 2.0], [3.0, 4.0], [5.0]]
+    assert split_curves({}, None) == []
+    assert split_curves({0: 1.0, 7: 2.0}, 3) == [[1.0], [2.0]]  # seed 1 never reported
+    with pytest.raises(ValueError, match="epochs_per_seed"):
+        split_curves(values, 0)
+
+
+def test_epochs_per_seed_of_ignores_invalid_attrs() -> None:
+    assert epochs_per_seed_of(create_trial(value=0.0, user_attrs={"epochs_per_seed": 5})) == 5
+    for bad in (0, True, 2.5, "5"):
+        trial = create_trial(value=0.0, user_attrs={"epochs_per_seed": bad})
+        assert epochs_per_seed_of(trial) is None
+
+
+# --------------------------------------------------------------------------- pruner decisions
+
+REFERENCE_ASYMPTOTES = (0.3, 0.4, 0.5, 0.6, 0.7)  # top 3 -> worst reference PFL ~0.55
+N_EPOCHS = 30
+
+
+def _good(n: int = N_EPOCHS) -> list[float]:
+    return exp_curve(1.0, 0.1, 0.2, n)
+
+
+def _with(values: list[float], step: int, value: float) -> list[float]:
+    return values[:step] + [value] + values[step + 1 :]
+
+
+def _overfitting() -> list[float]:
+    # Tracks the best references, then the validation loss climbs 0.1 per epoch.
+    base = exp_curve(1.0, 0.1, 0.3, N_EPOCHS)
+    return [v if i < 15 else base[14] + 0.1 * (i - 14) for i, v in enumerate(base)]
+
+
+# name -> (curve, first pruned step or None); n_startup_trials=3, n_warmup_epochs=10, top_k=3
+DECISION_TABLE = {
+    "good": (_good(), None),
+    "hopeless_constant": ([5.0] * N_EPOCHS, 10),
+    "bad_asymptote": (exp_curve(1.0, 0.1, 1.0, N_EPOCHS), 10),
+    # Far above every reference at step 10 (a median pruner would stop it) but heading lower.
+    "slow_starter": (exp_curve(5.0, 0.1, 0.1, N_EPOCHS), None),
+    "overfitting": (_overfitting(), 16),
+    "nan_in_warmup": (_with(_good(), 3, math.nan), 3),
+    "inf_first": (_with(_good(), 0, math.inf), 0),
+    "nan_late": (_with(_good(), 20, math.nan), 20),
+}
+
+
+def _sign(direction: str) -> float:
+    return 1.0 if direction == "minimize" else -1.0
+
+
+def _completed(values: list[float], sign: float, **user_attrs: int) -> FrozenTrial:
+    signed = [sign * v for v in values]
+    return create_trial(
+        value=signed[-1],
+        intermediate_values=dict(enumerate(signed)),
+        user_attrs=user_attrs,
+    )
+
+
+def _study(direction: str, pruner: PFLPruner, storage: str | None = None) -> optuna.Study:
+    study = optuna.create_study(direction=direction, pruner=pruner, storage=storage)
+    sign = _sign(direction)
+    study.add_trials(
+        _completed(exp_curve(1.0, 0.1, c, N_EPOCHS), sign) for c in REFERENCE_ASYMPTOTES
+    )
+    return study
+
+
+def _run(study: optuna.Study, values: list[float], sign: float, **user_attrs: int) -> int | None:
+    """Report ``values`` like a training loop; the first pruned step, or None."""
+    trial = study.ask()
+    for key, value in user_attrs.items():
+        trial.set_user_attr(key, value)
+    for step, value in enumerate(values):
+        trial.report(sign * value, step)
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return step
+    study.tell(trial, sign * values[-1])
+    return None
+
+
+def _pruner(**kwargs: int) -> PFLPruner:
+    return PFLPruner(**{"n_startup_trials": 3, "n_warmup_epochs": 10, "top_k": 3, **kwargs})
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize("name", list(DECISION_TABLE))
+def test_decision_table(direction: str, name: str) -> None:
+    values, expected = DECISION_TABLE[name]
+    study = _study(direction, _pruner())
+    assert _run(study, values, _sign(direction)) == expected
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize("n_warmup_epochs", [0, 10, 25])
+def test_warmup(direction: str, n_warmup_epochs: int) -> None:
+    study = _study(direction, _pruner(n_warmup_epochs=n_warmup_epochs))
+    assert _run(study, [5.0] * N_EPOCHS, _sign(direction)) == n_warmup_epochs
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_startup_counts_only_complete_trials(direction: str) -> None:
+    sign = _sign(direction)
+    study = optuna.create_study(direction=direction, pruner=_pruner())
+    study.add_trials(_completed(exp_curve(1.0, 0.1, c, N_EPOCHS), sign) for c in (0.3, 0.4))
+    for _ in range(4):
+        curve = [sign * v for v in exp_curve(1.0, 0.1, 0.35, 12)]
+        study.add_trial(
+            create_trial(state=TrialState.PRUNED, intermediate_values=dict(enumerate(curve)))
+        )
+        study.add_trial(create_trial(state=TrialState.FAIL))
+    assert _run(study, [5.0] * N_EPOCHS, sign) is None
+    assert _run(study, [math.inf] * N_EPOCHS, sign) == 0  # non-finite ignores startup
+
+    study.add_trial(_completed(exp_curve(1.0, 0.1, 0.5, N_EPOCHS), sign))
+    assert _run(study, [5.0] * N_EPOCHS, sign) == 10
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_several_seeds(direction: str) -> None:
+    sign = _sign(direction)
+    epochs = 15
+    layout = {"epochs_per_seed": epochs, "n_seeds": 2}
+    study = optuna.create_study(direction=direction, pruner=_pruner())
+    study.add_trials(
+        _completed(exp_curve(1.0, 0.1, c, epochs) * 2, sign, **layout)
+        for c in REFERENCE_ASYMPTOTES
+    )  # worst reference PFL at epoch 15: 0.5 + exp(-1.5) ~ 0.72
+    seed0 = exp_curve(1.0, 0.1, 0.3, epochs)  # PFL ~0.52
+
+    # Seed 1 alone would be pruned, but only counts past warm-up, at step 15 + 10.
+    assert _run(study, seed0 + [2.0] * epochs, sign, **layout) == 25
+    # Mean of 0.52 and 0.8 is below the worst reference: the trial survives.
+    assert _run(study, seed0 + [0.8] * epochs, sign, **layout) is None
+    assert _run(study, seed0 + [0.8, math.nan] + [0.8] * 13, sign, **layout) == 16
+
+    trial = study.trials[-2]
+    assert split_curves(trial.intermediate_values, epochs_per_seed_of(trial)) == [
+        [sign * v for v in seed0],
+        [sign * 0.8] * epochs,
+    ]
+    # Predictions exist for seed 0 past warm-up and for every later step.
+    assert list(stored_predictions(trial)) == list(range(10, 2 * epochs))
+
+
+def test_without_layout_attrs_the_target_is_the_longest_completed_curve() -> None:
+    study = _study("minimize", _pruner())
+    trial = study.ask()
+    for step, value in enumerate(_good(12)):
+        trial.report(value, step)
+    frozen = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))[0]
+    assert _pruner().evaluate(study, frozen).target_epoch == N_EPOCHS
+    assert _pruner(target_epoch=7).evaluate(study, frozen).target_epoch == 7
+
+
+def test_multi_objective_is_rejected() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    trial = create_trial(values=[1.0, 2.0], intermediate_values={0: 1.0})
+    with pytest.raises(ValueError, match="single-objective"):
+        _pruner().prune(study, trial)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"n_startup_trials": -1}, "n_startup_trials"),
+        ({"n_startup_trials": 1.5}, "n_startup_trials"),
+        ({"n_warmup_epochs": -1}, "n_warmup_epochs"),
+        ({"n_warmup_epochs": True}, "n_warmup_epochs"),
+        ({"top_k": 0}, "top_k"),
+        ({"target_epoch": 0}, "target_epoch"),
+        ({"target_epoch": 2.0}, "target_epoch"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        PFLPruner(**kwargs)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_predictions_are_stored_on_the_trial(direction: str) -> None:
+    sign = _sign(direction)
+    study = _study(direction, _pruner())
+    _run(study, _good(), sign)
+    _run(study, [5.0] * N_EPOCHS, sign)
+    good, hopeless = study.trials[-2:]
+
+    stored = stored_predictions(good)
+    assert list(stored) == list(range(10, N_EPOCHS))
+    assert stored[N_EPOCHS - 1] == pytest.approx(sign * (0.2 + math.exp(-3.0)), abs=0.02)
+    assert stored == {s: trial_pfl(prefix_trial(good, s), N_EPOCHS) for s in stored}
+    assert stored_predictions(hopeless) == {10: sign * 5.0}
+
+
+def test_evaluate_replays_without_writing() -> None:
+    study = _study("minimize", _pruner())
+    reference = study.trials[0]
+    decisions = [_pruner().evaluate(study, prefix_trial(reference, s)) for s in range(N_EPOCHS)]
+    assert [d.reason for d in decisions] == ["warm-up"] * 10 + ["ok"] * 20
+    assert stored_predictions(study.trials[0]) == {}
+
+
+def test_completed_predictions_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = pruner_module.trial_pfl
+
+    def counting(trial: FrozenTrial, target: int, epochs_per_seed: int | None = None) -> float:
+        calls.append(trial.number)
+        return real(trial, target, epochs_per_seed)
+
+    monkeypatch.setattr(pruner_module, "trial_pfl", counting)
+    pruner = _pruner()
+    study = _study("minimize", pruner)
+    _run(study, _good(12), 1.0)
+    assert sorted(calls) == [0, 1, 2]  # the top 3, once, for the single target epoch
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def _sqlite_study(tmp_path: Path) -> tuple[str, optuna.Study]:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = _study("minimize", _pruner(), storage=url)
+    for values in (_good(15), [5.0] * 15):
+        trial = study.ask()
+        for step, value in enumerate(values):
+            trial.report(value, step)
+    return url, study
+
+
+def _running_decisions(study: optuna.Study) -> list[list]:
+    pruner = _pruner()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    decisions = []
+    for trial in sorted(running, key=lambda t: t.number):
+        d = pruner.evaluate(study, trial)
+        assert pruner.prune(study, trial) == d.prune
+        decisions.append([d.prune, d.reason, d.pfl, d.threshold, d.target_epoch])
+    return decisions
+
+
+def test_reloaded_study_decides_as_before(tmp_path: Path) -> None:
+    url, study = _sqlite_study(tmp_path)
+    before = _running_decisions(study)
+    assert [d[0] for d in before] == [False, True]
+    del study
+
+    reloaded = optuna.load_study(study_name=None, storage=url)
+    assert _running_decisions(reloaded) == before
+    running = reloaded.get_trials(states=(TrialState.RUNNING,))
+    assert [list(stored_predictions(t)) for t in running] == [[14], [14]]
+
+
+def test_two_processes_on_one_storage_agree(tmp_path: Path) -> None:
+    url, study = _sqlite_study(tmp_path)
+    here = _running_decisions(study)
+    script = textwrap.dedent(
+        f"""
+        import json, optuna
+        from optuna.trial import TrialState
+        from lightning_hpo.pruner import PFLPruner
+        study = optuna.load_study(study_name=None, storage={url!r})
+        pruner = PFLPruner(n_startup_trials=3, n_warmup_epochs=10, top_k=3)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        out = []
+        for t in sorted(running, key=lambda t: t.number):
+            d = pruner.evaluate(study, t)
+            out.append([pruner.prune(study, t), d.reason, d.pfl, d.threshold, d.target_epoch])
+        print(json.dumps(out))
+        """
+    )
+    pythonpath = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == here
+
+
+# --------------------------------------------------------------------------- Lightning
+
+
+def _fit_regressor(trial: optuna.Trial, lr: float, bias: float, max_epochs: int) -> float:
+    import lightning.pytorch as pl
+    import torch
+    from optuna_integration import PyTorchLightningPruningCallback
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Regressor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(1, 1)
+            torch.nn.init.constant_(self.linear.bias, bias)
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.linear(x), y)
+
+        def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.linear(x), y))
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)
+    data = TensorDataset(x, 3 * x)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")],
+    )
+    trainer.fit(
+        Regressor(),
+        DataLoader(data, batch_size=16, shuffle=True),
+        DataLoader(data, batch_size=64),
+    )
+    return trainer.callback_metrics["val_loss"].item()
+
+
+def test_lightning_callback_prunes_hopeless_and_keeps_good() -> None:
+    pytest.importorskip("lightning")
+    epochs = 12
+    study = optuna.create_study(
+        pruner=PFLPruner(n_startup_trials=3, n_warmup_epochs=2, top_k=3, target_epoch=epochs)
+    )
+    study.add_trials(_completed(exp_curve(2.0, 0.3, c, epochs), 1.0) for c in (0.5, 0.6, 0.7))
+    study.enqueue_trial({"kind": "hopeless"})
+    study.enqueue_trial({"kind": "good"})
+
+    def objective(trial: optuna.Trial) -> float:
+        kind = trial.suggest_categorical("kind", ["hopeless", "good"])
+        lr, bias = (0.0, 100.0) if kind == "hopeless" else (0.5, 0.0)
+        return _fit_regressor(trial, lr, bias, epochs)
+
+    study.optimize(objective, n_trials=2)
+    hopeless, good = study.trials[-2:]
+    assert hopeless.state == TrialState.PRUNED
+    assert hopeless.last_step == 2
+    assert good.state == TrialState.COMPLETE
+    assert good.value < 0.1
+    assert list(stored_predictions(good)) == list(range(2, epochs))
