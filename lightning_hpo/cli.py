@@ -65,7 +65,11 @@ def _train(args: argparse.Namespace) -> int:
     def report(r) -> None:
         print(f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {r.seconds:.1f} s", flush=True)
 
-    result = train(cfg, args.output, resume=args.resume, progress_bar=args.progress, on_seed=report, source=args.config)
+    try:
+        result = train(cfg, args.output, resume=args.resume, progress_bar=args.progress, on_seed=report, source=args.config)
+    except KeyboardInterrupt:
+        print("interrupted: continue with the same command plus --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     where = result.results[0].run_dir.parent
     print(f"final val_loss over {len(result.results)} seed(s): {result.mean:.5g} ± {result.std:.2g}")
     print(f"runs and checkpoints: {where}")

@@ -213,7 +213,9 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     """
     source = str(path)
     data = load_yaml(path)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = _check_value(key, value, f"--{key.replace('_', '-')}")
     cfg = run_config_from_dict(data, source)
     check_components(cfg, source)
     return cfg

@@ -60,8 +60,21 @@ def accepted_kwargs(fn: Callable) -> set[str] | None:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def check_kwargs(fn: Callable, kwargs: dict, source: str, key: str, skip: tuple[str, ...] = ()) -> None:
-    """Raise ConfigError for a keyword ``fn`` does not accept, naming the nearest one."""
+def required_kwargs(fn: Callable) -> set[str]:
+    """Arguments ``fn`` cannot be called without."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_kwargs(fn: Callable, kwargs: dict, source: str, key: str, skip: tuple[str, ...] = (), require: bool = True) -> None:
+    """Raise ConfigError for a keyword ``fn`` does not accept (naming the nearest one) or a
+    required one that is missing. ``skip``: arguments the caller supplies itself."""
+    missing = sorted(required_kwargs(fn) - set(kwargs) - set(skip)) if require else []
+    if missing:
+        raise ConfigError(source, f"{key}.{missing[0]}", f"{getattr(fn, '__qualname__', fn)} requires '{missing[0]}'", f"add {missing[0]} to {key}")
     accepted = accepted_kwargs(fn)
     if accepted is None:
         return

@@ -89,11 +89,14 @@ class RegressionModule(pl.LightningModule):
             sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
             self.log("val_r2", (1 - sse / sst).mean(), sync_dist=True)
 
+    def on_train_epoch_start(self):
+        # Read before the epoch: by its end Lightning has already stepped the scheduler.
+        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+
     def on_train_epoch_end(self):
         train_loss = self._pop_mean("train")
         if train_loss is not None:
             self.log("train_loss", train_loss, sync_dist=True)
-        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters(), **self.optimizer_config)

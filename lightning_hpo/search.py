@@ -266,7 +266,7 @@ def _parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
         target = _kwargs_target(run, group)
         for key, spec in entries.items():
             if target is not None:
-                check_kwargs(target, {key: None}, source, f"search_space.{group}")
+                check_kwargs(target, {key: None}, source, f"search_space.{group}", require=False)
             elif group in ("early_stopping_config", "checkpoint_config") and key not in run_fields[group]:
                 raise unknown_key(source, str(key), list(run_fields[group]), prefix=f"search_space.{group}.")
             params.append(parse_param(group, str(key), spec, source))

@@ -97,6 +97,13 @@ class RunRecorder(Callback):
             return
         self.result.history.append(float(metrics[self.monitor]))
 
+    # The history rides in every checkpoint, so a resumed run's result covers all its epochs.
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.result.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.result.history[:] = state_dict.get("history", [])
+
     def _log_hparams(self, trainer: pl.Trainer) -> None:
         if trainer.logger is None or not trainer.is_global_zero:
             return
@@ -144,6 +151,18 @@ def build_module(cfg: RunConfig, dm: pl.LightningDataModule) -> RegressionModule
     )
 
 
+def build_components(cfg: RunConfig, seed: int) -> tuple[pl.LightningDataModule, RegressionModule]:
+    """The data and the module; a constructor rejecting its config is a ConfigError, raised
+    before anything is written."""
+    stage = "data"
+    try:
+        dm = build_datamodule(resolve(cfg.data), cfg.data_config, cfg.batch_size, seed)
+        stage = "net"
+        return dm, build_module(cfg, dm)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("<run config>", f"{stage}_config", f"{getattr(cfg, stage)} rejected its arguments: {exc}", f"fix {stage}_config") from None
+
+
 def hparams_of(cfg: RunConfig) -> dict[str, Any]:
     """The config flattened for TensorBoard's HParams tab (``net_config.nodes`` etc.)."""
     flat: dict[str, Any] = {}
@@ -178,13 +197,10 @@ def fit_seed(
         resume: continue from ``checkpoints/last.ckpt`` when it exists.
         after_fit: called right after ``Trainer.fit`` returns (the tuner checks DDP pruning there).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seeded = cfg.to_dict() | {"seeds": [seed]}
-    dump_yaml(seeded, run_dir / "config.yaml")
     pl.seed_everything(seed, workers=True, verbose=False)
-
-    dm = build_datamodule(resolve(cfg.data), cfg.data_config, cfg.batch_size, seed)
-    module = build_module(cfg, dm)
+    dm, module = build_components(cfg, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg.to_dict() | {"seeds": [seed]}, run_dir / "config.yaml")
     result = SeedResult(seed, run_dir, mode=mode)
     checkpoint = cfg.checkpoint_config
     own_callbacks: list[Callback] = [RunRecorder(result, monitor, hparams_of(cfg) | {"seed": seed})]
@@ -224,6 +240,9 @@ def fit_seed(
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
         if after_fit is not None:
             after_fit()
+    except SystemExit as exc:
+        # Lightning answers Ctrl-C and SIGTERM with sys.exit; callers need to know it was an interrupt.
+        raise KeyboardInterrupt(f"training interrupted ({exc.__class__.__name__})") from exc
     finally:
         result.seconds = time.perf_counter() - start
     # Only a finished run gets a result file: --resume reads it instead of training again.

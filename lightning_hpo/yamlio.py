@@ -28,9 +28,10 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
+            _refuse_ambiguous_bools(self.source, str(key), value_node)
             if key in seen:
                 raise ConfigError(
                     self.source,
@@ -50,6 +51,19 @@ class _StrictLoader(yaml.SafeLoader):
                 f"write true/false for a boolean, or quote it ('{node.value}') for a string",
             )
         return super().construct_yaml_bool(node)
+
+
+def _refuse_ambiguous_bools(source: str, key: str, node: yaml.Node) -> None:
+    """Name the key whose value (or list item) is a YAML 1.1 boolean such as ``yes``."""
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    for item in items:
+        if isinstance(item, yaml.ScalarNode) and item.tag == "tag:yaml.org,2002:bool" and item.value.lower() in _AMBIGUOUS_BOOLS:
+            raise ConfigError(
+                source,
+                key,
+                f"'{item.value}' is a YAML 1.1 boolean (line {item.start_mark.line + 1})",
+                f"write true/false for a boolean, or quote it ('{item.value}') for a string",
+            )
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:bool", _StrictLoader.construct_yaml_bool)

@@ -1,0 +1,53 @@
+"""User-side components that tests name only by import path in YAML, as a user would.
+
+Importable as ``user_components`` (tests/ is on sys.path; see conftest.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+IN_FEATURES, OUT_FEATURES = 3, 2
+
+
+def three_to_two(n: int = 240, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """(train, val) TensorDatasets with 3 input features and 2 outputs: y = x @ W."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, IN_FEATURES, generator=g)
+    w = torch.randn(IN_FEATURES, OUT_FEATURES, generator=g)
+    y = x @ w
+    cut = n * 3 // 4
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
+class PairDataset(Dataset):
+    """A plain map-style dataset (not a TensorDataset): item i is (x_i, y_i)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def plain_datasets(n: int = 120, seed: int = 0) -> tuple[PairDataset, PairDataset]:
+    """Like three_to_two, but as PairDatasets, so RegressionData must use a DataLoader."""
+    train, val = three_to_two(n, seed)
+    return PairDataset(*train.tensors), PairDataset(*val.tensors)
+
+
+class TinyNet(nn.Module):
+    """A user network the package has never heard of: one hidden layer of ``hidden`` units."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 4):
+        super().__init__()
+        self.hidden = hidden
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, out_features))
+
+    def forward(self, x):
+        return self.body(x)
