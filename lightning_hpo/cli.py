@@ -30,6 +30,9 @@ def run_command(main: Callable[[argparse.Namespace], int | None], args: argparse
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `tune.py report | head`
+        sys.stderr.close()
+        return 0
 
 
 def check_writable(folder: str | Path, source: str) -> None:
@@ -101,6 +104,7 @@ def tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
     p.add_argument("--max-trials", type=int, help=argparse.SUPPRESS)  # a worker's share, set by --workers
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # torch threads per worker
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -125,7 +129,7 @@ def _settings(args: argparse.Namespace):
         from lightning_hpo.storage import check_url
 
         check_url(args.storage)
-    return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials)
+    return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials, worker_index=args.worker_index)
 
 
 def _tune(args: argparse.Namespace) -> int:

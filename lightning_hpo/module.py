@@ -93,10 +93,19 @@ class RegressionModule(pl.LightningModule):
         # Read before the epoch: by its end Lightning has already stepped the scheduler.
         self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
-    def on_train_epoch_end(self):
+    def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")
         if train_loss is not None:
             self.log("train_loss", train_loss, sync_dist=True)
+
+    def on_validation_epoch_start(self):
+        # Validation runs inside the training epoch: log its training mean first, so the
+        # pruning callback sees this epoch's train_loss, not the previous one's.
+        if not self.trainer.sanity_checking:
+            self._log_train_loss()
+
+    def on_train_epoch_end(self):
+        self._log_train_loss()  # epochs without validation
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters(), **self.optimizer_config)

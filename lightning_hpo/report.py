@@ -21,6 +21,7 @@ choice continues the choices' arithmetic or geometric progression.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -132,11 +133,10 @@ def open_study(url: str, study_name: str) -> optuna.Study:
 def _require_optuna_tables(path: Path, shown: str) -> None:
     """Refuse an SQLite file without Optuna's tables: RDBStorage would create them in it."""
     import sqlite3
-    from contextlib import closing
 
     uri = path.absolute().as_uri() + "?mode=ro"
     try:
-        with closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
             found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
     except sqlite3.Error as exc:
         raise ConfigError("--storage", shown, f"cannot read the database ({exc})", "check the file") from None
@@ -166,9 +166,14 @@ def build_report(study: optuna.Study, opt: OptimizeConfig, *, top_k: int = 10) -
         "audit": {
             "epochs": epoch_savings(trials),
             "predictions": prediction_accuracy(ranked),
-            "replay": replay_top_k(ranked, top_k, replay_pruner(opt), study.direction),
+            "replay": _replay(ranked, top_k, opt, study.direction),
         },
     }
+
+
+def _replay(ranked: Sequence[FrozenTrial], top_k: int, opt: OptimizeConfig, direction: Any) -> dict[str, Any]:
+    pruner, stand_in = replay_pruner(opt)
+    return {**replay_top_k(ranked, top_k, pruner, direction), "stand_in_for": opt.pruner["name"] if stand_in else None}
 
 
 def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
@@ -295,8 +300,8 @@ def _categorical_edge(param: Param, value: Any) -> dict[str, Any] | None:
     if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
         return None
     edge = "low" if value == choices[0] else "high"
-    near, next_ = (choices[1], choices[0]) if edge == "low" else (choices[-2], choices[-1])
-    return {"edge": edge, "range": list(choices), "scale": "choices", "position": 0.0 if edge == "low" else 1.0, "suggested_choice": _continue(next_, near, steps)}
+    end, neighbour = (choices[0], choices[1]) if edge == "low" else (choices[-1], choices[-2])
+    return {"edge": edge, "range": list(choices), "scale": "choices", "position": 0.0 if edge == "low" else 1.0, "suggested_choice": _continue(end, neighbour, steps)}
 
 
 def _continue(end: float, neighbour: float, steps: list[float]) -> float:
@@ -391,31 +396,27 @@ def _error_stats(rows: Sequence[tuple[float, float, float | None]]) -> dict[str,
     }
 
 
-def replay_pruner(opt: OptimizeConfig) -> Callable[[], PFLPruner]:
-    """A factory of the study's pruner when it is a PFLPruner, else of a PFLPruner built
-    from whichever of the config's pruner kwargs PFLPruner accepts."""
-    from lightning_hpo.imports import accepted_kwargs, resolve
+def replay_pruner(opt: OptimizeConfig) -> tuple[PFLPruner, bool]:
+    """A new instance of the config's pruner when it is a PFLPruner, else a stand-in
+    PFLPruner built from whichever of the config's pruner kwargs it accepts (e.g.
+    n_startup_trials). The flag says whether it is a stand-in."""
+    from lightning_hpo.imports import accepted_kwargs
     from lightning_hpo.pruner import PFLPruner
 
-    kwargs = dict(opt.pruner.get("kwargs") or {})
-    if opt.pruner.get("name") and issubclass_safe(resolve(opt.pruner["name"]), PFLPruner):
-        return opt.make_pruner
+    pruner = opt.make_pruner()
+    if isinstance(pruner, PFLPruner):
+        return pruner, False
     accepted = accepted_kwargs(PFLPruner) or set()
-    return lambda: PFLPruner(**{k: v for k, v in kwargs.items() if k in accepted})
+    return PFLPruner(**{k: v for k, v in (opt.pruner.get("kwargs") or {}).items() if k in accepted}), True
 
 
-def issubclass_safe(obj: Any, cls: type) -> bool:
-    return isinstance(obj, type) and issubclass(obj, cls)
-
-
-def replay_top_k(ranked: Sequence[FrozenTrial], top_k: int, make_pruner: Callable[[], PFLPruner], direction: Any) -> dict[str, Any]:
+def replay_top_k(ranked: Sequence[FrozenTrial], top_k: int, pruner: PFLPruner, direction: Any) -> dict[str, Any]:
     """Replay each of the ``top_k`` best completed curves, step by step up to its
-    second-to-last step, through a fresh pruner in an in-memory study holding every
+    second-to-last step, through ``pruner`` in an in-memory study holding every
     other completed trial. A prune there is a false prune: the trial ended among the
     best. Deterministic; trains nothing."""
     import optuna
 
-    pruner = make_pruner()
     results = []
     for trial in ranked[:top_k]:
         if not trial.intermediate_values:
@@ -538,9 +539,10 @@ def _boundary_lines(found: list[dict[str, Any]]) -> list[str]:
             lines.append(f"  {w['param']} = {_num(w['value'])} is the {'first' if w['edge'] == 'low' else 'last'} of {w['range']}: try adding {_num(w['suggested_choice'])}")
             continue
         low, high = w["range"]
-        where = f"{_pct(w['position'] if w['edge'] == 'low' else 1 - w['position'])} of the {w['scale']} width from {'min' if w['edge'] == 'low' else 'max'}"
-        hint = f"widen to [{_num(w['suggested_range'][0])}, {_num(w['suggested_range'][1])}]" if w["suggested_range"] else "cannot widen past 0"
-        lines.append(f"  {w['param']} = {_num(w['value'])} in [{_num(low)}, {_num(high)}] sits {where}: {hint}")
+        gap = w["position"] if w["edge"] == "low" else 1 - w["position"]
+        where = f"{_pct(max(gap, 0.0))} of the range ({w['scale']} scale) from its {'min' if w['edge'] == 'low' else 'max'}"
+        hint = f"try [{_num(w['suggested_range'][0])}, {_num(w['suggested_range'][1])}]" if w["suggested_range"] else "0 is as far as it goes"
+        lines.append(f"  {w['param']} = {_num(w['value'])} in [{_num(low)}, {_num(high)}] is {where}: {hint}")
     return lines
 
 
@@ -559,7 +561,8 @@ def _audit_lines(audit: dict[str, Any], metric: str) -> list[str]:
             if b["predictions"]:
                 lines.append(f"    at {b['progress']:>8} of the run: {b['predictions']:>4} decision(s), mean abs error {_num(b['mean_abs_error'])}, mean rel error {_pct(b['mean_rel_error'])}")
     r = audit["replay"]
-    lines.append(f"  replay of the top {r['replayed']} complete trial(s) through {r['pruner']}: would prune {r['would_prune']} ({_pct(r['false_prune_rate'])} false prunes)")
+    stand_in = f" (standing in for the config's {r['stand_in_for']})" if r.get("stand_in_for") else ""
+    lines.append(f"  replay of the top {r['replayed']} complete trial(s) through {r['pruner']}{stand_in}: would prune {r['would_prune']} ({_pct(r['false_prune_rate'])} false prunes)")
     for t in r["trials"]:
         if t["would_prune"]:
             detail = f"predicted {_num(t['pfl'])} vs threshold {_num(t['threshold'])}" if t["pfl"] is not None else t["reason"]
@@ -600,18 +603,32 @@ def write_plots(study: optuna.Study, opt: OptimizeConfig, report: dict[str, Any]
     return written
 
 
+@contextlib.contextmanager
 def _optuna_matplotlib():
-    """Optuna's matplotlib module, without its experimental-feature warnings."""
+    """Optuna's matplotlib module, with its ExperimentalWarning silenced for the call."""
     import optuna
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna.visualization.matplotlib")
-    return optuna.visualization.matplotlib
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+        yield optuna.visualization.matplotlib
 
 
 def spans_decades(values: Sequence[float], decades: float = LOG_DECADES) -> bool:
     """Whether positive ``values`` span more than ``decades`` orders of magnitude (log axis)."""
     finite = [v for v in values if math.isfinite(v)]
     return bool(finite) and min(finite) > 0 and math.log10(max(finite) / min(finite)) > decades
+
+
+def _tidy_log_axis(axis: Any) -> None:
+    """Readable ticks on a log axis: within two decades 1-2-5 steps as plain numbers
+    (matplotlib would label every minor tick, overlapping), else its decades alone."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = sorted(axis.get_view_interval())
+    axis.set_minor_formatter(NullFormatter())
+    if low > 0 and math.log10(high / low) < 2:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def _save(fig: Any, path: Path, tight: bool = True) -> None:
@@ -630,16 +647,15 @@ def plot_history(study: optuna.Study, metric: str, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
     from optuna.trial import TrialState
 
-    vis = _optuna_matplotlib()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=Warning)
+    with _optuna_matplotlib() as vis:
         ax = vis.plot_optimization_history(study, target_name=metric)
     values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if spans_decades(values):
         ax.set_yscale("log")
+        _tidy_log_axis(ax.yaxis)
     ax.set_title(f"Optimization history: {study.study_name}")
     ax.set_xlabel("trial number")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.figure.set_size_inches(8, 5)
     _save(ax.figure, path)
 
@@ -667,6 +683,7 @@ def plot_curves(trials: Sequence[FrozenTrial], metric: str, path: Path, best: in
         predicted += _draw_prediction(ax, t, curves[t.number][-1], epochs_per_seed_of(t) or longest, log_y)
     if log_y:
         ax.set_yscale("log")
+        _tidy_log_axis(ax.yaxis)
     handles = [Line2D([], [], color=STATE_COLOURS.get(s, "black"), label=f"{s.lower()} ({n})") for s, n in seen.items()]
     if best is not None:
         handles.append(Line2D([], [], color="black", linewidth=2.2, label=f"best: trial {best}"))
@@ -676,7 +693,7 @@ def plot_curves(trials: Sequence[FrozenTrial], metric: str, path: Path, best: in
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.set_title(f"Validation curves: {metric} per epoch, one line per trial and seed")
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_ylabel(metric + (" (log scale)" if log_y else ""))
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, path)
@@ -734,10 +751,8 @@ def plot_slices(study: optuna.Study, params: Sequence[Param], metric: str, path:
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     names = [p.name for p in params if any(p.name in t.params for t in complete)]
-    vis = _optuna_matplotlib()
-    with warnings.catch_warnings(), matplotlib.rc_context({"figure.figsize": (9.0, 4.8)}):
-        # Optuna gives each parameter half the default figure width, and fixes the size.
-        warnings.simplefilter("ignore", category=Warning)
+    # Optuna gives each parameter half the default figure width.
+    with _optuna_matplotlib() as vis, matplotlib.rc_context({"figure.figsize": (9.0, 4.8)}):
         axes = np.atleast_1d(vis.plot_slice(study, params=names or None, target_name=metric))
     fig = axes.flat[0].figure
     log_y = spans_decades([t.value for t in complete])
@@ -745,8 +760,11 @@ def plot_slices(study: optuna.Study, params: Sequence[Param], metric: str, path:
     for ax in axes.flat:
         if log_y:
             ax.set_yscale("log")
+            _tidy_log_axis(ax.yaxis)
+        if ax.get_xscale() == "log":
+            _tidy_log_axis(ax.xaxis)
         if kinds.get(ax.get_xlabel()) == "int":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     for extra in fig.axes[len(axes.flat) :]:  # Optuna's colour bar of trial numbers
         extra.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.flat[0].set_title("")

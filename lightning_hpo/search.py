@@ -114,15 +114,15 @@ class OptimizeConfig:
     def distributions(self) -> dict[str, Any]:
         return {p.name: p.distribution() for p in self.params}
 
-    def make_sampler(self):
-        """The sampler the config names, seeded with ``seed``; GridSampler gets its grid here."""
+    def make_sampler(self, seed_offset: int = 0):
+        """The sampler the config names, seeded with ``seed + seed_offset``; GridSampler gets its grid here."""
         cls = resolve(self.sampler["name"], "<optimize config>", "sampler.name")
         kwargs = dict(self.sampler.get("kwargs") or {})
         accepted = accepted_kwargs(cls)
         if cls.__name__ == "GridSampler" and "search_space" not in kwargs:
             kwargs["search_space"] = {p.name: p.grid() for p in self.params}
         if self.seed is not None and "seed" not in kwargs and (accepted is None or "seed" in accepted):
-            kwargs["seed"] = self.seed
+            kwargs["seed"] = self.seed + seed_offset
         return cls(**kwargs)
 
     def make_pruner(self):
@@ -230,6 +230,16 @@ def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str)
         obj = resolve(spec["name"], source, f"{part}.name")
         check_kwargs(obj, kwargs, source, f"{part}.kwargs", skip=("search_space",) if part == "sampler" else ())
     cfg.params = _parse_space(cfg.search_space, run, source)
+    for p in cfg.params:
+        if p.group is None and p.type == "float":
+            raise ConfigError(source, p.where, f"{p.key} is an integer, but the search type is float", "use type: int (with step if you like) or categorical")
+    for part, make in (("sampler", cfg.make_sampler), ("pruner", cfg.make_pruner)):
+        try:
+            make()
+        except Exception as exc:  # noqa: BLE001 - the constructor's own message says what is wrong
+            named = [k for k in cfg.__dict__[part]["kwargs"] if k in str(exc)]
+            key = f"{part}.kwargs" + (f".{named[0]}" if named else "")
+            raise ConfigError(source, key, f"{cfg.__dict__[part]['name']} rejected its arguments: {exc}", f"fix {key}") from None
     if resolve(cfg.sampler["name"]).__name__ == "GridSampler":
         for p in cfg.params:
             if p.type == "float" and p.step is None and "search_space" not in cfg.sampler["kwargs"]:

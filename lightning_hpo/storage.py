@@ -23,7 +23,12 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``."""
-    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")  # a password may itself hold '@' or '/'
+    if not sep or at < 0 or ":" not in rest[:at]:
+        return url
+    user = rest[:at].split(":", 1)[0]
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
 def default_url(project: str) -> str:

@@ -47,6 +47,7 @@ class TuneSettings:
     progress_bar: bool = False  # Lightning's per-batch bars
     heartbeat: int | None = 30  # seconds; RDB storages only
     max_trials: int | None = None  # this process's share (workers); None: until the study's total
+    worker_index: int = 0  # which of --workers this process is; varies the sampler's seed
 
 
 def study_project(run: RunConfig) -> str:
@@ -73,11 +74,16 @@ class SeedOffsetTrial:
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
-    """Trials that count toward the study's total: everything but interrupted or dead-worker
-    failures (those are run again) — finished, failed, running and queued trials."""
+    """Trials that count toward the study's total: finished, failed and running ones.
+
+    Interrupted or dead-worker failures do not count (they are run again), nor do queued
+    trials: a queued retry is the next trial a worker asks for, and fills a free slot.
+    """
     retried = {t.system_attrs.get(RETRIED_FROM) for t in trials}
     n = 0
     for t in trials:
+        if t.state == TrialState.WAITING:
+            continue
         if t.state == TrialState.FAIL and (t.system_attrs.get(INTERRUPTED) or t.system_attrs.get(STALE) or t.number in retried):
             continue
         n += 1
@@ -116,23 +122,24 @@ def fail_dead_workers(study: optuna.Study) -> list[int]:
 
 
 def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) -> optuna.Study:
-    """Open the storage and create the study, or load it and check it still matches the config."""
+    """Open the storage and create the study, or load it and check it still matches the config.
+
+    The sampler's seed is offset by the trials already stored and the worker's index, so
+    a continued study or a second worker does not replay the first one's suggestions.
+    """
     url = settings.storage or default_url(run.project)
     storage = open_storage(url, heartbeat=settings.heartbeat)
     try:
-        existing = optuna.load_study(study_name=opt.study_name, storage=storage, sampler=opt.make_sampler(), pruner=opt.make_pruner())
+        study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
+        _check_compatible(study, opt)
     except KeyError:
-        existing = None
-    if existing is not None:
-        _check_compatible(existing, opt)
-        return existing
-    try:
-        return optuna.create_study(study_name=opt.study_name, storage=storage, sampler=opt.make_sampler(), pruner=opt.make_pruner(), direction=opt.direction)
-    except optuna.exceptions.DuplicatedStudyError:
-        # Another worker created it a moment ago.
-        existing = optuna.load_study(study_name=opt.study_name, storage=storage, sampler=opt.make_sampler(), pruner=opt.make_pruner())
-        _check_compatible(existing, opt)
-        return existing
+        try:
+            study = optuna.create_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner(), direction=opt.direction)
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+            study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
+            _check_compatible(study, opt)
+    study.sampler = opt.make_sampler(seed_offset=len(study.get_trials(deepcopy=False)) + 7919 * settings.worker_index)
+    return study
 
 
 def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:

@@ -40,10 +40,10 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     base = _without(_without(argv, "--workers"), "--threads")
     procs = []
-    for share in shares(todo, workers):
+    for index, share in enumerate(shares(todo, workers)):
         if share == 0:
             continue
-        cmd = [sys.executable, "-m", "lightning_hpo.cli", *base, "--max-trials", str(share), "--threads", str(threads)]
+        cmd = [sys.executable, "-m", "lightning_hpo.cli", *base, "--max-trials", str(share), "--threads", str(threads), "--worker-index", str(index)]
         procs.append(subprocess.Popen(cmd))
     try:
         codes = [p.wait() for p in procs]
