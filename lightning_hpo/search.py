@@ -46,6 +46,13 @@ class Param:
         """The Optuna parameter name: ``<group>_<param>`` as in the reference design."""
         return f"{self.group}_{self.key}" if self.group else self.key
 
+    def apply(self, data: dict[str, Any], value: Any) -> None:
+        """Set this parameter to ``value`` in a run-config mapping."""
+        if self.group:
+            data[self.group][self.key] = value
+        else:
+            data[self.key] = value
+
     def distribution(self):
         import optuna.distributions as d
 
@@ -93,11 +100,7 @@ class OptimizeConfig:
         """The run config for ``trial``: the base config with every suggested value merged in."""
         data = base.to_dict()
         for p in self.params:
-            value = p.suggest(trial)
-            if p.group:
-                data[p.group][p.key] = value
-            else:
-                data[p.key] = value
+            p.apply(data, p.suggest(trial))
         return run_config_from_dict(data, f"trial {trial.number}")
 
     def merge(self, base: RunConfig, params: dict[str, Any]) -> RunConfig:
@@ -105,10 +108,7 @@ class OptimizeConfig:
         data = base.to_dict()
         for p in self.params:
             if p.name in params:
-                if p.group:
-                    data[p.group][p.key] = params[p.name]
-                else:
-                    data[p.key] = params[p.name]
+                p.apply(data, params[p.name])
         return run_config_from_dict(data, "best trial")
 
     def distributions(self) -> dict[str, Any]:
@@ -248,10 +248,7 @@ def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str)
     for p in cfg.params:
         for value in ([p.min, p.max] if p.type != "categorical" else p.choices):
             data = run.to_dict()
-            if p.group:
-                data[p.group][p.key] = value
-            else:
-                data[p.key] = value
+            p.apply(data, value)
             try:
                 run_config_from_dict(data, source)
             except ConfigError as exc:
