@@ -56,10 +56,11 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lightning_hpo.config import load_run_config
+    from lightning_hpo.config import check_components, load_run_config
 
-    cfg = load_run_config(args.config, {"device": args.device, "epochs": args.epochs})
+    cfg = load_run_config(args.config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False)
     check_writable(args.output, "--output")
+    check_components(cfg, args.config)
 
     from lightning_hpo.training import quiet_lightning, train
 
@@ -109,33 +110,36 @@ def tune_parser() -> argparse.ArgumentParser:
 
 
 def _load_tune_configs(args: argparse.Namespace):
-    """Both configs, validated together, before any storage is opened."""
-    from lightning_hpo.config import load_run_config
-    from lightning_hpo.search import load_optimize_config
+    """Both configs, validated together before any storage is opened: first everything that
+    needs no import (fast), then the import paths (which load torch)."""
+    from lightning_hpo.config import check_components, load_run_config
+    from lightning_hpo.search import check_optimize_components, load_optimize_config
 
-    run = load_run_config(args.run_config, {"device": args.device, "epochs": args.epochs})
-    opt = load_optimize_config(args.optimize_config, run, trials=args.trials)
-    if args.study_name:
-        opt.study_name = args.study_name
     if args.workers < 1:
         raise ConfigError("--workers", None, f"must be >= 1, got {args.workers}", "e.g. --workers 2")
+    run = load_run_config(args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False)
+    opt = load_optimize_config(args.optimize_config, run, trials=args.trials, resolve_imports=False)
+    if args.study_name:
+        opt.study_name = args.study_name
+    if args.storage:
+        from lightning_hpo.storage import check_url
+
+        check_url(args.storage)
+    check_writable(args.output, "--output")
+    check_components(run, args.run_config)
+    check_optimize_components(opt, run, args.optimize_config)
     return run, opt
 
 
 def _settings(args: argparse.Namespace):
     from lightning_hpo.tuning import TuneSettings
 
-    if args.storage:
-        from lightning_hpo.storage import check_url
-
-        check_url(args.storage)
     return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials, worker_index=args.worker_index)
 
 
 def _tune(args: argparse.Namespace) -> int:
     run, opt = _load_tune_configs(args)
     settings = _settings(args)
-    check_writable(args.output, "--output")
 
     from lightning_hpo.training import quiet_lightning
     from lightning_hpo.tuning import create_or_load_study, finish, quiet_optuna, remaining, tune

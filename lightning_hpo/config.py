@@ -204,12 +204,14 @@ def check_device(device: str, source: str) -> None:
         raise ConfigError(source, "device", f"asks for {device!r} but this machine has {have}", "use device: auto (the GPU when present, else the CPU) or cpu")
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None, resolve_imports: bool = True) -> RunConfig:
     """Load, validate and resolve a run config file.
 
     Args:
         path: the YAML file.
         overrides: values from the command line (e.g. ``{"epochs": 3}``), checked like the file's.
+        resolve_imports: also import every named component (``check_components``); the
+            structural checks before it need no import, so they answer at once.
     """
     source = str(path)
     data = load_yaml(path)
@@ -217,5 +219,6 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
         if value is not None:
             data[key] = _check_value(key, value, f"--{key.replace('_', '-')}")
     cfg = run_config_from_dict(data, source)
-    check_components(cfg, source)
+    if resolve_imports:
+        check_components(cfg, source)
     return cfg

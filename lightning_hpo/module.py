@@ -9,9 +9,7 @@ import torch
 from torch import nn
 
 from lightning_hpo.imports import accepted_kwargs
-
-# What this module logs, once per epoch. The tuner's `metric` must be one of these.
-LOGGED_METRICS = ("train_loss", "val_loss", "val_r2", "lr")
+from lightning_hpo.metrics import LOGGED_METRICS  # noqa: F401 - what this module logs
 
 
 class RegressionModule(pl.LightningModule):

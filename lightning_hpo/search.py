@@ -14,6 +14,7 @@ from typing import Any
 from lightning_hpo.config import RunConfig, run_config_from_dict, unknown_key
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
+from lightning_hpo.metrics import LOGGED_METRICS
 from lightning_hpo.yamlio import load_yaml
 
 DIRECTIONS = ("minimize", "maximize")
@@ -192,8 +193,14 @@ def parse_param(group: str | None, key: str, spec: Any, source: str) -> Param:
     return Param(group, key, kind, low, high, step, log)
 
 
-def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str) -> OptimizeConfig:
-    """Validate an optimize mapping against the run config it will tune."""
+def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str, resolve_imports: bool = True) -> OptimizeConfig:
+    """Validate an optimize mapping against the run config it will tune.
+
+    Args:
+        resolve_imports: also import and build the sampler and pruner and check each
+            searched keyword against its target (see ``check_optimize_components``).
+            The rest needs no import, so structural errors answer at once.
+    """
     names = [f.name for f in dataclasses.fields(OptimizeConfig) if f.name != "params"]
     for key in data:
         if key not in names:
@@ -207,8 +214,6 @@ def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str)
         raise ConfigError(source, "seed", f"expected an integer or null, got {cfg.seed!r}", "e.g. seed: 42")
     if cfg.direction not in DIRECTIONS:
         raise ConfigError(source, "direction", f"expected minimize or maximize, got {cfg.direction!r}", "set direction: minimize or direction: maximize")
-    from lightning_hpo.module import LOGGED_METRICS
-
     if cfg.metric not in LOGGED_METRICS:
         raise ConfigError(source, "metric", f"{cfg.metric!r} is never logged by the LightningModule", f"use one of: {', '.join(LOGGED_METRICS)}")
     for part in ("sampler", "pruner"):
@@ -225,14 +230,35 @@ def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str)
         kwargs = spec.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise ConfigError(source, f"{part}.kwargs", f"expected a mapping, got {kwargs!r}", "write keyword arguments as a mapping")
-        spec = {"name": spec["name"], "kwargs": kwargs}
-        setattr(cfg, part, spec)
-        obj = resolve(spec["name"], source, f"{part}.name")
-        check_kwargs(obj, kwargs, source, f"{part}.kwargs", skip=("search_space",) if part == "sampler" else ())
+        setattr(cfg, part, {"name": spec["name"], "kwargs": kwargs})
     cfg.params = _parse_space(cfg.search_space, run, source)
     for p in cfg.params:
         if p.group is None and p.type == "float":
             raise ConfigError(source, p.where, f"{p.key} is an integer, but the search type is float", "use type: int (with step if you like) or categorical")
+    # A config the search could produce must itself be valid: try the range ends.
+    for p in cfg.params:
+        for value in ([p.min, p.max] if p.type != "categorical" else p.choices):
+            data = run.to_dict()
+            p.apply(data, value)
+            try:
+                run_config_from_dict(data, source)
+            except ConfigError as exc:
+                raise ConfigError(source, p.where, f"value {value!r} is invalid for the run config ({exc.problem})", "narrow the range") from None
+    if resolve_imports:
+        check_optimize_components(cfg, run, source)
+    return cfg
+
+
+def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) -> None:
+    """Import and build the sampler and pruner; check searched keywords against their targets."""
+    for part in ("sampler", "pruner"):
+        spec = getattr(cfg, part)
+        obj = resolve(spec["name"], source, f"{part}.name")
+        check_kwargs(obj, spec["kwargs"], source, f"{part}.kwargs", skip=("search_space",) if part == "sampler" else ())
+    for p in cfg.params:
+        target = _kwargs_target(run, p.group) if p.group else None
+        if target is not None:
+            check_kwargs(target, {p.key: None}, source, f"search_space.{p.group}", require=False)
     for part, make in (("sampler", cfg.make_sampler), ("pruner", cfg.make_pruner)):
         try:
             make()
@@ -244,16 +270,6 @@ def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str)
         for p in cfg.params:
             if p.type == "float" and p.step is None and "search_space" not in cfg.sampler["kwargs"]:
                 raise ConfigError(source, p.where, "GridSampler needs a finite grid, but this float has no step", "add a step, or use type: categorical")
-    # A config the search could produce must itself be valid: try the range ends.
-    for p in cfg.params:
-        for value in ([p.min, p.max] if p.type != "categorical" else p.choices):
-            data = run.to_dict()
-            p.apply(data, value)
-            try:
-                run_config_from_dict(data, source)
-            except ConfigError as exc:
-                raise ConfigError(source, p.where, f"value {value!r} is invalid for the run config ({exc.problem})", "narrow the range") from None
-    return cfg
 
 
 def _parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
@@ -270,11 +286,8 @@ def _parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
             raise unknown_key(source, str(group), groups, prefix="search_space.")
         if not isinstance(entries, dict) or not entries:
             raise ConfigError(source, f"search_space.{group}", f"expected a mapping of parameters, got {entries!r}", "list parameters under the group")
-        target = _kwargs_target(run, group)
         for key, spec in entries.items():
-            if target is not None:
-                check_kwargs(target, {key: None}, source, f"search_space.{group}", require=False)
-            elif group in ("early_stopping_config", "checkpoint_config") and key not in run_fields[group]:
+            if group in ("early_stopping_config", "checkpoint_config") and key not in run_fields[group]:
                 raise unknown_key(source, str(key), list(run_fields[group]), prefix=f"search_space.{group}.")
             params.append(parse_param(group, str(key), spec, source))
     return params
@@ -287,9 +300,9 @@ def _kwargs_target(run: RunConfig, group: str):
     return resolve(path) if path else None
 
 
-def load_optimize_config(path: str | Path, run: RunConfig, trials: int | None = None) -> OptimizeConfig:
+def load_optimize_config(path: str | Path, run: RunConfig, trials: int | None = None, resolve_imports: bool = True) -> OptimizeConfig:
     """Load and validate an optimize config; ``trials`` overrides the file's count (--trials)."""
     data = load_yaml(path)
     if trials is not None:
         data["trials"] = trials
-    return optimize_config_from_dict(data, run, str(path))
+    return optimize_config_from_dict(data, run, str(path), resolve_imports)

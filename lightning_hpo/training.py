@@ -25,7 +25,8 @@ from lightning_hpo.config import RunConfig
 from lightning_hpo.data import build_datamodule, feature_sizes
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, resolve
-from lightning_hpo.module import LOGGED_METRICS, RegressionModule
+from lightning_hpo.metrics import LOGGED_METRICS
+from lightning_hpo.module import RegressionModule
 from lightning_hpo.yamlio import dump_yaml
 
 RESULT_FILE = "result.json"
