@@ -1,0 +1,416 @@
+"""Epoch speed: the project's training path against a plain PyTorch loop, side by side.
+
+Seconds per epoch of a path = (wall time of a LONG-epoch run - wall time of a SHORT-epoch
+run) / (LONG - SHORT), so the per-run setup (Trainer, logger, data, first checkpoint)
+cancels. Every repeat runs every (path, length) once, in a shuffled order; the table
+shows medians over repeats and the median of the per-repeat ratios to the plain loop.
+
+Paths (all on the default task: MLP 64x4 GELU, synthetic 8k/2k, AdamW 5e-3, cosine
+to 1e-5, batch 256, validation every epoch):
+
+* ``plain``: plain PyTorch loop, in-memory batches, one ``float()`` per epoch.
+* ``project``: ``lightning_hpo.training.fit_seed`` on the default RunConfig (TensorBoard
+  logger, best.ckpt + last.ckpt), i.e. what train.py and every tuning trial run.
+* ``project -ckpt``: the same with ``checkpoint_config: {save_best: false, save_last: false}``
+  (a config switch that exists today).
+* ``project -ckpt -tb``: additionally no TensorBoard logger (monkeypatched here; this
+  is the Lightning floor for this module).
+Candidate package changes, monkeypatched here (see the report for the diffs):
+
+* ``A: ckpt@end``: best.ckpt/last.ckpt built every epoch but kept in memory and
+  written once, when training ends or stops on an exception (training.py).
+* ``B: manual-opt``: manual optimization with the raw optimizer step (module.py).
+* ``C: epoch-step``: the epoch's mini-batches handed to Lightning as ONE batch, the
+  module loops over them (data.py + module.py): Lightning's per-step machinery runs
+  once per epoch. Same updates, same curve.
+* ``A+C``: both; ``C -ckpt``: C with checkpoint_config off (a switch that exists today).
+
+The last column counts the .ckpt files written during a long run and the trainer's
+global_step at the last write: a candidate that breaks step counting (and so
+ModelCheckpoint's saving) shows up there.
+
+By default every path runs with ``torch.set_num_threads(1)`` and plain/project also
+with 2 threads (``--threads 1,2``); 2 threads on a shared 2-core machine are erratic.
+
+Run: ``python benchmarks/bench_epoch.py`` (about 4 minutes on 2 busy cores, 5 with ``--profile``),
+``--quick`` for a smoke run, ``--profile`` to add a pyinstrument/cProfile breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from weakref import proxy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import fmt_s, interleaved, iqr, median, plain_fit, print_table, quiet, timed2  # noqa: E402
+
+quiet()
+
+import torch  # noqa: E402
+
+from lightning_hpo import data, training  # noqa: E402
+from lightning_hpo.config import RunConfig  # noqa: E402
+from lightning_hpo.data import synthetic_regression  # noqa: E402
+from lightning_hpo.module import RegressionModule  # noqa: E402
+
+NO_CKPT = {"save_best": False, "save_last": False}
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+@contextlib.contextmanager
+def no_tensorboard():
+    saved = training.TensorBoardLogger
+    training.TensorBoardLogger = lambda **kw: False  # Trainer(logger=False)
+    try:
+        yield
+    finally:
+        training.TensorBoardLogger = saved
+
+
+class CheckpointAtEnd(training.ModelCheckpoint):
+    """Candidate for training.py: best.ckpt/last.ckpt built every epoch as usual, but kept in
+    memory and written once, when training ends or stops on an exception.
+
+    The files then hold exactly what per-epoch writing leaves (the last completed epoch's
+    state, so --resume continues the same way); only a run killed without an exception
+    (SIGKILL, OOM, power loss) loses them. What is saved is the disk write (torch.save,
+    ~75 % of a checkpoint's cost here); the state dump and a copy remain.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, dict] = {}
+
+    def _save_checkpoint(self, trainer, filepath):
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+        self._pending[filepath] = copy.deepcopy(checkpoint)  # training goes on changing the tensors
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _flush(self, trainer):
+        for filepath, checkpoint in self._pending.items():
+            trainer.strategy.save_checkpoint(checkpoint, filepath)
+            CKPT_WRITES["n"] += 1
+            CKPT_WRITES["global_step"] = checkpoint.get("global_step")
+        self._pending.clear()
+
+    def on_train_end(self, trainer, pl_module):
+        super().on_train_end(trainer, pl_module)
+        self._flush(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        super().on_exception(trainer, pl_module, exception)
+        self._flush(trainer)
+
+
+@contextlib.contextmanager
+def checkpoint_at_end():
+    saved = training.ModelCheckpoint
+    training.ModelCheckpoint = CheckpointAtEnd
+    try:
+        yield
+    finally:
+        training.ModelCheckpoint = saved
+
+
+class ManualOptModule(RegressionModule):
+    """Candidate for module.py: manual optimization with the raw optimizer.
+
+    Skips Lightning's per-step closure, LightningOptimizer and precision/strategy hooks
+    (on_before_backward, on_after_backward, on_before_optimizer_step, on_before_zero_grad).
+    Valid for one device at 32-bit precision; under DDP, use ``self.manual_backward``.
+
+    The LightningOptimizer's step-progress hooks are still called around the raw step:
+    without them ``trainer.global_step`` stays 0 and ModelCheckpoint skips every save
+    after the first (it looked 25 % faster that way).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def _raw_step(self, loss, lopt):
+        lopt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lopt._on_before_step()  # counts the step: trainer.global_step
+        lopt.optimizer.step()
+        lopt._on_after_step()
+
+    def training_step(self, batch, batch_idx):
+        self._raw_step(self._step(batch, "train"), self.optimizers())
+
+    def on_train_epoch_end(self):
+        super().on_train_epoch_end()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+
+class EpochBatches(data.TensorBatches):
+    """Candidate for data.py: the epoch's mini-batches handed to Lightning as ONE batch."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield list(super().__iter__())
+
+
+class EpochStepModule(ManualOptModule):
+    """Candidate for module.py: one Lightning step per epoch, the same mini-batch updates inside."""
+
+    def training_step(self, batch, batch_idx):
+        lopt = self.optimizers()
+        for mini in batch:
+            self._raw_step(self._step(mini, "train"), lopt)
+
+    def validation_step(self, batch, batch_idx):
+        for mini in batch:
+            self._step(mini, "val")
+
+
+@contextlib.contextmanager
+def patched(**changes):
+    """Temporarily replace names in lightning_hpo.training / lightning_hpo.data."""
+    saved = []
+    for name, value in changes.items():
+        module = data if name == "TensorBatches" else training
+        saved.append((module, name, getattr(module, name)))
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def _manual():
+    return patched(RegressionModule=ManualOptModule)
+
+
+def _epoch_step():
+    return patched(RegressionModule=EpochStepModule, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
+
+
+def _epoch_step_ckpt_at_end():
+    return patched(RegressionModule=EpochStepModule, ModelCheckpoint=CheckpointAtEnd, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
+
+
+VARIANTS = {
+    "plain": None,
+    "project": (dict(), contextlib.nullcontext),
+    "project -ckpt": (dict(checkpoint_config=NO_CKPT), contextlib.nullcontext),
+    "project -ckpt -tb": (dict(checkpoint_config=NO_CKPT), no_tensorboard),
+    "A: ckpt@end": (dict(), checkpoint_at_end),
+    "B: manual-opt": (dict(), _manual),
+    "C: epoch-step": (dict(), _epoch_step),
+    "A+C": (dict(), _epoch_step_ckpt_at_end),
+    "C -ckpt": (dict(checkpoint_config=NO_CKPT), _epoch_step),
+}
+
+
+# --------------------------------------------------------------------------- runs
+
+CKPT_WRITES = {"n": 0, "global_step": None}
+_save_checkpoint = training.ModelCheckpoint._save_checkpoint
+
+
+def _counting_save(self, trainer, filepath):
+    CKPT_WRITES["n"] += 1
+    CKPT_WRITES["global_step"] = trainer.global_step
+    return _save_checkpoint(self, trainer, filepath)
+
+
+training.ModelCheckpoint._save_checkpoint = _counting_save  # CheckpointAtEnd inherits it
+
+
+class Runner:
+    def __init__(self, root: Path, seed: int):
+        self.root, self.seed, self.n = root, seed, 0
+        self.writes: dict[tuple[str, int], tuple[int, int | None]] = {}
+        self.train, self.val = synthetic_regression()
+
+    def run(self, variant: str, epochs: int, threads: int) -> tuple[float, float, list[float]]:
+        """(wall s, CPU s, validation curve) of one run."""
+        torch.set_num_threads(threads)
+        if variant == "plain":
+            return timed2(lambda: plain_fit(self.train, self.val, epochs=epochs, seed=self.seed))
+        overrides, ctx = VARIANTS[variant]
+        cfg = RunConfig(epochs=epochs, seeds=[self.seed], device="cpu", **overrides)
+        self.n += 1
+        run_dir = self.root / "MLP" / f"g{self.n}" / str(self.seed)
+        CKPT_WRITES.update(n=0, global_step=None)
+        with ctx():
+            wall, cpu, result = timed2(lambda: training.fit_seed(cfg, self.seed, run_dir))
+        self.writes[(variant, epochs)] = (CKPT_WRITES["n"], CKPT_WRITES["global_step"])
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+        return wall, cpu, result.history
+
+
+def profile(runner: Runner, epochs: int, runs: int) -> None:
+    """Where the project path's time goes, over ``runs`` fits of ``epochs`` epochs."""
+    torch.set_num_threads(2)
+    runner.run("project", 2, 2)  # warm
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        Profiler = None
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(runs):
+        runner.run("project", epochs, 2)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    total = max(v[3] for v in stats.stats.values())
+    # (path fragment of the file, function name) -> label; line numbers differ between versions
+    wanted = {
+        ("loops/fit_loop.py", "advance"): "epoch loop (train + val + epoch-end hooks)",
+        ("", "run_backward"): "autograd backward (torch)",  # builtin: matched by name
+        ("torch/optim/adam.py", "step"): "AdamW.step, incl. the closure (training_step + backward)",
+        ("lightning_hpo/model.py", "forward"): "MLP forward, train + val (torch)",
+        ("optimization/automatic.py", "zero_grad_fn"): "zero_grad via Lightning",
+        ("callbacks/model_checkpoint.py", "on_train_epoch_end"): "ModelCheckpoint.on_train_epoch_end (best/last .ckpt writes)",
+        ("callbacks/model_checkpoint.py", "on_validation_end"): "ModelCheckpoint.on_validation_end",
+        ("callbacks/model_checkpoint.py", "_save_checkpoint"): "  ... of which Trainer.save_checkpoint (dump + torch.save)",
+        ("pytorch/core/module.py", "log"): "LightningModule.log (4 calls/epoch)",
+        ("fabric/loggers/tensorboard.py", "log_metrics"): "TensorBoard log_metrics (event writes)",
+        ("trainer/call.py", "_call_callback_hooks"): "callback hook dispatch (all callbacks)",
+        ("trainer/call.py", "_call_lightning_module_hook"): "module hook dispatch (incl. training_step)",
+        ("loops/evaluation_loop.py", "run"): "validation loop (all of it)",
+        ("torch/nn/modules/module.py", "__setattr__"): "nn.Module.__setattr__ (Lightning sets _current_fx_name per hook)",
+        ("strategies/strategy.py", "batch_to_device"): "batch_to_device (no-op on CPU)",
+        ("optimization/automatic.py", "run"): "automatic optimization (closure: step+backward+optimizer)",
+    }
+    rows = []
+    for (fname, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
+        label = wanted[("", "run_backward")] if "run_backward" in func else next(
+            (lab for (frag, fn), lab in wanted.items() if fn == func and frag and frag in fname), None
+        )
+        if label:
+            rows.append((label, nc, ct))
+    rows.sort(key=lambda r: -r[2])
+    print_table(
+        ["item (cProfile, cumulative)", "calls", "s", "% of fits"],
+        [(label, n, f"{ct:.3f}", f"{100 * ct / total:.1f}") for label, n, ct in rows],
+        title=f"cProfile of {runs} x fit_seed({epochs} epochs), default RunConfig; total {total:.2f} s "
+        f"(profiler overhead inflates Python-heavy items)",
+    )
+    if Profiler is not None:
+        p = Profiler(interval=0.001)
+        p.start()
+        for _ in range(runs):
+            runner.run("project", epochs, 2)
+        p.stop()
+        print("\npyinstrument (library frames collapsed):")
+        print(p.output_text(unicode=False, color=False, show_all=False))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--short", type=int, default=5)
+    ap.add_argument("--long", type=int, default=30)
+    ap.add_argument("--threads", default="1,2", help="comma list of torch thread counts; all variants run at the first, --also at the others (default: %(default)s)")
+    ap.add_argument("--also", default="plain,project", help="variants also timed at the other thread counts (default: %(default)s)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of paths to time")
+    ap.add_argument("--profile", action="store_true", help="also profile the project path")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 2 vs 6 epochs")
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.short, args.long = 2, 2, 6
+    threads = [int(t) for t in args.threads.split(",")]
+    variants = [v.strip() for v in args.variants.split(",")]
+    args.also = {"plain", *(v.strip() for v in args.also.split(","))}
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    seed = 0
+    training.quiet_lightning()
+    quiet()
+    root = Path(tempfile.mkdtemp(prefix="bench_epoch_"))
+    runner = Runner(root, seed)
+    # Warm-up: first Trainer, TensorBoard import, torch kernels.
+    for v in variants:
+        runner.run(v, 2, threads[0])
+
+    tasks = [(v, t, e) for t in threads for v in variants if t == threads[0] or v in args.also for e in (args.short, args.long)]
+    wall: dict[tuple[str, int, int], dict[int, float]] = {}
+    cpu: dict[tuple[str, int, int], dict[int, float]] = {}
+    histories: dict[str, list[float]] = {}
+    for rep, (v, t, e) in interleaved(tasks, args.repeats, seed=1):
+        w, c, hist = runner.run(v, e, t)
+        wall.setdefault((v, t, e), {})[rep] = w
+        cpu.setdefault((v, t, e), {})[rep] = c
+        if e == args.long and t == threads[0]:
+            histories[v] = hist
+    torch.set_num_threads(threads[0])
+
+    span = args.long - args.short
+    R = range(args.repeats)
+
+    def per_epoch(times, v, t):
+        """Per-repeat estimates and the estimate from the medians of the two lengths."""
+        per = [(times[(v, t, args.long)][r] - times[(v, t, args.short)][r]) / span for r in R]
+        of_medians = (median(times[(v, t, args.long)].values()) - median(times[(v, t, args.short)].values())) / span
+        return per, of_medians
+
+    rows = []
+    summary = {}
+    for t in threads:
+        base_w, base_wm = per_epoch(wall, "plain", t)
+        base_c, base_cm = per_epoch(cpu, "plain", t)
+        for v in variants:
+            if (v, t, args.long) not in wall:
+                continue
+            w, wm = per_epoch(wall, v, t)
+            c, cm = per_epoch(cpu, v, t)
+            setup = median(wall[(v, t, args.short)].values()) - args.short * wm
+            ratios = [a / b for a, b in zip(w, base_w)]
+            lo, hi = iqr(ratios)
+            summary[(v, t)] = (wm / base_wm, cm / base_cm)
+            writes = runner.writes.get((v, args.long))
+            wrote = "-" if writes is None else f"{writes[0]} / {writes[1]}"
+            rows.append((v, t, fmt_s(wm), f"{wm / base_wm:.2f}", f"{median(ratios):.2f} [{lo:.2f}, {hi:.2f}]", fmt_s(cm), f"{cm / base_cm:.2f}", fmt_s(setup, 3), wrote))
+    print_table(
+        ["path", "threads", "wall s/epoch", "x plain (wall)", "per-repeat ratios: median [IQR]", "CPU s/epoch", "x plain (CPU)", "setup s/run (wall)", f".ckpt writes / global_step ({args.long} epochs)"],
+        rows,
+        title=f"bench_epoch: s/epoch = (median {args.long}-epoch run - median {args.short}-epoch run) / {span}; "
+        f"{args.repeats} interleaved repeats; ratios to the plain loop at the same thread count",
+    )
+    # Correctness: same seed, same RNG use, so the curves should agree.
+    if "plain" in histories and "project" in histories:
+        p, q = histories["plain"], histories["project"]
+        diff = max(abs(a - b) for a, b in zip(p, q))
+        print(
+            f"\nfinal val_loss after {args.long} epochs, seed {seed}: plain {p[-1]:.6g}, project {q[-1]:.6g}; "
+            f"max |difference| over the curve {diff:.3g}"
+        )
+        for v in variants:
+            if v not in ("plain", "project") and v in histories:
+                print(f"  {v}: final {histories[v][-1]:.6g}")
+    for t in threads:
+        if ("project", t) in summary:
+            rw, rc = summary[("project", t)]
+            print(f"target (project <= 1.20x plain), {t} thread(s): {rw:.2f}x wall, {rc:.2f}x CPU -> {'met' if rw <= 1.2 else 'missed'}")
+    if args.profile:
+        profile(runner, args.long, 2 if args.quick else 3)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
