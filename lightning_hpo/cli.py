@@ -105,7 +105,6 @@ def tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
     p.add_argument("--max-trials", type=int, help=argparse.SUPPRESS)  # a worker's share, set by --workers
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # torch threads per worker
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -134,7 +133,7 @@ def _load_tune_configs(args: argparse.Namespace):
 def _settings(args: argparse.Namespace):
     from lightning_hpo.tuning import TuneSettings
 
-    return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials, worker_index=args.worker_index)
+    return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -142,8 +141,9 @@ def _tune(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     from lightning_hpo.training import quiet_lightning
-    from lightning_hpo.tuning import create_or_load_study, finish, quiet_optuna, remaining, tune
+    from lightning_hpo.tuning import create_or_load_study, finish, interrupt_on_sigterm, quiet_optuna, remaining, tune
 
+    interrupt_on_sigterm()
     quiet_lightning()
     quiet_optuna(args.debug)
     if args.threads:

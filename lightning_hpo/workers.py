@@ -34,25 +34,36 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
 
     Each child gets its share of the trials, so the study's total is met exactly, and
     an equal share of the CPU threads. Children inherit stdout, so their per-trial lines
-    form one stream. Ctrl-C reaches every child (same process group); each fails its
-    running trial cleanly and exits, and this waits for them.
+    form one stream. Ctrl-C or SIGTERM to this process is passed on to every child; each
+    fails its running trial cleanly and exits, and this waits for them.
     """
     threads = max(1, (os.cpu_count() or 1) // workers)
     base = _without(_without(argv, "--workers"), "--threads")
     procs = []
-    for index, share in enumerate(shares(todo, workers)):
-        if share == 0:
-            continue
-        cmd = [sys.executable, "-m", "lightning_hpo.cli", *base, "--max-trials", str(share), "--threads", str(threads), "--worker-index", str(index)]
-        procs.append(subprocess.Popen(cmd))
+    received = [signal.SIGINT]
+
+    def interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
+        for share in shares(todo, workers):
+            if share > 0:
+                cmd = [sys.executable, "-m", "lightning_hpo.cli", *base, "--max-trials", str(share), "--threads", str(threads)]
+                procs.append(subprocess.Popen(cmd))
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        codes = [p.wait() for p in procs]
+                p.send_signal(received[-1])
+        for p in procs:
+            p.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = [c for c in codes if c != 0]
     if failed:
         raise SystemExit(failed[0])
