@@ -9,7 +9,7 @@ PyTorch loop runs E and 2E epochs in the same repeats as a yardstick.
   per-epoch ``trial.report`` / ``should_prune`` on SQLite.
 * overhead/trial = T(E) / trials - E * (s/epoch inside a study): Trainer and logger
   construction, config.yaml, sampler, storage writes, final checkpoint/hparams, teardown,
-  ``gc_after_trial``.
+  the per-trial garbage collection.
 
 A breakdown of one trial comes from timers wrapped around the objective and fit_seed
 (bench-only instrumentation).
@@ -38,7 +38,6 @@ quiet()
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-import optuna.study._optimize as optuna_optimize  # noqa: E402
 
 from lightning_hpo import training, tuning  # noqa: E402
 from lightning_hpo.config import load_run_config  # noqa: E402
@@ -48,64 +47,42 @@ from lightning_hpo.tuning import TuneSettings, tune  # noqa: E402
 
 
 class GcShim:
-    """Stands in for the ``gc`` module inside optuna's optimize loop (``gc_after_trial=True``):
-    times each collection and applies the variant's policy."""
+    """Stands in for ``tuning.collect_and_freeze``, the per-trial gc callback: times it and
+    applies the variant's policy."""
 
     def __init__(self):
-        self.mode, self.times = "collect", []
+        self.mode, self.times = "collect+freeze", []
 
-    def collect(self, *args):
+    def __call__(self, study, trial):
         start = time.perf_counter()
         if self.mode != "off":
-            gc.collect(*args)
+            gc.collect()
             if self.mode == "collect+freeze":
                 gc.freeze()
         self.times.append(time.perf_counter() - start)
 
 
 GC = GcShim()
-optuna_optimize.gc = GC
-_open_storage = tuning.open_storage
+tuning.collect_and_freeze = GC
 _create_or_load_study = tuning.create_or_load_study
-
-
-def open_storage_wal(url, **kwargs):
-    """Candidate for storage.py: SQLite in WAL mode with synchronous=NORMAL (no fsync per commit)."""
-    storage = _open_storage(url, **kwargs)
-    if url.startswith("sqlite"):
-        from sqlalchemy import event
-
-        @event.listens_for(storage.engine, "connect")
-        def _pragmas(dbapi_connection, record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        storage.engine.dispose()  # pooled connections reconnect with the pragmas
-    return storage
 
 
 def in_memory_study(run, opt, settings):
     return optuna.create_study(study_name=opt.study_name, sampler=opt.make_sampler(), pruner=opt.make_pruner(), direction=opt.direction)
 
 
-# name -> (gc mode, open_storage, create_or_load_study)
+# name -> (gc mode, create_or_load_study)
 VARIANTS = {
-    "default": ("collect", _open_storage, _create_or_load_study),
-    "G": ("collect+freeze", _open_storage, _create_or_load_study),
-    "G0": ("off", _open_storage, _create_or_load_study),
-    "S": ("collect", open_storage_wal, _create_or_load_study),
-    "G+S": ("collect+freeze", open_storage_wal, _create_or_load_study),
-    "mem+G": ("collect+freeze", _open_storage, in_memory_study),
+    "shipped": ("collect+freeze", _create_or_load_study),
+    "gc_after_trial": ("collect", _create_or_load_study),
+    "no gc": ("off", _create_or_load_study),
+    "mem": ("collect+freeze", in_memory_study),
 }
 LEGEND = {
-    "default": "as shipped: SQLite file (rollback journal, fsync per commit), gc.collect() after every trial",
-    "G": "candidate: gc.collect() then gc.freeze() after every trial (only new objects are scanned next time)",
-    "G0": "gc_after_trial=False",
-    "S": "candidate: SQLite journal_mode=WAL + synchronous=NORMAL",
-    "G+S": "both candidates",
-    "mem+G": "floor: optuna InMemoryStorage (no heartbeat), G",
+    "shipped": "as shipped: SQLite file, gc.collect() then gc.freeze() after every trial (only new objects are scanned next time)",
+    "gc_after_trial": "before: a full gc.collect() after every trial (Optuna's gc_after_trial=True)",
+    "no gc": "no per-trial collection (Python's automatic gc only)",
+    "mem": "floor: Optuna InMemoryStorage (no heartbeat), shipped gc policy",
 }
 
 
@@ -149,7 +126,7 @@ class Timers:
 
 def run_study(root: Path, variant: str, epochs: int, trials: int, timers: Timers) -> tuple[float, float, dict]:
     """(wall s, CPU s, breakdown) of one tune() call of ``trials`` trials of ``epochs`` epochs."""
-    gc_mode, open_storage, create_or_load = VARIANTS[variant]
+    gc_mode, create_or_load = VARIANTS[variant]
     work = Path(tempfile.mkdtemp(prefix="study_", dir=root))
     run = load_run_config(ROOT / "configs" / "run_template.yaml", {"epochs": epochs, "device": "cpu"})
     run.seeds = run.seeds[:1]
@@ -158,15 +135,14 @@ def run_study(root: Path, variant: str, epochs: int, trials: int, timers: Timers
     settings = TuneSettings(storage=f"sqlite:///{work}/study.db", runs_root=str(work / "runs"))
     timers.reset()
     GC.mode, GC.times = gc_mode, []
-    tuning.open_storage, tuning.create_or_load_study = open_storage, create_or_load
+    tuning.create_or_load_study = create_or_load
     start = time.perf_counter()
     try:
         # Progress echoes one line per finished trial: its calls mark the trial ends.
         wall, cpu, study = timed2(lambda: tune(run, opt, settings, echo=lambda line: timers.trial_end.append(time.perf_counter())))
     finally:
-        tuning.open_storage, tuning.create_or_load_study = _open_storage, _create_or_load_study
+        tuning.create_or_load_study = _create_or_load_study
         gc.unfreeze()  # the next run starts from the same heap state whatever this one did
-        GC.mode = "collect"
     assert len(study.trials) == trials, (len(study.trials), trials)
     ends = [start] + timers.trial_end
     per_trial = [b - a for a, b in zip(ends, ends[1:])]
@@ -275,7 +251,7 @@ def main() -> None:
         "s/epoch (E vs 2E) = (s/trial 2E - s/trial E) / E; overhead (E vs 2E) = s/trial E - E x that. "
         "The breakdown columns are medians of timers "
         "inside the E-epoch studies: 'outside fit_seed' = sampler, suggest/user-attr/report writes, "
-        "callbacks, gc_after_trial; 'fit_seed setup' = config.yaml, data, module, Trainer and logger; "
+        "callbacks, the per-trial gc; 'fit_seed setup' = config.yaml, data, module, Trainer and logger; "
         "'Trainer.fit - E epochs' = sanity check, hparams, last checkpoint, teardown."
     )
     print(
