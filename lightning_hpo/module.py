@@ -89,7 +89,8 @@ class RegressionModule(pl.LightningModule):
 
     def on_train_epoch_start(self):
         # Read before the epoch: by its end Lightning has already stepped the scheduler.
-        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+        # sync_dist: lr is the same on every rank; averaging it keeps Lightning's DDP warning away.
+        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
 
     def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")

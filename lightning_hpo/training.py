@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lightning_hpo.config import RunConfig
 from lightning_hpo.data import build_datamodule, feature_sizes
@@ -30,6 +32,18 @@ from lightning_hpo.module import RegressionModule
 from lightning_hpo.yamlio import dump_yaml
 
 RESULT_FILE = "result.json"
+# The key under which RunRecorder hands the history back from spawned DDP ranks (see below).
+HISTORY_KEY = "lightning_hpo/history"
+# Strategies that start extra devices' processes by re-running the command line ("auto" picks
+# "ddp" for several devices), and their spawn-based equivalents: see build_trainer.
+_SPAWNED_EQUIVALENT = {
+    "auto": "ddp_spawn",
+    "ddp": "ddp_spawn",
+    "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
+}
+_quiet = False  # set by quiet_lightning(); spawned DDP ranks inherit it through RunRecorder
+_noted: set[str] = set()
 
 
 @dataclass
@@ -82,10 +96,25 @@ class RunRecorder(Callback):
     listing the ones that are. The hyperparameters go to TensorBoard with the final
     and best metric however training ends (finished, early-stopped, pruned or
     interrupted), before Lightning closes the logger.
+
+    Under a spawn-based strategy (ddp_spawn) the ranks train in other processes, on
+    copies of this callback: at the end of training the history is put into
+    ``trainer.callback_metrics``, which Lightning carries back to the main process,
+    where ``fit_seed`` reads it. The copies also apply ``quiet_lightning`` when the
+    main process did.
     """
 
     def __init__(self, result: SeedResult, monitor: str, hparams: dict[str, Any]):
         self.result, self.monitor, self.hparams = result, monitor, hparams
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_quiet": _quiet}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state.pop("_quiet", False):
+            quiet_lightning()  # unpickled in a spawned rank, before it logs anything
+        self.__dict__.update(state)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
@@ -113,9 +142,29 @@ class RunRecorder(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_hparams(trainer)
+        trainer.callback_metrics[HISTORY_KEY] = torch.tensor(self.result.history, dtype=torch.float64)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._log_hparams(trainer)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at the end of every epoch, whatever the monitor did.
+
+    ``ModelCheckpoint(save_last=True)`` rewrites last.ckpt only when it has just saved another
+    checkpoint, i.e. when the monitor improved, so --resume would repeat every epoch since the
+    best one. This is ModelCheckpoint's own every-epoch saving (monitor=None) under a fixed
+    name; it tracks no metric, so it keeps no state in the checkpoints.
+    """
+
+    def __init__(self, dirpath: Path):
+        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, enable_version_counter=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def accelerator_and_devices(cfg: RunConfig) -> tuple[str, Any]:
@@ -129,6 +178,44 @@ def accelerator_and_devices(cfg: RunConfig) -> tuple[str, Any]:
     if ":" in cfg.device:
         return "gpu", [int(cfg.device.split(":")[1])]
     return "gpu", cfg.devices
+
+
+def _relaunches_the_script(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer.fit`` would start the other ranks by re-running ``sys.argv`` (Lightning's
+    ``ddp``): a second train.py or tune.py, not a training rank."""
+    launcher = trainer.strategy.launcher
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally
+        and launcher.num_processes * launcher.num_nodes > 1
+    )
+
+
+def _note_once(message: str) -> None:
+    if message not in _noted:
+        _noted.add(message)
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def build_trainer(cfg: RunConfig, **kwargs: Any) -> pl.Trainer:
+    """A Trainer for ``cfg``'s device, devices and strategy.
+
+    Several devices run as ``ddp_spawn``: Lightning's ``ddp`` (also what ``auto`` picks) starts
+    the other ranks by re-running the command line, which here would start another training
+    or tuning run instead of a rank.
+    """
+    accelerator, devices = accelerator_and_devices(cfg)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=cfg.strategy, **kwargs)
+    if not _relaunches_the_script(trainer):
+        return trainer
+    spawned = _SPAWNED_EQUIVALENT.get(cfg.strategy)
+    if spawned is None:
+        raise ConfigError(
+            "<run config>", "strategy", f"{cfg.strategy!r} on several devices starts its processes by re-running the command line, which train.py and tune.py cannot do", "use strategy: ddp_spawn, or devices: 1"
+        )
+    if cfg.strategy != "auto":
+        _note_once(f"strategy {cfg.strategy!r} runs as {spawned!r}: {cfg.strategy!r} would re-run the command line for each extra device")
+    return pl.Trainer(accelerator=accelerator, devices=devices, strategy=spawned, **kwargs)
 
 
 def build_module(cfg: RunConfig, dm: pl.LightningDataModule) -> RegressionModule:
@@ -200,33 +287,21 @@ def fit_seed(
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     dm, module = build_components(cfg, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg.to_dict() | {"seeds": [seed]}, run_dir / "config.yaml")
     result = SeedResult(seed, run_dir, mode=mode)
     checkpoint = cfg.checkpoint_config
     own_callbacks: list[Callback] = [RunRecorder(result, monitor, hparams_of(cfg) | {"seed": seed})]
-    if checkpoint["save_best"] or checkpoint["save_last"]:
-        own_callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="best",
-                monitor=monitor,
-                mode=mode,
-                save_top_k=1 if checkpoint["save_best"] else 0,
-                save_last=checkpoint["save_last"],
-                enable_version_counter=False,
-            )
-        )
+    if checkpoint["save_best"]:
+        own_callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False))
+    if checkpoint["save_last"]:
+        # After the best one, so last.ckpt holds this epoch's best-checkpoint state for --resume.
+        own_callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
     stopping = cfg.early_stopping_config
     if stopping["enabled"]:
         own_callbacks.append(EarlyStopping(monitor, patience=stopping["patience"], min_delta=stopping["min_delta"], mode=mode))
     logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False)
-    accelerator, devices = accelerator_and_devices(cfg)
-    trainer = pl.Trainer(
+    trainer = build_trainer(
+        cfg,
         max_epochs=cfg.epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=cfg.strategy,
         logger=logger,
         callbacks=[*own_callbacks, *callbacks],
         enable_progress_bar=progress_bar,
@@ -235,10 +310,16 @@ def fit_seed(
         log_every_n_steps=1,
         deterministic=False,
     )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg.to_dict() | {"seeds": [seed]}, run_dir / "config.yaml")
     last = run_dir / "checkpoints" / "last.ckpt"
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+        # The ranks' history: from this process's RunRecorder or, under ddp_spawn, from rank 0's.
+        history = trainer.callback_metrics.get(HISTORY_KEY)
+        if history is not None:
+            result.history[:] = history.tolist()
         if after_fit is not None:
             after_fit()
     except SystemExit as exc:
@@ -297,7 +378,10 @@ def train(
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning's per-Trainer banners ("GPU available: ...") that bury our output."""
+    """Silence Lightning's per-Trainer banners ("GPU available: ...") that bury our output,
+    here and in the ranks a spawn-based DDP strategy starts for this process's runs."""
+    global _quiet
+    _quiet = True
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.13, harmless

@@ -176,7 +176,7 @@ def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSett
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
             study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
             _check_compatible(study, opt)
-    study.sampler = TrialSeededSampler(lambda number: opt.make_sampler(seed_offset=number)) if opt.seed is not None else opt.make_sampler()
+    study.sampler = TrialSeededSampler(opt.make_sampler) if opt.seed is not None else opt.make_sampler()
     return study
 
 
