@@ -22,25 +22,10 @@ _AMBIGUOUS_BOOLS = {"yes", "no", "on", "off", "y", "n"}
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that knows which file it reads, for error messages."""
+    """SafeLoader that knows which file it reads, for error messages. ``load_yaml``
+    checks the node tree for duplicate keys and YAML 1.1 booleans before it constructs."""
 
     source = "<yaml>"
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            _refuse_ambiguous_bools(self.source, str(key), value_node)
-            if key in seen:
-                raise ConfigError(
-                    self.source,
-                    str(key),
-                    f"duplicate key (lines {seen[key]} and {line})",
-                    "keep only one of them",
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_bool(self, node):
         if node.value.lower() in _AMBIGUOUS_BOOLS:
@@ -51,6 +36,24 @@ class _StrictLoader(yaml.SafeLoader):
                 f"write true/false for a boolean, or quote it ('{node.value}') for a string",
             )
         return super().construct_yaml_bool(node)
+
+
+def _check_nodes(node: yaml.Node, path: str, source: str) -> None:
+    """Refuse duplicate keys and YAML 1.1 booleans, naming each by its dotted key path."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_nodes(item, path, source)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = f"{path}.{key_node.value}" if path else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(source, key, f"duplicate key (lines {seen[key]} and {line})", "keep only one of them")
+        seen[key] = line
+        _refuse_ambiguous_bools(source, key, value_node)
+        _check_nodes(value_node, key, source)
 
 
 def _refuse_ambiguous_bools(source: str, key: str, node: yaml.Node) -> None:
@@ -97,7 +100,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     loader = _StrictLoader(text)
     loader.source = source
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None:
+            _check_nodes(node, "", source)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None

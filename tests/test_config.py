@@ -259,11 +259,6 @@ def test_yaml11_boolean_message_names_the_key() -> None:
     assert "enabled" in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: yamlio._StrictLoader.construct_mapping names a nested duplicate by its leaf "
-    "('nodes'), not by the dotted path ConfigError documents ('net_config.nodes')",
-    strict=True,
-)
 def test_nested_duplicate_key_is_named_by_its_dotted_path() -> None:
     with pytest.raises(ConfigError) as info:
         load_run_config(CORPUS / "duplicate_nested_key.yaml")
