@@ -185,6 +185,20 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
         supplied = {"net": ("in_features", "out_features"), "optimizer": ("params",), "scheduler": ("optimizer", "T_max")}
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
     check_device(cfg.device, source)
+    check_strategy(cfg.strategy, source)
+
+
+def check_strategy(strategy: str, source: str) -> None:
+    """A Lightning strategy name, so a typo fails now rather than in every trial."""
+    if strategy == "auto":
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = StrategyRegistry.available_strategies()
+    if strategy not in names:
+        near = difflib.get_close_matches(strategy, names, n=1, cutoff=0.5)
+        fix = f"did you mean '{near[0]}'?" if near else "use auto, or ddp_spawn with devices: 2 or more"
+        raise ConfigError(source, "strategy", f"{strategy!r} is not a Lightning strategy", fix)
 
 
 def check_device(device: str, source: str) -> None:
