@@ -12,29 +12,28 @@ Metrics per pruner (mean over orders; "best" = lowest final val_loss):
 
 * epochs: fraction of the epochs that no pruning trains;
 * regret: (best final value among COMPLETE trials - best final value of all configs)
-  / |best of all configs|; NopPruner's is 0 by construction;
-* regret / (median - best): the same gap relative to the gap between the median config
-  and the best one (0 = best found, 100 % = no better than a typical config), which
-  stays meaningful when many configs tie near the noise floor;
+  / |best of all configs|, mean and worst order; NopPruner's is 0 by construction;
 * best kept: fraction of orders in which the single best configuration completed;
-* top-10% false prunes: fraction of the true top-10 % configurations that were pruned;
-* (worst order regret, for the spread).
+* top-10% pruned: fraction of the true top-10 % configurations that were pruned.
 
-PFL and MedianPruner get the SAME startup/warm-up (``n_startup_trials=10``,
-``n_warmup_epochs``/``n_warmup_steps=10``) in the main block; the template's own settings
-(5 startup trials, warm-up 10, top_k 5) are a second block. Rows marked ``exp:`` are
-experimental PFL decision rules defined in this file (candidates for lightning_hpo/pruner.py).
+Rows: the shipped ``PFLPruner`` (defaults), issue 3's reference rule (the prediction
+alone, as first shipped, top_k 10), MedianPruner, Hyperband and Wilcoxon, all with the
+same start-up/warm-up (``n_startup_trials=10``, ``n_warmup_epochs``/``n_warmup_steps=10``)
+where they have one; then ablations of the shipped rule. The verdicts check the PFL rows
+against the targets: <= 50 % of the epochs, regret <= 2 % in every order, and a
+trade-off at least as good as Median's.
 
 WilcoxonPruner needs scipy; without it, a small exact/normal-approximation signed-rank
 test defined here stands in (marked ``*``).
 
-Run: ``python benchmarks/bench_pruners.py`` (~20-30 s on 2 cores), ``--quick`` for a
-smoke run (1 order, fewer pruners).
+Run: ``python benchmarks/bench_pruners.py`` (~30 s on 2 cores), ``--quick`` for a smoke
+run (1 order, 4 pruners), ``--pfl-module PATH`` to add a patched pruner.py's PFLPruner.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing as mp
 import random
@@ -53,22 +52,12 @@ from record_curves import DATA_DIR, TASKS, load_curves  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from lightning_hpo.pruner import (  # noqa: E402
-    PFLDecision,
-    PFLPruner,
-    _decisive_curves,
-    _is_worse,
-    epochs_per_seed_of,
-    mean_pfl,
-    predict_final_loss,
-    split_curves,
-)
+from lightning_hpo.pruner import PFLPruner, _is_worse  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore")
 
 STARTUP, WARMUP = 10, 10
-WINNER = "exp: same-epoch, best-so-far, q=0.5"
 TOL_EPOCHS, TOL_REGRET = 0.01, 0.001  # 1 point of epochs, 0.1 % regret
 
 
@@ -150,99 +139,33 @@ except ImportError:
     WILCOXON_SHIM = True
 
 
-# --------------------------------------------------------------------------- experimental PFL rules
+# --------------------------------------------------------------------------- reference rules
 
 
-def _smoothed_last(values, target_epoch):
-    """The EMA-smoothed value at the curve's last epoch (the predictor's own smoothing, no extrapolation)."""
-    return predict_final_loss(values, len([v for v in values if math.isfinite(v)]))
-
-
-def _best_so_far(values, target_epoch, maximize=False):
-    finite = [v for v in values if math.isfinite(v)]
-    return (max(finite) if maximize else min(finite)) if finite else math.nan
-
-
-PREDICTORS = {"pfl": predict_final_loss, "smoothed": _smoothed_last, "last": lambda values, target: values[-1], "best": _best_so_far}
-
-
-class PFLSameEpoch(PFLPruner):
-    """exp: the running trial's prediction against the completed trials' predictions made
-    from their curves CUT AT THE SAME EPOCH (apples to apples: both sides carry the same
-    extrapolation bias, e.g. the late drop of a cosine schedule no extrapolation foresees).
-
-    Threshold = the ``top_k``-th best such prediction, or with ``quantile`` the
-    ``max(top_k, ceil(quantile * n_completed))``-th best.
-    """
-
-    def __init__(self, *args, predictor: str = "pfl", quantile: float | None = None, protect: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._predictor = predictor
-        self._quantile = quantile
-        self._protect = protect  # also require the original PFL rule to say "worse"
-        self._cut_cache: dict = {}
+class PFLReferenceRule(PFLPruner):
+    """Issue 3's decision as first shipped: prune when the predicted final value is worse
+    than the worst prediction among the ``top_k`` best completed trials, with no
+    same-epoch check. Same predictor, start-up, warm-up and non-finite handling."""
 
     def evaluate(self, study, trial):
-        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        if self._predictor == "best":
-            self._predict = lambda values, target: _best_so_far(values, target, maximize)
-        else:
-            self._predict = PREDICTORS[self._predictor]
-        base = super().evaluate(study, trial)
-        if self._protect and base.reason == "ok":
-            return base
-        if base.reason not in ("ok", "worse", "no-reference"):
-            return base
-        per_seed = epochs_per_seed_of(trial)
-        curves = split_curves(trial.intermediate_values, per_seed)
-        decisive = _decisive_curves(curves, per_seed, self._n_warmup_epochs)
-        n = len(decisive[-1])
-        target = base.target_epoch
-        mine = statistics.fmean(self._predict(c, target) for c in decisive)
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        preds = []
-        for t in completed:
-            if t.number == trial.number or not t.intermediate_values:
-                continue
-            key = (study.study_name, t.number, n)
-            hit = self._cut_cache.get(key)
-            if hit is None:
-                cs = [c[:n] for c in split_curves(t.intermediate_values, epochs_per_seed_of(t))]
-                hit = statistics.fmean(self._predict(c, target) for c in cs)
-                self._cut_cache[key] = hit
-            if math.isfinite(hit):
-                preds.append(hit)
-        k = self._top_k if self._quantile is None else max(self._top_k, math.ceil(self._quantile * len(preds)))
-        if len(preds) < k:
-            return PFLDecision(False, "no-reference", base.step, mine, None, target)
-        direction = study.directions[0]
-        preds.sort(reverse=direction == optuna.study.StudyDirection.MAXIMIZE)
-        threshold = preds[k - 1]
-        worse = _is_worse(mine, threshold, direction)
-        return PFLDecision(worse, "worse" if worse else "ok", base.step, mine, threshold, target)
+        d = super().evaluate(study, trial)
+        if d.reason == "non-finite" or d.pfl is None or d.threshold is None:
+            return d
+        worse = _is_worse(d.pfl, d.threshold, study.direction)
+        return dataclasses.replace(d, prune=worse, reason="worse" if worse else "ok")
 
 
-class PFLMargin(PFLPruner):
-    """exp: prune only when the prediction is worse than the threshold by a margin that
-    shrinks as the curve gets longer: ``margin = m * |threshold - best| * (1 - n/target)``...
-    implemented as a relative margin on the spread of the reference predictions."""
-
-    def __init__(self, *args, margin: float = 0.5, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._margin = margin
+class SameEpochOnly(PFLPruner):
+    """Ablation, the rule of proposals/P_pfl_same_epoch_rule.diff: prune when the best
+    value so far ranks outside the protected ``quantile`` over the same epochs; the
+    prediction plays no part."""
 
     def evaluate(self, study, trial):
-        base = super().evaluate(study, trial)
-        if base.reason not in ("ok", "worse"):
-            return base
-        per_seed = epochs_per_seed_of(trial)
-        n = len(split_curves(trial.intermediate_values, per_seed)[-1])
-        remaining = max(0.0, 1.0 - n / base.target_epoch)
-        slack = self._margin * remaining * abs(base.threshold)
-        direction = study.directions[0]
-        limit = base.threshold + slack if direction == optuna.study.StudyDirection.MINIMIZE else base.threshold - slack
-        worse = _is_worse(base.pfl, limit, direction)
-        return PFLDecision(worse, "worse" if worse else "ok", base.step, base.pfl, limit, base.target_epoch)
+        d = super().evaluate(study, trial)
+        if d.score is None or d.protected_bound is None or d.reason == "non-finite":
+            return d
+        worse = _is_worse(d.score, d.protected_bound, study.direction)
+        return dataclasses.replace(d, prune=worse, reason="worse" if worse else "ok")
 
 
 # --------------------------------------------------------------------------- replay
@@ -262,44 +185,37 @@ def _extra_pfl():
     return module.PFLPruner
 
 
+S, W = STARTUP, WARMUP
+_DEFAULTS = PFLPruner()
+PFL = (
+    f"PFL (shipped defaults: startup={_DEFAULTS._n_startup_trials}, warmup={_DEFAULTS._n_warmup_epochs}, "
+    f"top_k={_DEFAULTS._top_k}, quantile={_DEFAULTS._quantile:g}, overrule_quantile={_DEFAULTS._overrule_quantile:g})"
+)
+REFERENCE = f"PFL reference rule (issue 3: prediction only, top_k=10, startup={S}, warmup={W})"
+MEDIAN = f"Median(startup={S}, warmup={W})"
+CANDIDATE = f"PFL from --pfl-module (startup={S}, warmup={W}, other args default)"
+RULES = (PFL, REFERENCE, CANDIDATE)  # rows checked against the targets
+
+
 def pruners(quick: bool) -> dict[str, callable]:
-    S, W = STARTUP, WARMUP
-    extra = {}
-    if EXTRA_MODULE:
-        extra = {
-            "-- --pfl-module --": None,
-            f"PFLPruner from --pfl-module (startup={S}, warmup={W}, top_k=10)": lambda: _extra_pfl()(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
-            f"PFLPruner from --pfl-module (startup={S}, warmup={W}, top_k=5)": lambda: _extra_pfl()(n_startup_trials=S, n_warmup_epochs=W, top_k=5),
-            "PFLPruner from --pfl-module (startup=5, warmup=10, top_k=5) [template]": lambda: _extra_pfl()(n_startup_trials=5, n_warmup_epochs=10, top_k=5),
-        }
     table = {
         "NopPruner": lambda: optuna.pruners.NopPruner(),
-        f"PFL(startup={S}, warmup={W}, top_k=10)": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
-        f"Median(startup={S}, warmup={W})": lambda: optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W),
-        f"Percentile(25, startup={S}, warmup={W})": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=S, n_warmup_steps=W),
-        "SuccessiveHalving()": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+        PFL: lambda: PFLPruner(),
+        REFERENCE: lambda: PFLReferenceRule(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
+        MEDIAN: lambda: optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W),
         "Hyperband(max_resource=50)": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=50),
         f"Wilcoxon(p=0.1, startup_steps={W}){'*' if WILCOXON_SHIM else ''}": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=W),
-        f"Patient(Median(startup={S}, warmup={W}), patience=3)": lambda: optuna.pruners.PatientPruner(
-            optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W), patience=3
-        ),
-        "-- template settings --": None,
-        "PFL(startup=5, warmup=10, top_k=5) [template]": lambda: PFLPruner(n_startup_trials=5, n_warmup_epochs=10, top_k=5),
-        "Median(startup=5, warmup=10)": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
-        "-- experiments (PFL decision rules) --": None,
-        "exp: PFL top_k=20": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, top_k=20),
-        "exp: PFL margin 0.5": lambda: PFLMargin(n_startup_trials=S, n_warmup_epochs=W, top_k=10, margin=0.5),
-        "exp: same-epoch, pfl, top_k=10": lambda: PFLSameEpoch(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
-        "exp: same-epoch, smoothed, top_k=10": lambda: PFLSameEpoch(n_startup_trials=S, n_warmup_epochs=W, top_k=10, predictor="smoothed"),
-        "exp: same-epoch, last, q=0.5": lambda: PFLSameEpoch(n_startup_trials=S, n_warmup_epochs=W, top_k=5, predictor="last", quantile=0.5),
-        "exp: same-epoch, best-so-far, top_k=10": lambda: PFLSameEpoch(n_startup_trials=S, n_warmup_epochs=W, top_k=10, predictor="best"),
-        WINNER: lambda: PFLSameEpoch(n_startup_trials=S, n_warmup_epochs=W, top_k=5, predictor="best", quantile=0.5),
-        WINNER + " AND PFL": lambda: PFLSameEpoch(n_startup_trials=S, n_warmup_epochs=W, top_k=5, predictor="best", quantile=0.5, protect=True),
+        "-- ablations of the shipped rule --": None,
+        "PFL without overrule (overrule_quantile=None)": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, overrule_quantile=None),
+        "same-epoch rank alone, quantile=0.5 (no prediction)": lambda: SameEpochOnly(n_startup_trials=S, n_warmup_epochs=W),
+        "PFL with top_k=10": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
     }
-    table.update(extra)
+    if EXTRA_MODULE:
+        table["-- --pfl-module --"] = None
+        table[CANDIDATE] = lambda: _extra_pfl()(n_startup_trials=S, n_warmup_epochs=W)
     if quick:
-        keep = ("NopPruner", f"PFL(startup={S}", f"Median(startup={S}", "-- experiments", WINNER, "-- --pfl", "PFLPruner from")
-        table = {k: v for k, v in table.items() if k.startswith(keep)}
+        keep = ("NopPruner", PFL, REFERENCE, MEDIAN, "-- --pfl", CANDIDATE)
+        table = {k: v for k, v in table.items() if k in keep}
     return table
 
 
@@ -353,17 +269,31 @@ def summarize(curves, results: list[Replay], epochs: int) -> dict:
     ranked = sorted((i for i in range(len(finals)) if math.isfinite(finals[i])), key=lambda i: finals[i])
     top = ranked[: max(1, len(ranked) // 10)]
     total = epochs * len(curves)
-    median_final = statistics.median(finals[i] for i in ranked)
-    out = {"epochs": [], "regret": [], "nregret": [], "kept": [], "fp": [], "sec": []}
+    out = {"epochs": [], "regret": [], "kept": [], "fp": [], "sec": []}
     for r in results:
         found = min(finals[i] for i in range(len(finals)) if r.completed[i])
         out["epochs"].append(sum(r.epochs_run) / total)
         out["regret"].append((found - best_all) / abs(best_all))
-        out["nregret"].append((found - best_all) / (median_final - best_all))
         out["kept"].append(1.0 if r.completed[best_idx] else 0.0)
         out["fp"].append(sum(not r.completed[i] for i in top) / len(top))
         out["sec"].append(r.seconds)
     return out
+
+
+def verdict(task: str, label: str, rule: dict, median: dict) -> str:
+    """The targets: <= 50 % of the epochs, regret <= 2 % in every order, and a trade-off at
+    least as good as Median's (no more epochs and no more mean regret, within TOL_EPOCHS /
+    TOL_REGRET: differences below those are replay noise)."""
+    fe, fr, fw = statistics.fmean(rule["epochs"]), statistics.fmean(rule["regret"]), max(rule["regret"])
+    me, mr = statistics.fmean(median["epochs"]), statistics.fmean(median["regret"])
+    ok_epochs, ok_regret = fe <= 0.5, fw <= 0.02
+    dominates = fe <= me + TOL_EPOCHS and fr <= mr + TOL_REGRET
+    met = "MEETS" if ok_epochs and ok_regret and dominates else "MISSES"
+    return (
+        f"{task}: {label}: {met} the targets: epochs {100 * fe:.1f}% (<= 50%: {'yes' if ok_epochs else 'no'}), "
+        f"regret {100 * fr:.2f}% mean, {100 * fw:.2f}% worst order (<= 2%: {'yes' if ok_regret else 'no'}); "
+        f"Median: epochs {100 * me:.1f}%, regret {100 * mr:.2f}% -> trade-off {'at least as good' if dominates else 'worse'}"
+    )
 
 
 def main() -> None:
@@ -372,7 +302,7 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=5, help="random trial orders (default: %(default)s)")
     ap.add_argument("--processes", type=int, default=cpu_count())
     ap.add_argument("--pruners", default=None, help="comma list of name prefixes to run (default: all)")
-    ap.add_argument("--pfl-module", help="path of a patched lightning_hpo/pruner.py whose PFLPruner to replay as extra rows")
+    ap.add_argument("--pfl-module", help="path of a patched lightning_hpo/pruner.py whose PFLPruner to replay as an extra row")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 order, 4 pruners")
     args = ap.parse_args()
     global EXTRA_MODULE
@@ -403,7 +333,7 @@ def main() -> None:
         summary = {}
         for name in table:
             if table[name] is None:
-                rows.append((name, "", "", "", "", "", "", "", ""))
+                rows.append((name, "", "", "", "", "", ""))
                 continue
             if (task, name) not in by:
                 continue
@@ -416,41 +346,28 @@ def main() -> None:
                     f"{100 * mean(s['epochs']):.1f}%",
                     f"{100 * mean(s['regret']):.2f}%",
                     f"{100 * max(s['regret']):.2f}%",
-                    f"{100 * mean(s['nregret']):.2f}%",
                     f"{mean(s['kept']):.2f}",
                     f"{100 * mean(s['fp']):.1f}%",
-                    f"{mean(s['regret']) / max(1e-9, 1 - mean(s['epochs'])):.3f}" if mean(s["epochs"]) < 1 else "-",
                     f"{mean(s['sec']):.1f}",
                 )
             )
         finals = sorted(c[-1] for c in curves if math.isfinite(c[-1]))
         print_table(
-            ["pruner", "epochs vs none", "regret (mean)", "regret (worst order)", "regret / (median - best)", "best kept", "top-10% pruned", "regret per epoch saved", "replay s"],
+            ["pruner", "epochs vs none", "regret (mean)", "regret (worst order)", "best kept", "top-10% pruned", "replay s"],
             rows,
             title=f"{task}: {len(curves)} configs x {E} epochs, {args.orders} trial orders; best final val_loss {finals[0]:.5g}, "
             f"top-10% cut {finals[max(0, len(finals) // 10 - 1)]:.5g}, median {finals[len(finals) // 2]:.5g}",
         )
-        med = next((summary[n] for n in summary if n.startswith("Median(startup=10")), None)
-        for label, pfl in (("PFL", next((summary[n] for n in summary if n.startswith("PFL(startup=10")), None)), (WINNER, summary.get(WINNER))):
-            if not (pfl and med):
-                continue
-            fe, fr = statistics.fmean(pfl["epochs"]), statistics.fmean(pfl["regret"])
-            me, mr = statistics.fmean(med["epochs"]), statistics.fmean(med["regret"])
-            ok_epochs, ok_regret = fe <= 0.5, fr <= 0.02
-            # "At least as good": no more epochs and no more regret than Median, within
-            # TOL_EPOCHS / TOL_REGRET (differences below those are replay noise).
-            dominates = fe <= me + TOL_EPOCHS and fr <= mr + TOL_REGRET
-            verdicts.append(
-                f"{task}: {label}: epochs {100 * fe:.1f}% (target <= 50%: {'met' if ok_epochs else 'missed'}), regret {100 * fr:.2f}% "
-                f"(target <= 2%: {'met' if ok_regret else 'missed'}); Median under the same settings: epochs {100 * me:.1f}%, "
-                f"regret {100 * mr:.2f}% -> trade-off {'at least as good' if dominates else 'worse'}"
-            )
-    print(f"\nverdicts (trade-off 'at least as good' = epochs <= Median's + {100 * TOL_EPOCHS:.0f} pt and regret <= Median's + {100 * TOL_REGRET:.1f} %):")
+        if MEDIAN in summary:
+            verdicts += [verdict(task, name, summary[name], summary[MEDIAN]) for name in RULES if name in summary]
+    print(
+        f"\nverdicts (targets: epochs <= 50%, regret <= 2% in every order, and epochs <= Median's + "
+        f"{100 * TOL_EPOCHS:.0f} pt with mean regret <= Median's + {100 * TOL_REGRET:.1f} %):"
+    )
     for v in verdicts:
         print(v)
     if WILCOXON_SHIM:
         print("* scipy is not installed: WilcoxonPruner ran on this file's signed-rank test (exact for n <= 50 without ties).")
-
 
 if __name__ == "__main__":
     main()

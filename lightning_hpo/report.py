@@ -447,8 +447,8 @@ def _replay_one(pruner: PFLPruner, study: optuna.Study, trial: FrozenTrial) -> d
         decision = pruner.evaluate(study, prefix_trial(trial, step))
         if decision.prune:
             seed_index, epoch = divmod(step, per_seed) if per_seed else (0, step)
-            return {"would_prune": True, "step": step, "seed_index": seed_index, "epoch": epoch + 1, "reason": decision.reason, "pfl": decision.pfl, "threshold": decision.threshold}
-    return {"would_prune": False, "step": None, "seed_index": None, "epoch": None, "reason": None, "pfl": None, "threshold": None}
+            return {"would_prune": True, "step": step, "seed_index": seed_index, "epoch": epoch + 1, "reason": decision.reason, "pfl": decision.pfl, "threshold": decision.threshold, "score": decision.score, "overrule_bound": decision.overrule_bound}
+    return {"would_prune": False, "step": None, "seed_index": None, "epoch": None, "reason": None, "pfl": None, "threshold": None, "score": None, "overrule_bound": None}
 
 
 def _describe(pruner: Any) -> str:
@@ -565,7 +565,10 @@ def _audit_lines(audit: dict[str, Any], metric: str) -> list[str]:
     lines.append(f"  replay of the top {r['replayed']} complete trial(s) through {r['pruner']}{stand_in}: would prune {r['would_prune']} ({_pct(r['false_prune_rate'])} false prunes)")
     for t in r["trials"]:
         if t["would_prune"]:
-            detail = f"predicted {_num(t['pfl'])} vs threshold {_num(t['threshold'])}" if t["pfl"] is not None else t["reason"]
+            if t["reason"] == "overruled":  # predicted within the reference set, but far behind at the same epoch
+                detail = f"best so far {_num(t['score'])} vs same-epoch bound {_num(t['overrule_bound'])} (overruled; predicted {_num(t['pfl'])})"
+            else:
+                detail = f"predicted {_num(t['pfl'])} vs threshold {_num(t['threshold'])}" if t["pfl"] is not None else t["reason"]
             where = f"epoch {t['epoch']}" + (f" of seed #{t['seed_index'] + 1}" if t["seed_index"] else "")
             lines.append(f"    trial {t['number']} ({metric} {t['value']:.4g}) after {where}: {detail}")
     return lines

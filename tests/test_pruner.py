@@ -16,7 +16,9 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 import lightning_hpo.pruner as pruner_module
 from lightning_hpo.pruner import (
+    PFLDecision,
     PFLPruner,
+    _rank_bound,
     epochs_per_seed_of,
     predict_final_loss,
     prefix_trial,
@@ -137,6 +139,11 @@ def test_epochs_per_seed_of_ignores_invalid_attrs() -> None:
 
 REFERENCE_ASYMPTOTES = (0.3, 0.4, 0.5, 0.6, 0.7)  # top 3 -> worst reference PFL ~0.55
 N_EPOCHS = 30
+# With 5 completed references and top_k=3, quantile=0.5, overrule_quantile=0.65, a trial
+# is protected while its best value so far is within the 3rd best of theirs over the same
+# epochs (max(3, ceil(2.5))) and overruled outside the 4th best (max(3, ceil(3.25))). At
+# step 10 (epoch 11) the references stand at exp(-1.1) + c = 0.633 ... 1.033: protected
+# <= 0.833 < band <= 0.933 < overruled.
 
 
 def _good(n: int = N_EPOCHS) -> list[float]:
@@ -147,20 +154,33 @@ def _with(values: list[float], step: int, value: float) -> list[float]:
     return values[:step] + [value] + values[step + 1 :]
 
 
-def _overfitting() -> list[float]:
-    # Tracks the best references, then the validation loss climbs 0.1 per epoch.
-    base = exp_curve(1.0, 0.1, 0.3, N_EPOCHS)
+def _overfitting(c: float = 0.3) -> list[float]:
+    # Tracks the reference with asymptote c, then the validation loss climbs 0.1 per epoch.
+    base = exp_curve(1.0, 0.1, c, N_EPOCHS)
     return [v if i < 15 else base[14] + 0.1 * (i - 14) for i, v in enumerate(base)]
 
 
-# name -> (curve, first pruned step or None); n_startup_trials=3, n_warmup_epochs=10, top_k=3
+# In the band at step 10 (0.858: outside the protected top 3, within the top 4) and
+# heading for ~0.36, below every reference but the best: the prediction keeps it.
+SLOW_STARTER = exp_curve(1.4, 0.05, 0.05, N_EPOCHS)
+# Heading for ~0.35 too, but last of all at step 10 (1.76): overruled.
+FAR_BEHIND_SLOW_STARTER = exp_curve(5.0, 0.1, 0.1, N_EPOCHS)
+
+# name -> (curve, first pruned step or None); n_startup_trials=3, n_warmup_epochs=10,
+# top_k=3, quantile=0.5, overrule_quantile=0.65
 DECISION_TABLE = {
     "good": (_good(), None),
     "hopeless_constant": ([5.0] * N_EPOCHS, 10),
     "bad_asymptote": (exp_curve(1.0, 0.1, 1.0, N_EPOCHS), 10),
-    # Far above every reference at step 10 (a median pruner would stop it) but heading lower.
-    "slow_starter": (exp_curve(5.0, 0.1, 0.1, N_EPOCHS), None),
-    "overfitting": (_overfitting(), 16),
+    # Above the protected half at step 10 (a median pruner would stop it) but heading lower.
+    "slow_starter": (SLOW_STARTER, None),
+    "slow_starter_far_behind": (FAR_BEHIND_SLOW_STARTER, 10),
+    # Predicted worse from step 15 on, but its best value so far (step 14's) stays within
+    # the protected top 3 at every later epoch (test_guard_* pins the decisions).
+    "overfitting_at_the_top": (_overfitting(0.3), None),
+    # Predicted worse from step 15 on; protected until its best value so far drops out
+    # of the top 3 at step 17.
+    "overfitting": (_overfitting(0.45), 17),
     "nan_in_warmup": (_with(_good(), 3, math.nan), 3),
     "inf_first": (_with(_good(), 0, math.inf), 0),
     "nan_late": (_with(_good(), 20, math.nan), 20),
@@ -222,6 +242,113 @@ def test_warmup(direction: str, n_warmup_epochs: int) -> None:
     assert _run(study, [5.0] * N_EPOCHS, _sign(direction)) == n_warmup_epochs
 
 
+# --------------------------------------------------------------------------- the same-epoch guard
+
+
+def _decisions(direction: str, values: list[float], **kwargs: object) -> list[PFLDecision]:
+    """``evaluate`` after every step of ``values`` as a running trial; nothing is written."""
+    sign = _sign(direction)
+    study = _study(direction, _pruner())
+    trial = create_trial(
+        state=TrialState.RUNNING, intermediate_values={i: sign * v for i, v in enumerate(values)}
+    )
+    pruner = _pruner(**kwargs)
+    return [pruner.evaluate(study, prefix_trial(trial, step)) for step in range(len(values))]
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_bounds_are_the_completed_trials_best_values_over_the_same_epochs(direction: str) -> None:
+    sign = _sign(direction)
+    values = _overfitting(0.45)
+    for step, d in enumerate(_decisions(direction, values)[10:], start=10):
+        # The running trial's best value so far, against the 3rd and 4th best of the
+        # references' best values over the same step + 1 epochs (their curves decrease).
+        assert d.score == sign * min(values[: step + 1])
+        assert d.protected_bound == pytest.approx(sign * (math.exp(-0.1 * (step + 1)) + 0.5))
+        assert d.overrule_bound == pytest.approx(sign * (math.exp(-0.1 * (step + 1)) + 0.6))
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_guard_keeps_a_trial_predicted_worse_while_it_ranks_in_the_protected_fraction(
+    direction: str,
+) -> None:
+    sign = _sign(direction)
+    decisions = _decisions(direction, _overfitting(0.3))
+    for d in decisions[16:]:
+        assert sign * d.pfl > sign * d.threshold  # issue 3's rule alone prunes it at 16
+        assert sign * d.score <= sign * d.protected_bound
+        assert (d.prune, d.reason) == (False, "protected")
+    assert [d.reason for d in decisions[10:16]] == ["ok"] * 6
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_guard_lets_the_prediction_prune_once_the_trial_leaves_the_protected_fraction(
+    direction: str,
+) -> None:
+    sign = _sign(direction)
+    decisions = _decisions(direction, _overfitting(0.45))
+    assert [d.reason for d in decisions[10:18]] == ["ok"] * 5 + ["protected"] * 2 + ["worse"]
+    pruned = decisions[17]
+    assert pruned.prune
+    assert sign * pruned.pfl > sign * pruned.threshold
+    assert sign * pruned.protected_bound < sign * pruned.score <= sign * pruned.overrule_bound
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_prediction_keeps_a_slow_starter_outside_the_protected_fraction(direction: str) -> None:
+    sign = _sign(direction)
+    decisions = _decisions(direction, SLOW_STARTER)
+    band = decisions[10]
+    assert sign * band.protected_bound < sign * band.score <= sign * band.overrule_bound
+    assert sign * band.pfl <= sign * band.threshold
+    assert (band.prune, band.reason) == (False, "ok")
+    assert not any(d.prune for d in decisions)
+    # Without a band (overrule at the protected fraction) the same-epoch rank prunes it.
+    study = _study(direction, _pruner(overrule_quantile=0.5))
+    assert _run(study, SLOW_STARTER, sign) == 10
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_overrule_prunes_a_trial_far_behind_whatever_its_prediction(direction: str) -> None:
+    sign = _sign(direction)
+    overruled = _decisions(direction, FAR_BEHIND_SLOW_STARTER)[10]
+    assert sign * overruled.score > sign * overruled.overrule_bound
+    assert sign * overruled.pfl <= sign * overruled.threshold  # the prediction would keep it
+    assert (overruled.prune, overruled.reason) == (True, "overruled")
+    # overrule_quantile=None: beyond the protected fraction the prediction alone decides.
+    kept = _decisions(direction, FAR_BEHIND_SLOW_STARTER, overrule_quantile=None)
+    assert [d.reason for d in kept[10:]] == ["ok"] * (N_EPOCHS - 10)
+    assert all(d.overrule_bound is None for d in kept)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # Protected among the top 4 of 5: the overfitting trial's best so far (0.673)
+        # falls behind the 4th reference (exp(-0.1 * t) + 0.6) at step 26.
+        ({"quantile": 0.8, "overrule_quantile": 0.8}, 26),
+        # top_k is the floor of both fractions: protected among the top 3 as by default.
+        ({"quantile": 0.0}, 17),
+        ({"quantile": 0.0, "overrule_quantile": 0.0}, 17),
+    ],
+)
+def test_quantile_sets_the_protected_fraction(direction: str, kwargs: dict, expected: int) -> None:
+    study = _study(direction, _pruner(**kwargs))
+    assert _run(study, _overfitting(0.45), _sign(direction)) == expected
+
+
+def test_rank_bound() -> None:
+    assert _rank_bound([float(i) for i in range(100)], 0.55, 1) == 54.0  # 0.55 * 100 > 55 in floats
+    scores = [float(i) for i in range(20)]
+    assert _rank_bound(scores, 0.65, 1) == 12.0  # the 13th
+    assert _rank_bound(scores, 0.5, 1) == 9.0
+    assert _rank_bound(scores, 1.0, 1) == 19.0
+    assert _rank_bound(scores, 0.0, 3) == 2.0  # top_k is the floor
+    assert _rank_bound(scores, 0.5, 21) is None
+    assert _rank_bound([], 0.0, 1) is None
+
+
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
 def test_startup_counts_only_complete_trials(direction: str) -> None:
     sign = _sign(direction)
@@ -252,9 +379,26 @@ def test_several_seeds(direction: str) -> None:
     )  # worst reference PFL at epoch 15: 0.5 + exp(-1.5) ~ 0.72
     seed0 = exp_curve(1.0, 0.1, 0.3, epochs)  # PFL ~0.52
 
+    # The same-epoch score is the mean per-seed best of the decisive curves, against the
+    # references' first seed and their second cut to as many epochs.
+    pruner = _pruner()
+    running = create_trial(
+        state=TrialState.RUNNING,
+        intermediate_values=dict(enumerate(sign * v for v in seed0 + [0.9, 0.7] + [0.8] * 10)),
+        user_attrs=layout,
+    )
+    warming = pruner.evaluate(study, prefix_trial(running, epochs + 9))  # seed 1 in warm-up
+    assert warming.score == sign * min(seed0)
+    assert warming.protected_bound == pytest.approx(sign * (math.exp(-1.5) + 0.5))
+    decided = pruner.evaluate(study, running)
+    assert decided.score == pytest.approx(sign * (min(seed0) + 0.7) / 2)
+    bound = (math.exp(-1.5) + 0.5 + math.exp(-1.2) + 0.5) / 2  # 3rd best, 12 epochs of seed 1
+    assert decided.protected_bound == pytest.approx(sign * bound)
+
     # Seed 1 alone would be pruned, but only counts past warm-up, at step 15 + 10.
     assert _run(study, seed0 + [2.0] * epochs, sign, **layout) == 25
-    # Mean of 0.52 and 0.8 is below the worst reference: the trial survives.
+    # Mean of 0.52 and 0.8 is below the worst reference PFL, and the mean best so far
+    # (0.66) ranks within the protected top 3 (0.78): the trial survives.
     assert _run(study, seed0 + [0.8] * epochs, sign, **layout) is None
     assert _run(study, seed0 + [0.8, math.nan] + [0.8] * 13, sign, **layout) == 16
 
@@ -287,6 +431,15 @@ def test_multi_objective_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
+        ({"quantile": -0.1}, "quantile"),
+        ({"quantile": 1.5}, "quantile"),
+        ({"quantile": math.nan}, "quantile"),
+        ({"quantile": True}, "quantile"),
+        ({"quantile": "0.5"}, "quantile"),
+        ({"overrule_quantile": 0.4}, "overrule_quantile"),  # below the default quantile
+        ({"quantile": 0.7, "overrule_quantile": 0.65}, "overrule_quantile"),
+        ({"overrule_quantile": 1.01}, "overrule_quantile"),
+        ({"overrule_quantile": False}, "overrule_quantile"),
         ({"n_startup_trials": -1}, "n_startup_trials"),
         ({"n_startup_trials": 1.5}, "n_startup_trials"),
         ({"n_warmup_epochs": -1}, "n_warmup_epochs"),
@@ -297,8 +450,15 @@ def test_multi_objective_is_rejected() -> None:
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
         PFLPruner(**kwargs)
+
+
+def test_constructor_defaults() -> None:
+    pruner = PFLPruner()
+    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 10, 5)
+    assert (pruner._target_epoch, pruner._quantile, pruner._overrule_quantile) == (None, 0.5, 0.65)
+    assert PFLPruner(quantile=1, overrule_quantile=None)._overrule_quantile is None
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
@@ -339,6 +499,20 @@ def test_completed_predictions_are_cached(monkeypatch: pytest.MonkeyPatch) -> No
     assert sorted(calls) == [0, 1, 2]  # the top 3, once, for the single target epoch
 
 
+def test_completed_running_bests_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = PFLPruner._store_running_bests
+
+    def counting(self: PFLPruner, study_name: str, trial: FrozenTrial, maximize: bool) -> list:
+        calls.append(trial.number)
+        return real(self, study_name, trial, maximize)
+
+    monkeypatch.setattr(PFLPruner, "_store_running_bests", counting)
+    study = _study("minimize", _pruner())
+    _run(study, _good(20), 1.0)  # decides at steps 10..19, a new epoch each time
+    assert sorted(calls) == [0, 1, 2, 3, 4]
+
+
 # --------------------------------------------------------------------------- persistence
 
 
@@ -359,7 +533,9 @@ def _running_decisions(study: optuna.Study) -> list[list]:
     for trial in sorted(running, key=lambda t: t.number):
         d = pruner.evaluate(study, trial)
         assert pruner.prune(study, trial) == d.prune
-        decisions.append([d.prune, d.reason, d.pfl, d.threshold, d.target_epoch])
+        decisions.append(
+            [d.prune, d.reason, d.pfl, d.threshold, d.target_epoch, d.score, d.protected_bound]
+        )
     return decisions
 
 
@@ -389,7 +565,8 @@ def test_two_processes_on_one_storage_agree(tmp_path: Path) -> None:
         out = []
         for t in sorted(running, key=lambda t: t.number):
             d = pruner.evaluate(study, t)
-            out.append([pruner.prune(study, t), d.reason, d.pfl, d.threshold, d.target_epoch])
+            out.append([pruner.prune(study, t), d.reason, d.pfl, d.threshold, d.target_epoch,
+                        d.score, d.protected_bound])
         print(json.dumps(out))
         """
     )

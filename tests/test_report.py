@@ -41,7 +41,7 @@ OPTIMIZE = {
     "trials": 6,
     "seed": 0,
     "sampler": {"name": "optuna.samplers.RandomSampler"},
-    "pruner": {"name": "lightning_hpo.PFLPruner", "kwargs": {"n_startup_trials": 2, "n_warmup_epochs": 1, "top_k": 2}},
+    "pruner": {"name": "lightning_hpo.PFLPruner", "kwargs": {"n_startup_trials": 2, "n_warmup_epochs": 1, "top_k": 2, "quantile": 0.0, "overrule_quantile": 0.0}},
     "search_space": {
         "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}},
         "net_config": {"nodes": {"type": "categorical", "choices": [8, 16, 32]}},
@@ -313,9 +313,12 @@ def test_replay_counts_false_prunes_of_the_top_trials() -> None:
     study.add_trials([curve_trial([5.0, 4.0, 3.0, 0.1]), curve_trial([1.0, 0.9, 0.8, 0.7]), curve_trial([1.2, 1.0, 0.9, 0.8])])
     ranked = sorted(study.trials, key=lambda t: t.value)
     replay = replay_top_k(ranked, 2, PFLPruner(n_startup_trials=1, n_warmup_epochs=1, top_k=1), study.direction)
-    assert replay["replayed"] == 2 and replay["would_prune"] == 2 and replay["false_prune_rate"] == 1.0
-    slow = replay["trials"][0]
+    # The runner-up leads at every epoch it is replayed at, so its best so far protects it.
+    assert replay["replayed"] == 2 and replay["would_prune"] == 1 and replay["false_prune_rate"] == 0.5
+    slow, runner_up = replay["trials"]
     assert slow["number"] == 0 and slow["epoch"] == 2 and slow["pfl"] == 4.0 and slow["threshold"] == 0.7
+    assert slow["reason"] == "worse" and slow["score"] == 4.0
+    assert runner_up["number"] == 1 and not runner_up["would_prune"]
     # A lenient pruner cuts none of them, and the study itself is never touched.
     lenient = replay_top_k(ranked, 3, PFLPruner(n_startup_trials=1, n_warmup_epochs=10, top_k=1), study.direction)
     assert lenient["would_prune"] == 0
