@@ -15,15 +15,15 @@ to 1e-5, batch 256, validation every epoch):
   (a config switch that exists today).
 * ``project -ckpt -tb``: additionally no TensorBoard logger (monkeypatched here; this
   is the Lightning floor for this module).
-Candidate package changes, monkeypatched here (see the report for the diffs):
+Designs tried and not shipped, monkeypatched here:
 
-* ``A: ckpt@end``: best.ckpt/last.ckpt built every epoch but kept in memory and
-  written once, when training ends or stops on an exception (training.py).
 * ``B: manual-opt``: manual optimization with the raw optimizer step (module.py).
 * ``C: epoch-step``: the epoch's mini-batches handed to Lightning as ONE batch, the
   module loops over them (data.py + module.py): Lightning's per-step machinery runs
-  once per epoch. Same updates, same curve.
-* ``A+C``: both; ``C -ckpt``: C with checkpoint_config off (a switch that exists today).
+  once per epoch. Same updates, same curve. Both B and C count steps through
+  LightningOptimizer's private ``_on_before_step``/``_on_after_step`` hooks (without
+  them ModelCheckpoint stops saving), and C hides the step structure from callbacks,
+  progress bars and step-based schedulers; ``C -ckpt``: C with checkpoints off.
 
 The last column counts the .ckpt files written during a long run and the trainer's
 global_step at the last write: a candidate that breaks step counting (and so
@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from weakref import proxy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -74,55 +72,6 @@ def no_tensorboard():
         yield
     finally:
         training.TensorBoardLogger = saved
-
-
-class CheckpointAtEnd(training.ModelCheckpoint):
-    """Candidate for training.py: best.ckpt/last.ckpt built every epoch as usual, but kept in
-    memory and written once, when training ends or stops on an exception.
-
-    The files then hold exactly what per-epoch writing leaves (the last completed epoch's
-    state, so --resume continues the same way); only a run killed without an exception
-    (SIGKILL, OOM, power loss) loses them. What is saved is the disk write (torch.save,
-    ~75 % of a checkpoint's cost here); the state dump and a copy remain.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._pending: dict[str, dict] = {}
-
-    def _save_checkpoint(self, trainer, filepath):
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
-        self._pending[filepath] = copy.deepcopy(checkpoint)  # training goes on changing the tensors
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-    def _flush(self, trainer):
-        for filepath, checkpoint in self._pending.items():
-            trainer.strategy.save_checkpoint(checkpoint, filepath)
-            CKPT_WRITES["n"] += 1
-            CKPT_WRITES["global_step"] = checkpoint.get("global_step")
-        self._pending.clear()
-
-    def on_train_end(self, trainer, pl_module):
-        super().on_train_end(trainer, pl_module)
-        self._flush(trainer)
-
-    def on_exception(self, trainer, pl_module, exception):
-        super().on_exception(trainer, pl_module, exception)
-        self._flush(trainer)
-
-
-@contextlib.contextmanager
-def checkpoint_at_end():
-    saved = training.ModelCheckpoint
-    training.ModelCheckpoint = CheckpointAtEnd
-    try:
-        yield
-    finally:
-        training.ModelCheckpoint = saved
 
 
 class ManualOptModule(RegressionModule):
@@ -204,8 +153,20 @@ def _epoch_step():
     return patched(RegressionModule=EpochStepModule, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
 
 
-def _epoch_step_ckpt_at_end():
-    return patched(RegressionModule=EpochStepModule, ModelCheckpoint=CheckpointAtEnd, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
+class EpochStepPublicModule(EpochStepModule):
+    """C with Lightning's public manual-optimization API for every mini-batch step."""
+
+    def training_step(self, batch, batch_idx):
+        lopt = self.optimizers()
+        for mini in batch:
+            loss = self._step(mini, "train")
+            lopt.zero_grad()
+            self.manual_backward(loss)
+            lopt.step()
+
+
+def _epoch_step_public():
+    return patched(RegressionModule=EpochStepPublicModule, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
 
 
 VARIANTS = {
@@ -213,10 +174,9 @@ VARIANTS = {
     "project": (dict(), contextlib.nullcontext),
     "project -ckpt": (dict(checkpoint_config=NO_CKPT), contextlib.nullcontext),
     "project -ckpt -tb": (dict(checkpoint_config=NO_CKPT), no_tensorboard),
-    "A: ckpt@end": (dict(), checkpoint_at_end),
     "B: manual-opt": (dict(), _manual),
     "C: epoch-step": (dict(), _epoch_step),
-    "A+C": (dict(), _epoch_step_ckpt_at_end),
+    "C2: epoch-step public API": (dict(), _epoch_step_public),
     "C -ckpt": (dict(checkpoint_config=NO_CKPT), _epoch_step),
 }
 
@@ -233,7 +193,7 @@ def _counting_save(self, trainer, filepath):
     return _save_checkpoint(self, trainer, filepath)
 
 
-training.ModelCheckpoint._save_checkpoint = _counting_save  # CheckpointAtEnd inherits it
+training.ModelCheckpoint._save_checkpoint = _counting_save  # LastCheckpoint inherits it
 
 
 class Runner:
