@@ -17,7 +17,8 @@ Metrics per pruner (mean over orders; "best" = lowest final val_loss):
 * top-10% pruned: fraction of the true top-10 % configurations that were pruned.
 
 Rows: the shipped ``PFLPruner`` (defaults), issue 3's reference rule (the prediction
-alone, as first shipped, top_k 10), MedianPruner, Hyperband and Wilcoxon, all with the
+alone, as first shipped, top_k 10), Median, Percentile(25), SuccessiveHalving, Hyperband,
+Wilcoxon and Patient(Median), all with the
 same start-up/warm-up (``n_startup_trials=10``, ``n_warmup_epochs``/``n_warmup_steps=10``)
 where they have one; then ablations of the shipped rule. The verdicts check the PFL rows
 against the targets: <= 50 % of the epochs, regret <= 2 % in every order, and a
@@ -203,12 +204,17 @@ def pruners(quick: bool) -> dict[str, callable]:
         PFL: lambda: PFLPruner(),
         REFERENCE: lambda: PFLReferenceRule(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
         MEDIAN: lambda: optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W),
+        f"Percentile(25, startup={S}, warmup={W})": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=S, n_warmup_steps=W),
+        "SuccessiveHalving(min_resource=1, rf=4)": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4),
         "Hyperband(max_resource=50)": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=50),
         f"Wilcoxon(p=0.1, startup_steps={W}){'*' if WILCOXON_SHIM else ''}": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=W),
+        f"Patient(Median, patience=3)": lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W), patience=3),
         "-- ablations of the shipped rule --": None,
         "PFL without overrule (overrule_quantile=None)": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, overrule_quantile=None),
         "same-epoch rank alone, quantile=0.5 (no prediction)": lambda: SameEpochOnly(n_startup_trials=S, n_warmup_epochs=W),
         "PFL with top_k=10": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
+        "PFL with startup=5": lambda: PFLPruner(n_startup_trials=5, n_warmup_epochs=W),
+        "Median with startup=5": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=W),
     }
     if EXTRA_MODULE:
         table["-- --pfl-module --"] = None
