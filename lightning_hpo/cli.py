@@ -141,7 +141,7 @@ def _tune(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     from lightning_hpo.training import quiet_lightning
-    from lightning_hpo.tuning import create_or_load_study, finish, interrupt_on_sigterm, quiet_optuna, remaining, tune
+    from lightning_hpo.tuning import create_or_load_study, fail_dead_trials, finish, interrupt_on_sigterm, quiet_optuna, remaining, tune
 
     interrupt_on_sigterm()
     quiet_lightning()
@@ -153,6 +153,7 @@ def _tune(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Create the study once, here, before the workers race to create its tables.
         study = create_or_load_study(run, opt, settings)
+        fail_dead_trials(study)  # their retries fill slots the workers' shares must cover
         from lightning_hpo.workers import run_workers
 
         run_workers(sys.argv[1:] if args.argv is None else args.argv, args.workers, remaining(study, opt.trials))

@@ -415,13 +415,13 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
 
 
-def _check_fraction(name: str, value: object, minimum: float) -> None:
+def _check_fraction(name: str, value: object, minimum: float, why: str = "") -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not minimum <= value <= 1.0
     ):
-        raise ValueError(f"{name} must be a number in [{minimum:g}, 1], got {value!r}.")
+        raise ValueError(f"{name} must be a number in [{minimum:g}, 1]{why}, got {value!r}.")
 
 
 def _rank_bound(scores: Sequence[float], fraction: float, top_k: int) -> float | None:
@@ -485,7 +485,8 @@ class PFLPruner(optuna.pruners.BasePruner):
             _check_int("target_epoch", target_epoch, 1)
         _check_fraction("quantile", quantile, 0.0)
         if overrule_quantile is not None:
-            _check_fraction("overrule_quantile", overrule_quantile, float(quantile))
+            why = f" (at least quantile={quantile:g}: set both)" if quantile > 0 else ""
+            _check_fraction("overrule_quantile", overrule_quantile, float(quantile), why)
         self._n_startup_trials = n_startup_trials
         self._n_warmup_epochs = n_warmup_epochs
         self._top_k = top_k

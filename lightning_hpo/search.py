@@ -126,6 +126,18 @@ class OptimizeConfig:
             kwargs["seed"] = self.seed + seed_offset
         return cls(**kwargs)
 
+    def seed_per_trial(self) -> bool:
+        """Whether the sampler may be recreated for every trial with ``seed + trial.number``.
+
+        Only for a plain RNG seed we set ourselves: GridSampler and QMCSampler derive their
+        whole sequence from the seed, and a seed the user put in the kwargs is kept as given.
+        """
+        if self.seed is None or "seed" in (self.sampler.get("kwargs") or {}):
+            return False
+        cls = resolve(self.sampler["name"], "<optimize config>", "sampler.name")
+        accepted = accepted_kwargs(cls)
+        return cls.__name__ not in ("GridSampler", "QMCSampler") and (accepted is None or "seed" in accepted)
+
     def make_pruner(self):
         cls = resolve(self.pruner["name"], "<optimize config>", "pruner.name")
         return cls(**dict(self.pruner.get("kwargs") or {}))

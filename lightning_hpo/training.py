@@ -142,6 +142,9 @@ class RunRecorder(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_hparams(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_fit_end also runs when a resumed run had no epoch left to train.
         trainer.callback_metrics[HISTORY_KEY] = torch.tensor(self.result.history, dtype=torch.float64)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -216,6 +219,18 @@ def build_trainer(cfg: RunConfig, **kwargs: Any) -> pl.Trainer:
     if cfg.strategy != "auto":
         _note_once(f"strategy {cfg.strategy!r} runs as {spawned!r}: {cfg.strategy!r} would re-run the command line for each extra device")
     return pl.Trainer(accelerator=accelerator, devices=devices, strategy=spawned, **kwargs)
+
+
+def stop_spawned_ranks(trainer: pl.Trainer, grace: float = 10.0) -> None:
+    """Terminate the rank processes a spawn-based strategy started, if any are still alive."""
+    procs = [p for p in getattr(trainer.strategy.launcher, "procs", None) or () if p.is_alive()]
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
 
 
 def build_module(cfg: RunConfig, dm: pl.LightningDataModule) -> RegressionModule:
@@ -322,7 +337,11 @@ def fit_seed(
             result.history[:] = history.tolist()
         if after_fit is not None:
             after_fit()
-    except SystemExit as exc:
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # A signal reaches this process only (kill, --workers): stop the ranks ddp_spawn started.
+        stop_spawned_ranks(trainer)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         # Lightning answers Ctrl-C and SIGTERM with sys.exit; callers need to know it was an interrupt.
         raise KeyboardInterrupt(f"training interrupted ({exc.__class__.__name__})") from exc
     finally:

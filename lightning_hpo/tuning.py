@@ -9,6 +9,7 @@ out one after another in the trial's intermediate values: seed index ``s`` at ep
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -176,7 +177,7 @@ def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSett
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
             study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
             _check_compatible(study, opt)
-    study.sampler = TrialSeededSampler(opt.make_sampler) if opt.seed is not None else opt.make_sampler()
+    study.sampler = TrialSeededSampler(opt.make_sampler) if opt.seed_per_trial() else opt.make_sampler()
     return study
 
 
@@ -210,7 +211,7 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
 
     mode = "min" if opt.direction == "minimize" else "max"
 
-    def objective(trial: optuna.Trial) -> float:
+    def train_trial(trial: optuna.Trial) -> float:
         if counted(trial.study.get_trials(deepcopy=False), before=trial.number) >= opt.trials:
             # Another worker took the last slot between our count and our ask: the
             # lower trial numbers win, this one ends without running.
@@ -236,11 +237,6 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
                 finals.append(result.final)
         except (optuna.TrialPruned, ConfigError):
             raise
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
-            ignore_further_signals()  # a second signal must not break the writes that end the trial
-            _system_attr(trial, INTERRUPTED, True)
-            raise KeyboardInterrupt(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any training error fails this trial only
             reason = f"{exc.__class__.__name__}: {exc}".strip()
             trial.set_user_attr("fail_reason", reason[:2000])
@@ -251,6 +247,15 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
         return value
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return train_trial(trial)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
+            ignore_further_signals()  # a second signal must not break the writes that end the trial
+            _system_attr(trial, INTERRUPTED, True)
+            raise KeyboardInterrupt(str(exc)) from exc
 
     return objective
 
@@ -338,6 +343,33 @@ def ignore_further_signals() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def restored_signal_handlers():
+    """Undo ``ignore_further_signals`` when the study returns, for programs that call tune()."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def fail_dead_trials(study: optuna.Study, echo: Callable[[str], None] = print) -> None:
+    """Before counting what remains: fail the trials of dead workers, so they are run again.
+
+    On this host a RUNNING trial whose process is gone is failed and queued again; on RDB
+    storages Optuna's heartbeat check fails silent trials of any host and retries them once.
+    """
+    for number in fail_dead_workers(study):
+        echo(f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again")
+    with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def remaining(study: optuna.Study, total: int) -> int:
     return max(0, total - counted(study.get_trials(deepcopy=False)))
 
@@ -350,21 +382,18 @@ def tune(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings | None = No
     """
     settings = settings or TuneSettings()
     study = create_or_load_study(run, opt, settings)
-    for number in fail_dead_workers(study):
-        echo(f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again")
-    with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # RDB heartbeats: dead workers elsewhere, retried once
+    fail_dead_trials(study, echo)
     todo = remaining(study, opt.trials)
     if settings.max_trials is not None:
         todo = min(todo, settings.max_trials)
     if todo > 0:
-        study.optimize(
-            make_objective(run, opt, settings),
-            n_trials=todo,
-            catch=(TrialFailed,),
-            callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
-        )
+        with restored_signal_handlers():
+            study.optimize(
+                make_objective(run, opt, settings),
+                n_trials=todo,
+                catch=(TrialFailed,),
+                callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
+            )
     return study
 
 

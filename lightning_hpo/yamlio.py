@@ -38,22 +38,29 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_yaml_bool(node)
 
 
-def _check_nodes(node: yaml.Node, path: str, source: str) -> None:
-    """Refuse duplicate keys and YAML 1.1 booleans, naming each by its dotted key path."""
+def _check_nodes(node: yaml.Node, path: str, source: str, visited: set[int] | None = None) -> None:
+    """Refuse duplicate keys and YAML 1.1 booleans, naming each by its dotted key path.
+
+    A node reached again through an alias is checked once (aliases may nest or recurse).
+    """
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_nodes(item, path, source)
+            _check_nodes(item, path, source, visited)
     if not isinstance(node, yaml.MappingNode):
         return
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for key_node, value_node in node.value:
         key = f"{path}.{key_node.value}" if path else str(key_node.value)
         line = key_node.start_mark.line + 1
-        if key in seen:
-            raise ConfigError(source, key, f"duplicate key (lines {seen[key]} and {line})", "keep only one of them")
-        seen[key] = line
+        if (key_node.tag, key) in seen:
+            raise ConfigError(source, key, f"duplicate key (lines {seen[key_node.tag, key]} and {line})", "keep only one of them")
+        seen[key_node.tag, key] = line
         _refuse_ambiguous_bools(source, key, value_node)
-        _check_nodes(value_node, key, source)
+        _check_nodes(value_node, key, source, visited)
 
 
 def _refuse_ambiguous_bools(source: str, key: str, node: yaml.Node) -> None:

@@ -649,3 +649,9 @@ def test_lightning_callback_prunes_hopeless_and_keeps_good() -> None:
     assert good.state == TrialState.COMPLETE
     assert good.value < 0.1
     assert list(stored_predictions(good)) == list(range(2, epochs))
+
+
+def test_raising_quantile_alone_says_to_raise_overrule_quantile_too() -> None:
+    with pytest.raises(ValueError, match=r"overrule_quantile .*at least quantile=0.8: set both"):
+        PFLPruner(quantile=0.8)
+    assert PFLPruner(quantile=0.8, overrule_quantile=0.9)._overrule_quantile == 0.9

@@ -503,3 +503,45 @@ def test_cli_workers_reach_exactly_the_total(tmp_path: Path) -> None:
     assert len(re.findall(r"^\[\d+/3\] trial \d+ ", proc.stdout, re.M)) == 3
     assert proc.stdout.count("Best trial:") == 1
     assert (tmp_path / "best.yaml").is_file()
+
+
+# --------------------------------------------------------------------------- samplers and interrupts
+
+
+def test_a_seeded_grid_study_visits_every_point_once(tmp_path, quiet) -> None:
+    # GridSampler derives its order from its seed: it must not be reseeded per trial.
+    run = make_run(epochs=1)
+    space = {"optimizer_config": {"lr": {"type": "categorical", "choices": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}}}
+    opt = make_opt(run, trials=6, sampler={"name": "optuna.samplers.GridSampler"}, search_space=space)
+    study = tune(run, opt, settings_for(tmp_path), echo=lambda line: None)
+    lrs = [t.params["optimizer_config_lr"] for t in study.trials]
+    assert sorted(lrs) == sorted(space["optimizer_config"]["lr"]["choices"])
+
+
+def test_a_seed_in_the_sampler_kwargs_still_varies_the_suggestions(tmp_path) -> None:
+    run = make_run()
+    opt = make_opt(run, trials=4, sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}})
+    study = create_or_load_study(run, opt, settings_for(tmp_path))
+    lrs = [opt.suggest(study.ask(), run).optimizer_config["lr"] for _ in range(4)]
+    assert len(set(lrs)) == 4
+    again = create_or_load_study(run, make_opt(run, trials=4, study_name="again", sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}}), settings_for(tmp_path))
+    assert [opt.suggest(again.ask(), run).optimizer_config["lr"] for _ in range(4)] == lrs  # and stays reproducible
+
+
+def test_an_interrupt_before_training_marks_the_trial_interrupted(tmp_path, monkeypatch, quiet) -> None:
+    import signal
+
+    run = make_run()
+    opt = make_opt(run, trials=2)
+
+    def interrupted(self, trial, base):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(opt), "suggest", interrupted)
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    with pytest.raises(KeyboardInterrupt):
+        tune(run, opt, settings_for(tmp_path), echo=lambda line: None)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored for the caller
+    trials = optuna.load_study(study_name="tiny", storage=settings_for(tmp_path).storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].system_attrs.get(INTERRUPTED) is True and counted(trials) == 0
