@@ -156,6 +156,17 @@ class AfterDeath:
     live: optuna.trial.FrozenTrial | None = None  # a RUNNING trial of a live process, if one was added
 
 
+def assert_failed_stale_and_retried_once(after: AfterDeath) -> None:
+    """The rerun marked the dead worker's trial FAIL (stale) and ran its parameters once more."""
+    victim, trials = after.victim, after.trials
+    assert f"trial {victim.number} was left RUNNING by a worker that died" in after.rerun_stdout
+    dead = trials[victim.number]
+    assert dead.state == TrialState.FAIL and dead.system_attrs.get(STALE) is True
+    retries = retries_of(trials, victim)
+    assert len(retries) == 1
+    assert retries[0].params == victim.params and retries[0].state == TrialState.COMPLETE
+
+
 @pytest.fixture(scope="module")
 def killed_on_sqlite(tmp_path_factory, small_config_dict) -> AfterDeath:
     folder = tmp_path_factory.mktemp("kill9_sqlite")
@@ -168,14 +179,8 @@ def killed_on_sqlite(tmp_path_factory, small_config_dict) -> AfterDeath:
 
 @pytest.mark.slow
 def test_kill_9_with_heartbeat_fails_the_trial_and_retries_it_once(killed_on_sqlite) -> None:
-    victim, trials = killed_on_sqlite.victim, killed_on_sqlite.trials
-    assert f"trial {victim.number} was left RUNNING by a worker that died" in killed_on_sqlite.rerun_stdout
-    assert not states(trials, TrialState.RUNNING)
-    dead = trials[victim.number]
-    assert dead.state == TrialState.FAIL and dead.system_attrs.get(STALE) is True
-    retries = retries_of(trials, victim)
-    assert len(retries) == 1
-    assert retries[0].params == victim.params and retries[0].state == TrialState.COMPLETE
+    assert not states(killed_on_sqlite.trials, TrialState.RUNNING)
+    assert_failed_stale_and_retried_once(killed_on_sqlite)
 
 
 @pytest.mark.slow
@@ -223,13 +228,7 @@ def killed_on_journal(tmp_path_factory, small_config_dict) -> AfterDeath:
 
 @pytest.mark.slow
 def test_journal_rerun_fails_a_dead_pid_and_retries_it_once(killed_on_journal) -> None:
-    victim, trials = killed_on_journal.victim, killed_on_journal.trials
-    assert f"trial {victim.number} was left RUNNING by a worker that died" in killed_on_journal.rerun_stdout
-    dead = trials[victim.number]
-    assert dead.state == TrialState.FAIL and dead.system_attrs.get(STALE) is True
-    retries = retries_of(trials, victim)
-    assert len(retries) == 1
-    assert retries[0].params == victim.params and retries[0].state == TrialState.COMPLETE
+    assert_failed_stale_and_retried_once(killed_on_journal)
 
 
 @pytest.mark.slow
