@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+from lightning_hpo.tuning import ignore_further_signals
+
 
 def _without(argv: list[str], flag: str) -> list[str]:
     """``argv`` without ``flag`` and its value (either ``--flag v`` or ``--flag=v``)."""
@@ -54,8 +56,7 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
                 procs.append(subprocess.Popen(cmd))
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_further_signals()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(received[-1])
