@@ -3,7 +3,7 @@
 Replays benchmarks/data/curves_<task>.json.gz (written by record_curves.py) through
 Optuna pruners with ask/tell, no training. For each of ``--orders`` random trial orders,
 every recorded configuration is one trial: ``t = study.ask()``; the user attrs
-``epochs_per_seed``/``n_seeds`` are set as the tuner sets them; the curve is reported
+``epochs``/``n_seeds`` are set as the tuner sets them; the curve is reported
 epoch by epoch and ``t.should_prune()`` asked after each report; a pruned trial is told
 PRUNED, a finished one is told its final value. Deterministic: same data, same orders,
 same numbers.
@@ -53,7 +53,7 @@ from record_curves import DATA_DIR, TASKS, load_curves  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from lightning_hpo.pruner import PFLPruner, _is_worse  # noqa: E402
+from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR, PFLPruner, _is_worse  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore")
@@ -241,8 +241,8 @@ def replay(curves: list[list[float]], order: list[int], make_pruner, epochs: int
     for idx in order:
         values = curves[idx]
         t = study.ask()
-        t.set_user_attr("epochs_per_seed", epochs)
-        t.set_user_attr("n_seeds", 1)
+        t.set_user_attr(EPOCHS_ATTR, epochs)
+        t.set_user_attr(N_SEEDS_ATTR, 1)
         pruned = False
         for step, v in enumerate(values):
             t.report(v, step)

@@ -23,25 +23,18 @@ median pruner at no more regret on both recorded tasks.
 
 Every decision is derived from what the study stores (completed trials, the running
 trial's intermediate values and user attrs). The only in-memory state is a cache of
-numbers derived from completed trials (their predictions, curve lengths and running best
-values), which never change, so several processes sharing one storage, or a study
-reloaded after a restart, decide identically.
+numbers derived from completed trials (their predictions and running best values), which
+never change, so several processes sharing one storage, or a study reloaded after a
+restart, decide identically.
 
-Layout of several seeds in one trial
-------------------------------------
-A trial may train several seeds one after another. The tuner then sets the user attrs
-``epochs_per_seed`` (int ``E``) and ``n_seeds`` (int ``S``) and reports the value of seed
-index ``s`` at 0-based epoch ``e`` at step ``s * E + e``. Without those attrs the whole of
-``intermediate_values`` is one curve with step = epoch. :func:`split_curves` undoes the
-layout. Optuna's own step-aligned pruners (median, percentile) still behave sensibly on
-it, because equal steps mean the same seed index and the same epoch in every trial.
-
-The pruner decides on the mean of the per-seed predictions. For the running trial,
-finished seeds always count and the current seed counts once it has more than
-``n_warmup_epochs`` values; completed reference trials count all their seeds. The
-same-epoch score is likewise the mean of the per-seed best values of those curves, and a
-completed trial's score uses as many of its seeds, the last one cut to the running
-trial's current length.
+One curve per trial
+-------------------
+A trial's intermediate values are one learning curve with step = 0-based epoch, as the
+stock ``PyTorchLightningPruningCallback`` reports it. A trial of several seeds reports
+one value per epoch (the tuner's mean over seeds trained together, or its first seed's
+value when they train one after another), so trials compare epoch by epoch whatever
+their seeds. The tuner records the run's epoch count in the user attr ``epochs`` (the
+pruner's default target epoch) and the seeds per trial in ``n_seeds`` (informational).
 
 Stored predictions
 ------------------
@@ -55,7 +48,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING
@@ -68,21 +61,20 @@ if TYPE_CHECKING:
     from optuna.study import Study
 
 __all__ = [
-    "EPOCHS_PER_SEED_ATTR",
+    "EPOCHS_ATTR",
     "N_SEEDS_ATTR",
     "PFL_ATTR_PREFIX",
     "PFLDecision",
     "PFLPruner",
-    "epochs_per_seed_of",
-    "mean_pfl",
+    "epochs_of",
     "predict_final_loss",
     "prefix_trial",
-    "split_curves",
     "stored_predictions",
+    "trial_curve",
     "trial_pfl",
 ]
 
-EPOCHS_PER_SEED_ATTR = "epochs_per_seed"
+EPOCHS_ATTR = "epochs"
 N_SEEDS_ATTR = "n_seeds"
 PFL_ATTR_PREFIX = "pfl:"
 
@@ -228,13 +220,6 @@ def predict_final_loss(values: Sequence[float], target_epoch: int) -> float:
     return prediction if math.isfinite(prediction) else last
 
 
-def mean_pfl(curves: Sequence[Sequence[float]], target_epoch: int) -> float:
-    """Mean of :func:`predict_final_loss` over ``curves``; NaN when there are none."""
-    if not curves:
-        return math.nan
-    return math.fsum(predict_final_loss(c, target_epoch) for c in curves) / len(curves)
-
-
 def _is_worse(value: float, reference: float, direction: StudyDirection) -> bool:
     if direction == StudyDirection.MAXIMIZE:
         return value < reference
@@ -249,7 +234,7 @@ def _running_best(values: Sequence[float], maximize: bool) -> list[float]:
     """Best finite value of ``values[: i + 1]`` for every ``i``.
 
     Before the first finite value the entry is the worst infinity (``inf`` when
-    minimizing), which :func:`_same_epoch_score` leaves out.
+    minimizing), which the same-epoch ranking leaves out.
     """
     # Chained comparisons skip NaN (every comparison is False) and both infinities; a
     # plain loop is about 4x faster than itertools.accumulate with min/max.
@@ -269,92 +254,26 @@ def _running_best(values: Sequence[float], maximize: bool) -> list[float]:
     return out
 
 
-def _same_epoch_score(running_bests: Sequence[Sequence[float]], n_curves: int, n_last: int) -> float:
-    """Mean per-seed best value over the first ``n_curves`` curves, curve ``n_curves - 1``
-    cut to ``n_last`` epochs; NaN when none has a finite value.
-
-    Args:
-        running_bests: :func:`_running_best` of each of a trial's per-seed curves.
-        n_curves: Seeds to count.
-        n_last: Epochs to count of seed ``n_curves - 1`` (>= 1).
-    """
-    curves = running_bests[:n_curves]
-    bests = [c[-1] for c in curves]
-    if len(curves) == n_curves:  # a trial with fewer seeds counts all of them in full
-        bests[-1] = curves[-1][min(n_last, len(curves[-1])) - 1]
-    finite = [b for b in bests if not math.isinf(b)]
-    if len(finite) == 1:
-        return finite[0]
-    return math.fsum(finite) / len(finite) if finite else math.nan
+# --------------------------------------------------------------------------- trial curve
 
 
-# --------------------------------------------------------------------------- trial layout
+def trial_curve(trial: FrozenTrial) -> list[float]:
+    """The trial's intermediate values ordered by step: its value after each epoch."""
+    values = trial.intermediate_values
+    return [values[step] for step in sorted(values)]
 
 
-def split_curves(
-    intermediate_values: Mapping[int, float], epochs_per_seed: int | None
-) -> list[list[float]]:
-    """Split intermediate values into per-seed curves, each ordered by step.
-
-    Args:
-        intermediate_values: Step -> value, as stored on a trial.
-        epochs_per_seed: ``E`` of the seed layout (seed ``s``, epoch ``e`` at step
-            ``s * E + e``), or None for a single curve.
-
-    Returns:
-        The non-empty curves in seed order.
-    """
-    steps = sorted(intermediate_values)
-    if epochs_per_seed is None:
-        return [[intermediate_values[s] for s in steps]] if steps else []
-    if epochs_per_seed < 1:
-        raise ValueError(f"epochs_per_seed must be >= 1, got {epochs_per_seed!r}.")
-    curves: dict[int, list[float]] = {}
-    for step in steps:
-        curves.setdefault(step // epochs_per_seed, []).append(intermediate_values[step])
-    return [curves[seed] for seed in sorted(curves)]
-
-
-def epochs_per_seed_of(trial: FrozenTrial) -> int | None:
-    """The trial's ``epochs_per_seed`` layout attr, or None when absent or invalid."""
-    value = trial.user_attrs.get(EPOCHS_PER_SEED_ATTR)
+def epochs_of(trial: FrozenTrial) -> int | None:
+    """The trial's ``epochs`` attr (a full run's epoch count), or None when absent or invalid."""
+    value = trial.user_attrs.get(EPOCHS_ATTR)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     return None
 
 
-def _decisive_curves(
-    curves: list[list[float]], epochs_per_seed: int | None, n_warmup_epochs: int
-) -> list[list[float]]:
-    """Curves of a running trial that count: finished seeds, the current one once warmed up."""
-    if not curves:
-        return []
-    *finished, current = curves
-    current_finished = epochs_per_seed is not None and len(current) >= epochs_per_seed
-    if current_finished or len(current) > n_warmup_epochs:
-        return curves
-    return finished
-
-
-def trial_pfl(
-    trial: FrozenTrial, target_epoch: int, epochs_per_seed: int | None = None
-) -> float:
-    """Mean per-seed PFL of all of a trial's curves (NaN without intermediate values).
-
-    Args:
-        trial: Any trial; its seed layout is read from its user attrs unless given.
-        target_epoch: Epoch count of a full run (per seed).
-        epochs_per_seed: Overrides the layout attr.
-    """
-    per_seed = epochs_per_seed if epochs_per_seed is not None else epochs_per_seed_of(trial)
-    return mean_pfl(split_curves(trial.intermediate_values, per_seed), target_epoch)
-
-
-def _longest_curve(trial: FrozenTrial) -> int:
-    per_seed = epochs_per_seed_of(trial)
-    if per_seed is None:
-        return len(trial.intermediate_values)
-    return max((len(c) for c in split_curves(trial.intermediate_values, per_seed)), default=0)
+def trial_pfl(trial: FrozenTrial, target_epoch: int) -> float:
+    """:func:`predict_final_loss` of the trial's curve (NaN without intermediate values)."""
+    return predict_final_loss(trial_curve(trial), target_epoch)
 
 
 def stored_predictions(trial: FrozenTrial) -> dict[int, float]:
@@ -391,9 +310,9 @@ class PFLDecision:
     over the same epochs) and ``"ok"`` (kept).
 
     ``pfl`` is the trial's predicted final value and ``threshold`` the worst prediction
-    among the ``top_k`` best completed trials; ``score`` is the trial's best value so far
-    (mean over its decisive seed curves), ``protected_bound`` and ``overrule_bound`` the
-    completed trials' same-epoch scores it is ranked against (None where too few).
+    among the ``top_k`` best completed trials; ``score`` is the trial's best value so far,
+    ``protected_bound`` and ``overrule_bound`` the completed trials' best values over as
+    many epochs that it is ranked against (None where too few).
     """
 
     prune: bool
@@ -438,13 +357,13 @@ class PFLPruner(optuna.pruners.BasePruner):
     A running trial past start-up and warm-up is ranked two ways against the ``n``
     completed trials:
 
-    * prediction: its predicted final value (mean per-seed :func:`predict_final_loss`)
+    * prediction: its predicted final value (:func:`predict_final_loss` of its curve)
       against the worst prediction among the ``top_k`` best completed trials (by final
       value, each predicted from its whole curve);
-    * same-epoch evidence: its best value so far (mean per seed) against the completed
-      trials' best values over the same epochs. It is *protected* while it ranks within
-      the best ``max(top_k, ceil(quantile * n))`` of them, and *overruled* once it ranks
-      outside the best ``max(top_k, ceil(overrule_quantile * n))``.
+    * same-epoch evidence: its best value so far against the completed trials' best
+      values over the same epochs. It is *protected* while it ranks within the best
+      ``max(top_k, ceil(quantile * n))`` of them, and *overruled* once it ranks outside
+      the best ``max(top_k, ceil(overrule_quantile * n))``.
 
     It is pruned when it is predicted worse and not protected (``"worse"``), or when it is
     overruled whatever its prediction (``"overruled"``). Between the two bands the
@@ -454,12 +373,13 @@ class PFLPruner(optuna.pruners.BasePruner):
     Args:
         n_startup_trials: No pruning until this many trials are COMPLETE (pruned and
             failed trials do not count). Default 10.
-        n_warmup_epochs: No pruning while the current seed has reported this many
-            epochs or fewer (non-finite values are pruned regardless). Default 10.
+        n_warmup_epochs: No pruning while the trial has reported this many epochs or
+            fewer, unless that is its whole run (its ``epochs`` attr); non-finite values
+            are pruned regardless. Default 10.
         top_k: Size of the reference set: the best completed trials by final value. Also
             the fewest completed trials a running trial is protected among. Default 5.
-        target_epoch: Epoch count of a full run (per seed). Defaults to the trial's
-            ``epochs_per_seed`` attr, else the longest curve among completed trials.
+        target_epoch: Epoch count of a full run. Defaults to the trial's ``epochs``
+            attr, else the longest curve among completed trials.
         quantile: Protected fraction of the completed trials, in [0, 1]. Default 0.5.
         overrule_quantile: Fraction beyond which the same-epoch rank prunes whatever the
             prediction, in [quantile, 1]; None never overrules the prediction. Default
@@ -496,8 +416,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         # Completed trials never change, so their derived numbers are cached. The value
         # stored alongside guards against a different study that reuses the name.
         self._pfl_cache: dict[tuple[str, int, int], tuple[float, float]] = {}
-        self._length_cache: dict[tuple[str, int], tuple[float, int]] = {}
-        self._best_cache: dict[tuple[str, int, bool], tuple[float, list[list[float]]]] = {}
+        self._best_cache: dict[tuple[str, int, bool], tuple[float, list[float]]] = {}
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         decision = self.evaluate(study, trial)
@@ -528,23 +447,24 @@ class PFLPruner(optuna.pruners.BasePruner):
         if len(completed) < self._n_startup_trials:
             return PFLDecision(False, "startup", step)
 
-        per_seed = epochs_per_seed_of(trial)
-        curves = split_curves(trial.intermediate_values, per_seed)
-        decisive = _decisive_curves(curves, per_seed, self._n_warmup_epochs)
-        if not decisive:
+        curve = trial_curve(trial)
+        epochs = epochs_of(trial)
+        # A curve that holds the whole run counts even inside the warm-up, so a run of at
+        # most n_warmup_epochs epochs is still decided once, at its last epoch.
+        if len(curve) <= self._n_warmup_epochs and (epochs is None or len(curve) < epochs):
             return PFLDecision(False, "warm-up", step)
 
-        target = self._target_for(study.study_name, trial, completed, curves)
-        pfl = mean_pfl(decisive, target)
+        target = self._target_for(trial, completed, len(curve))
+        pfl = predict_final_loss(curve, target)
         if math.isnan(pfl):
             return PFLDecision(True, "non-finite", step, target_epoch=target)
         direction = directions[0]
         maximize = direction == StudyDirection.MAXIMIZE
         threshold = self._threshold(study.study_name, completed, target, direction, trial)
 
-        layout = (len(decisive), len(decisive[-1]))
-        score = _same_epoch_score([_running_best(c, maximize) for c in decisive], *layout)
-        scores = self._same_epoch_scores(study.study_name, completed, layout, maximize, trial)
+        # The last value is finite (checked above), so the best so far is too.
+        score = _running_best(curve, maximize)[-1]
+        scores = self._same_epoch_scores(study.study_name, completed, len(curve), maximize, trial)
         protected = _rank_bound(scores, self._quantile, self._top_k)
         overrule = None
         if self._overrule_quantile is not None:
@@ -570,12 +490,12 @@ class PFLPruner(optuna.pruners.BasePruner):
         self,
         study_name: str,
         completed: list[FrozenTrial],
-        layout: tuple[int, int],
+        n_epochs: int,
         maximize: bool,
         trial: FrozenTrial,
     ) -> list[float]:
-        """Same-epoch scores of the completed trials with curves, best first."""
-        n_curves, n_last = layout
+        """Completed trials' best values over their first ``n_epochs`` epochs (all of a
+        shorter curve), best first; trials without a finite value there are left out."""
         cache = self._best_cache
         scores = []
         for t in completed:
@@ -585,40 +505,29 @@ class PFLPruner(optuna.pruners.BasePruner):
             bests = hit[1] if hit is not None and hit[0] == t.value else None
             if bests is None:
                 bests = self._store_running_bests(study_name, t, maximize)
-            if n_curves == 1:  # the common case, inlined: ~1 us per completed trial
-                score = bests[0][min(n_last, len(bests[0])) - 1]
-                if not math.isinf(score):
-                    scores.append(score)
-                continue
-            score = _same_epoch_score(bests, n_curves, n_last)
-            if not math.isnan(score):
+            score = bests[min(n_epochs, len(bests)) - 1]  # ~1 us per completed trial
+            if not math.isinf(score):
                 scores.append(score)
         scores.sort(reverse=maximize)
         return scores
 
     def _store_running_bests(
         self, study_name: str, trial: FrozenTrial, maximize: bool
-    ) -> list[list[float]]:
-        key = (study_name, trial.number, maximize)
-        curves = split_curves(trial.intermediate_values, epochs_per_seed_of(trial))
-        bests = [_running_best(c, maximize) for c in curves]
-        self._best_cache[key] = (trial.value, bests)
+    ) -> list[float]:
+        bests = _running_best(trial_curve(trial), maximize)
+        self._best_cache[(study_name, trial.number, maximize)] = (trial.value, bests)
         return bests
 
-    def _target_for(
-        self,
-        study_name: str,
-        trial: FrozenTrial,
-        completed: list[FrozenTrial],
-        curves: list[list[float]],
-    ) -> int:
+    def _target_for(self, trial: FrozenTrial, completed: list[FrozenTrial], length: int) -> int:
+        """``target_epoch``, else the trial's ``epochs`` attr, else the longest completed
+        curve, else the trial's own ``length``."""
         if self._target_epoch is not None:
             return self._target_epoch
-        per_seed = epochs_per_seed_of(trial)
-        if per_seed is not None:
-            return per_seed
-        longest = max((self._curve_length(study_name, t) for t in completed), default=0)
-        return longest if longest > 0 else max(len(c) for c in curves)
+        epochs = epochs_of(trial)
+        if epochs is not None:
+            return epochs
+        longest = max((len(t.intermediate_values) for t in completed), default=0)
+        return longest if longest > 0 else length
 
     def _threshold(
         self,
@@ -644,12 +553,3 @@ class PFLPruner(optuna.pruners.BasePruner):
         pfl = trial_pfl(trial, target)
         self._pfl_cache[key] = (trial.value, pfl)
         return pfl
-
-    def _curve_length(self, study_name: str, trial: FrozenTrial) -> int:
-        key = (study_name, trial.number)
-        hit = self._length_cache.get(key)
-        if hit is not None and hit[0] == trial.value:
-            return hit[1]
-        length = _longest_curve(trial)
-        self._length_cache[key] = (trial.value, length)
-        return length

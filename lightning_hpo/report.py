@@ -316,30 +316,24 @@ def _continue(end: float, neighbour: float, steps: list[float]) -> float:
 # --------------------------------------------------------------------------- pruning audit
 
 
-def full_epochs(trial: FrozenTrial) -> int | None:
-    """Epochs the trial runs when nothing stops it: ``epochs_per_seed × n_seeds`` (user attrs)."""
-    from lightning_hpo.pruner import EPOCHS_PER_SEED_ATTR, N_SEEDS_ATTR
-
-    per_seed, seeds = trial.user_attrs.get(EPOCHS_PER_SEED_ATTR), trial.user_attrs.get(N_SEEDS_ATTR)
-    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (per_seed, seeds)):
-        return per_seed * seeds
-    return None
-
-
 def epoch_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     """Epochs trained (one per intermediate value, every trial) and epochs pruning saved.
 
-    ``saved`` sums ``full - run`` over PRUNED trials; ``saved_fraction`` is
-    ``saved / (run + saved)``, the share of the cost of running every trial to the end.
+    Epochs, not seed-epochs: with fused seeds one epoch trains all of a trial's seeds at
+    once, so ``n_seeds`` is not used. ``saved`` sums ``epochs - run`` over PRUNED trials
+    (``epochs`` user attr); ``saved_fraction`` is ``saved / (run + saved)``, the share of
+    the cost of running every trial to the end.
     """
     from optuna.trial import TrialState
+
+    from lightning_hpo.pruner import epochs_of
 
     run = sum(len(t.intermediate_values) for t in trials)
     saved = pruned = unknown = 0
     for t in trials:
         if t.state != TrialState.PRUNED:
             continue
-        full = full_epochs(t)
+        full = epochs_of(t)
         if full is None:
             unknown += 1  # made by another tool: its full length is not recorded
             continue
@@ -351,7 +345,7 @@ def epoch_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
         "full": run + saved,
         "saved_fraction": saved / (run + saved) if run + saved else None,
         "pruned_trials": pruned,
-        "pruned_without_layout": unknown,
+        "pruned_without_epochs": unknown,
     }
 
 
@@ -359,10 +353,11 @@ def prediction_accuracy(complete: Sequence[FrozenTrial]) -> dict[str, Any]:
     """Stored PFL predictions against the value each completed trial really ended at.
 
     A prediction at the trial's last step is left out: pruning there saves nothing.
-    Buckets go by how far the current seed's run was when the prediction was made,
-    ``epoch / epochs_per_seed``, and end at 25%, 50%, 75% and 100%.
+    Buckets go by how far the run was when the prediction was made, ``epoch / epochs``
+    (the ``epochs`` user attr, else the trial's own length), and end at 25%, 50%, 75%
+    and 100%.
     """
-    from lightning_hpo.pruner import epochs_per_seed_of, stored_predictions
+    from lightning_hpo.pruner import epochs_of, stored_predictions
 
     rows: list[tuple[float, float, float | None]] = []  # (progress, error, relative error)
     trials = 0
@@ -370,13 +365,13 @@ def prediction_accuracy(complete: Sequence[FrozenTrial]) -> dict[str, Any]:
         if not t.intermediate_values:
             continue
         last_step = max(t.intermediate_values)
-        per_seed = epochs_per_seed_of(t) or last_step + 1
+        epochs = epochs_of(t) or last_step + 1
         made = {s: p for s, p in stored_predictions(t).items() if s < last_step and math.isfinite(p)}
         trials += bool(made)
         for step, predicted in made.items():
             error = predicted - t.value
             relative = abs(error) / abs(t.value) if t.value else None
-            rows.append((((step % per_seed) + 1) / per_seed, error, relative))
+            rows.append(((step + 1) / epochs, error, relative))
     result = {"trials": trials, **_error_stats(rows), "buckets": []}
     lower = 0.0
     for upper in PROGRESS_EDGES:
@@ -439,16 +434,14 @@ def replay_top_k(ranked: Sequence[FrozenTrial], top_k: int, pruner: PFLPruner, d
 
 
 def _replay_one(pruner: PFLPruner, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-    from lightning_hpo.pruner import epochs_per_seed_of, prefix_trial
+    from lightning_hpo.pruner import prefix_trial
 
-    per_seed = epochs_per_seed_of(trial)
     # Not the last step: training is over by then, so a prune there would cut nothing.
     for step in sorted(trial.intermediate_values)[:-1]:
         decision = pruner.evaluate(study, prefix_trial(trial, step))
         if decision.prune:
-            seed_index, epoch = divmod(step, per_seed) if per_seed else (0, step)
-            return {"would_prune": True, "step": step, "seed_index": seed_index, "epoch": epoch + 1, "reason": decision.reason, "pfl": decision.pfl, "threshold": decision.threshold, "score": decision.score, "overrule_bound": decision.overrule_bound}
-    return {"would_prune": False, "step": None, "seed_index": None, "epoch": None, "reason": None, "pfl": None, "threshold": None, "score": None, "overrule_bound": None}
+            return {"would_prune": True, "step": step, "epoch": step + 1, "reason": decision.reason, "pfl": decision.pfl, "threshold": decision.threshold, "score": decision.score, "overrule_bound": decision.overrule_bound}
+    return {"would_prune": False, "step": None, "epoch": None, "reason": None, "pfl": None, "threshold": None, "score": None, "overrule_bound": None}
 
 
 def _describe(pruner: Any) -> str:
@@ -549,9 +542,9 @@ def _boundary_lines(found: list[dict[str, Any]]) -> list[str]:
 def _audit_lines(audit: dict[str, Any], metric: str) -> list[str]:
     e = audit["epochs"]
     lines = ["", "Pruning audit"]
-    lines.append(f"  epochs: {e['run']} run, {e['saved']} saved by pruning {e['pruned_trials']} trial(s) = {_pct(e['saved_fraction'])} of {e['full']} for running every trial to the end")
-    if e["pruned_without_layout"]:
-        lines.append(f"  ({e['pruned_without_layout']} pruned trial(s) lack epochs_per_seed/n_seeds and are not counted)")
+    lines.append(f"  epochs (one per reported value, not per seed): {e['run']} run, {e['saved']} saved by pruning {e['pruned_trials']} trial(s) = {_pct(e['saved_fraction'])} of {e['full']} for running every trial to the end")
+    if e["pruned_without_epochs"]:
+        lines.append(f"  ({e['pruned_without_epochs']} pruned trial(s) lack the epochs user attr and are not counted)")
     p = audit["predictions"]
     if not p["predictions"]:
         lines.append("  predictions: none stored on complete trials (the pruner is not PFLPruner, or it never got past start-up)")
@@ -569,8 +562,7 @@ def _audit_lines(audit: dict[str, Any], metric: str) -> list[str]:
                 detail = f"best so far {_num(t['score'])} vs same-epoch bound {_num(t['overrule_bound'])} (overruled; predicted {_num(t['pfl'])})"
             else:
                 detail = f"predicted {_num(t['pfl'])} vs threshold {_num(t['threshold'])}" if t["pfl"] is not None else t["reason"]
-            where = f"epoch {t['epoch']}" + (f" of seed #{t['seed_index'] + 1}" if t["seed_index"] else "")
-            lines.append(f"    trial {t['number']} ({metric} {t['value']:.4g}) after {where}: {detail}")
+            lines.append(f"    trial {t['number']} ({metric} {t['value']:.4g}) after epoch {t['epoch']}: {detail}")
     return lines
 
 
@@ -664,17 +656,17 @@ def plot_history(study: optuna.Study, metric: str, path: Path) -> None:
 
 
 def plot_curves(trials: Sequence[FrozenTrial], metric: str, path: Path, best: int | None = None) -> None:
-    """Every trial's per-seed curve, coloured by state, with pruned trials' predicted ends."""
+    """Every trial's curve, coloured by state, with pruned trials' predicted ends."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    from lightning_hpo.pruner import epochs_per_seed_of, split_curves
+    from lightning_hpo.pruner import epochs_of, trial_curve
 
-    curves = {t.number: split_curves(t.intermediate_values, epochs_per_seed_of(t)) for t in trials}
+    curves = {t.number: trial_curve(t) for t in trials}
     # Decided on the measured values alone: a prediction may fall below 0 and is then left out.
-    log_y = spans_decades([v for cs in curves.values() for c in cs for v in c])
-    longest = max((len(c) for cs in curves.values() for c in cs), default=1)
+    log_y = spans_decades([v for c in curves.values() for v in c])
+    longest = max((len(c) for c in curves.values()), default=1)
     fig, ax = plt.subplots(figsize=(11, 5.5))
     seen: dict[str, int] = {}
     predicted = 0
@@ -683,7 +675,7 @@ def plot_curves(trials: Sequence[FrozenTrial], metric: str, path: Path, best: in
             continue
         seen[t.state.name] = seen.get(t.state.name, 0) + 1
         _draw_trial(ax, t, curves[t.number], is_best=t.number == best)
-        predicted += _draw_prediction(ax, t, curves[t.number][-1], epochs_per_seed_of(t) or longest, log_y)
+        predicted += _draw_prediction(ax, t, curves[t.number], epochs_of(t) or longest, log_y)
     if log_y:
         ax.set_yscale("log")
         _tidy_log_axis(ax.yaxis)
@@ -694,7 +686,7 @@ def plot_curves(trials: Sequence[FrozenTrial], metric: str, path: Path, best: in
         handles.append(Line2D([], [], color="tab:brown", marker="x", linestyle="none", label=f"PFL prediction of a pruned trial ({predicted})"))
     # Outside the axes: with many trials there is no free corner inside.
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
-    ax.set_title(f"Validation curves: {metric} per epoch, one line per trial and seed")
+    ax.set_title(f"Validation curves: {metric} per epoch, one line per trial")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_ylabel(metric + (" (log scale)" if log_y else ""))
@@ -702,18 +694,17 @@ def plot_curves(trials: Sequence[FrozenTrial], metric: str, path: Path, best: in
     _save(fig, path)
 
 
-def _draw_trial(ax: Any, trial: FrozenTrial, curves: list[list[float]], is_best: bool) -> None:
+def _draw_trial(ax: Any, trial: FrozenTrial, curve: list[float], is_best: bool) -> None:
     state = trial.state.name
-    for curve in curves:
-        epochs = range(1, len(curve) + 1)
-        if is_best:
-            ax.plot(epochs, curve, color="black", linewidth=2.2, zorder=5)
-        else:
-            # Failed trials are few and short: drawn on top so they are not buried.
-            ax.plot(epochs, curve, color=STATE_COLOURS.get(state, "black"), alpha=0.75 if state == "COMPLETE" else 0.55, linewidth=1.2, zorder=4 if state == "FAIL" else 2)
+    epochs = range(1, len(curve) + 1)
+    if is_best:
+        ax.plot(epochs, curve, color="black", linewidth=2.2, zorder=5)
+    else:
+        # Failed trials are few and short: drawn on top so they are not buried.
+        ax.plot(epochs, curve, color=STATE_COLOURS.get(state, "black"), alpha=0.75 if state == "COMPLETE" else 0.55, linewidth=1.2, zorder=4 if state == "FAIL" else 2)
 
 
-def _draw_prediction(ax: Any, trial: FrozenTrial, last_curve: list[float], target: int, log_y: bool) -> int:
+def _draw_prediction(ax: Any, trial: FrozenTrial, curve: list[float], target: int, log_y: bool) -> int:
     """Mark a pruned trial's last stored PFL at the target epoch, joined to where it stopped; 1 if drawn."""
     from optuna.trial import TrialState
 
@@ -725,7 +716,7 @@ def _draw_prediction(ax: Any, trial: FrozenTrial, last_curve: list[float], targe
     last = list(predictions.values())[-1]
     if not math.isfinite(last) or (log_y and last <= 0):
         return 0
-    ax.plot([len(last_curve), target], [last_curve[-1], last], color=STATE_COLOURS["PRUNED"], linestyle=":", linewidth=0.8, alpha=0.6)
+    ax.plot([len(curve), target], [curve[-1], last], color=STATE_COLOURS["PRUNED"], linestyle=":", linewidth=0.8, alpha=0.6)
     ax.plot(target, last, marker="x", color="tab:brown", markersize=7, linestyle="none", zorder=6)
     return 1
 

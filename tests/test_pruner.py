@@ -19,11 +19,11 @@ from lightning_hpo.pruner import (
     PFLDecision,
     PFLPruner,
     _rank_bound,
-    epochs_per_seed_of,
+    epochs_of,
     predict_final_loss,
     prefix_trial,
-    split_curves,
     stored_predictions,
+    trial_curve,
     trial_pfl,
 )
 
@@ -115,24 +115,22 @@ def test_finite_input_gives_finite_output(values: list[float], target: int) -> N
     assert math.isfinite(predict_final_loss(values, target))
 
 
-# --------------------------------------------------------------------------- layout helpers
+# --------------------------------------------------------------------------- trial helpers
 
 
-def test_split_curves() -> None:
+def test_trial_curve_is_ordered_by_step() -> None:
     values = {4: 5.0, 0: 1.0, 2: 3.0, 1: 2.0, 3: 4.0}
-    assert split_curves(values, None) == [[1.0, 2.0, 3.0, 4.0, 5.0]]
-    assert split_curves(values, 2) == [[1.0, 2.0], [3.0, 4.0], [5.0]]
-    assert split_curves({}, None) == []
-    assert split_curves({0: 1.0, 7: 2.0}, 3) == [[1.0], [2.0]]  # seed 1 never reported
-    with pytest.raises(ValueError, match="epochs_per_seed"):
-        split_curves(values, 0)
+    trial = create_trial(value=0.0, intermediate_values=values)
+    assert trial_curve(trial) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert trial_curve(create_trial(value=0.0)) == []
 
 
-def test_epochs_per_seed_of_ignores_invalid_attrs() -> None:
-    assert epochs_per_seed_of(create_trial(value=0.0, user_attrs={"epochs_per_seed": 5})) == 5
+def test_epochs_of_ignores_invalid_attrs() -> None:
+    assert epochs_of(create_trial(value=0.0, user_attrs={"epochs": 5})) == 5
+    assert epochs_of(create_trial(value=0.0)) is None
     for bad in (0, True, 2.5, "5"):
-        trial = create_trial(value=0.0, user_attrs={"epochs_per_seed": bad})
-        assert epochs_per_seed_of(trial) is None
+        trial = create_trial(value=0.0, user_attrs={"epochs": bad})
+        assert epochs_of(trial) is None
 
 
 # --------------------------------------------------------------------------- pruner decisions
@@ -368,50 +366,44 @@ def test_startup_counts_only_complete_trials(direction: str) -> None:
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
-def test_several_seeds(direction: str) -> None:
+def test_the_epochs_attr_is_the_target_and_n_seeds_changes_nothing(direction: str) -> None:
     sign = _sign(direction)
-    epochs = 15
-    layout = {"epochs_per_seed": epochs, "n_seeds": 2}
-    study = optuna.create_study(direction=direction, pruner=_pruner())
-    study.add_trials(
-        _completed(exp_curve(1.0, 0.1, c, epochs) * 2, sign, **layout)
-        for c in REFERENCE_ASYMPTOTES
-    )  # worst reference PFL at epoch 15: 0.5 + exp(-1.5) ~ 0.72
-    seed0 = exp_curve(1.0, 0.1, 0.3, epochs)  # PFL ~0.52
-
-    # The same-epoch score is the mean per-seed best of the decisive curves, against the
-    # references' first seed and their second cut to as many epochs.
-    pruner = _pruner()
-    running = create_trial(
-        state=TrialState.RUNNING,
-        intermediate_values=dict(enumerate(sign * v for v in seed0 + [0.9, 0.7] + [0.8] * 10)),
-        user_attrs=layout,
-    )
-    warming = pruner.evaluate(study, prefix_trial(running, epochs + 9))  # seed 1 in warm-up
-    assert warming.score == sign * min(seed0)
-    assert warming.protected_bound == pytest.approx(sign * (math.exp(-1.5) + 0.5))
-    decided = pruner.evaluate(study, running)
-    assert decided.score == pytest.approx(sign * (min(seed0) + 0.7) / 2)
-    bound = (math.exp(-1.5) + 0.5 + math.exp(-1.2) + 0.5) / 2  # 3rd best, 12 epochs of seed 1
-    assert decided.protected_bound == pytest.approx(sign * bound)
-
-    # Seed 1 alone would be pruned, but only counts past warm-up, at step 15 + 10.
-    assert _run(study, seed0 + [2.0] * epochs, sign, **layout) == 25
-    # Mean of 0.52 and 0.8 is below the worst reference PFL, and the mean best so far
-    # (0.66) ranks within the protected top 3 (0.78): the trial survives.
-    assert _run(study, seed0 + [0.8] * epochs, sign, **layout) is None
-    assert _run(study, seed0 + [0.8, math.nan] + [0.8] * 13, sign, **layout) == 16
-
-    trial = study.trials[-2]
-    assert split_curves(trial.intermediate_values, epochs_per_seed_of(trial)) == [
-        [sign * v for v in seed0],
-        [sign * 0.8] * epochs,
-    ]
-    # Predictions exist for seed 0 past warm-up and for every later step.
-    assert list(stored_predictions(trial)) == list(range(10, 2 * epochs))
+    values = _overfitting(0.45)
+    decisions = _decisions(direction, values)  # no attrs: the longest completed curve
+    assert {d.target_epoch for d in decisions[10:]} == {N_EPOCHS}
+    for n_seeds in (1, 3):
+        attrs = {"epochs": 40, "n_seeds": n_seeds}
+        running = create_trial(
+            state=TrialState.RUNNING,
+            intermediate_values={i: sign * v for i, v in enumerate(values)},
+            user_attrs=attrs,
+        )
+        study = _study(direction, _pruner())
+        at = [_pruner().evaluate(study, prefix_trial(running, s)) for s in range(N_EPOCHS)]
+        assert {d.target_epoch for d in at[10:]} == {40}
+        signed = [sign * v for v in values]
+        assert [d.pfl for d in at[10:]] == [
+            predict_final_loss(signed[: s + 1], 40) for s in range(10, N_EPOCHS)
+        ]
+        # The same-epoch evidence does not depend on the target.
+        assert [(d.score, d.protected_bound) for d in at] == [
+            (d.score, d.protected_bound) for d in decisions
+        ]
+        override = _pruner(target_epoch=7).evaluate(study, running)
+        assert override.target_epoch == 7
 
 
-def test_without_layout_attrs_the_target_is_the_longest_completed_curve() -> None:
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_run_no_longer_than_the_warmup_is_decided_at_its_last_epoch(direction: str) -> None:
+    sign = _sign(direction)
+    hopeless = [5.0] * 8
+    study = _study(direction, _pruner())
+    assert _run(study, hopeless, sign) is None  # without the epochs attr: all warm-up
+    assert _run(study, hopeless, sign, epochs=8) == 7
+    assert _run(study, hopeless, sign, epochs=9) is None  # the run is not over at step 7
+
+
+def test_without_the_epochs_attr_the_target_is_the_longest_completed_curve() -> None:
     study = _study("minimize", _pruner())
     trial = study.ask()
     for step, value in enumerate(_good(12)):
@@ -488,9 +480,9 @@ def test_completed_predictions_are_cached(monkeypatch: pytest.MonkeyPatch) -> No
     calls = []
     real = pruner_module.trial_pfl
 
-    def counting(trial: FrozenTrial, target: int, epochs_per_seed: int | None = None) -> float:
+    def counting(trial: FrozenTrial, target: int) -> float:
         calls.append(trial.number)
-        return real(trial, target, epochs_per_seed)
+        return real(trial, target)
 
     monkeypatch.setattr(pruner_module, "trial_pfl", counting)
     pruner = _pruner()

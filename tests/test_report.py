@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 from lightning_hpo.config import run_config_from_dict
 from lightning_hpo.pruner import PFLPruner
-from lightning_hpo.report import EDGE_MARGIN, boundary_warnings, build_report, prediction_accuracy, range_position, replay_top_k, report_main
+from lightning_hpo.report import EDGE_MARGIN, boundary_warnings, build_report, format_text, prediction_accuracy, range_position, replay_top_k, report_main
 from lightning_hpo.search import Param, optimize_config_from_dict
 from lightning_hpo.yamlio import dump_yaml
 
@@ -153,13 +153,13 @@ def test_prediction_errors_use_the_stored_predictions(built: Built, report: dict
         assert predictions["mean_abs_error"] == pytest.approx(sum(errors) / len(errors))
 
 
-def test_prediction_errors_are_bucketed_by_epoch_within_the_seed() -> None:
+def test_prediction_errors_are_bucketed_by_how_far_the_run_was() -> None:
     trial = create_trial(
         params={},
         distributions={},
         value=0.5,
         intermediate_values={0: 2.0, 1: 1.0, 2: 0.7, 3: 0.5},
-        user_attrs={"epochs_per_seed": 4, "n_seeds": 1},
+        user_attrs={"epochs": 4, "n_seeds": 1},
         system_attrs={"pfl:0": 1.0, "pfl:1": 0.6, "pfl:3": 0.9},  # the last step's is left out
     )
     result = prediction_accuracy([trial])
@@ -303,7 +303,7 @@ def curve_trial(values: list[float]) -> optuna.trial.FrozenTrial:
         distributions={"x": FloatDistribution(0.0, 100.0)},
         value=values[-1],
         intermediate_values=dict(enumerate(values)),
-        user_attrs={"epochs_per_seed": len(values), "n_seeds": 1},
+        user_attrs={"epochs": len(values), "n_seeds": 1},
     )
 
 
@@ -323,6 +323,29 @@ def test_replay_counts_false_prunes_of_the_top_trials() -> None:
     lenient = replay_top_k(ranked, 3, PFLPruner(n_startup_trials=1, n_warmup_epochs=10, top_k=1), study.direction)
     assert lenient["would_prune"] == 0
     assert all(not t.system_attrs for t in study.trials)
+
+
+def test_audit_counts_epochs_of_the_curves_and_names_the_epoch_a_replay_would_prune() -> None:
+    run = run_config_from_dict({}, "test")
+    space = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}
+    pruner = {"name": "lightning_hpo.PFLPruner", "kwargs": {"n_startup_trials": 1, "n_warmup_epochs": 1, "top_k": 1}}
+    opt = optimize_config_from_dict({"search_space": space, "pruner": pruner}, run, "test")
+    study = optuna.create_study()
+    study.add_trials([curve_trial([5.0, 4.0, 3.0, 0.1]), curve_trial([1.0, 0.9, 0.8, 0.7]), curve_trial([1.2, 1.0, 0.9, 0.8])])
+    # Pruned after 2 of its 4 epochs; n_seeds does not multiply them. A pruned trial
+    # without the epochs attr has no known full length and is left out of "saved".
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 3.0, 1: 2.9}, user_attrs={"epochs": 4, "n_seeds": 3}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 3.0}))
+    report = build_report(study, opt, top_k=2)
+    epochs = report["audit"]["epochs"]
+    assert (epochs["run"], epochs["saved"], epochs["full"]) == (15, 2, 17)
+    assert (epochs["pruned_trials"], epochs["pruned_without_epochs"]) == (1, 1)
+    slow = report["audit"]["replay"]["trials"][0]
+    assert (slow["would_prune"], slow["step"], slow["epoch"]) == (True, 1, 2)
+    text = format_text({**report, "storage": "memory"})
+    assert "15 run, 2 saved by pruning 1 trial(s) = 11.8% of 17" in text
+    assert "(1 pruned trial(s) lack the epochs user attr and are not counted)" in text
+    assert "    trial 0 (val_loss 0.1) after epoch 2: predicted 4 vs threshold 0.7" in text
 
 
 # --------------------------------------------------------------------------- TensorBoard

@@ -246,7 +246,7 @@ def test_pfl_in_one_process_decides_with_trials_another_process_completed(postgr
             curve = {{e: 1.0 * math.exp(-0.3 * e) + c for e in range({epochs})}}
             study.add_trial(optuna.trial.create_trial(
                 value=curve[{epochs} - 1], params={{"x": c}}, distributions={{"x": FloatDistribution(0, 1)}},
-                intermediate_values=curve, user_attrs={{"epochs_per_seed": {epochs}, "n_seeds": 1}}))
+                intermediate_values=curve, user_attrs={{"epochs": {epochs}, "n_seeds": 1}}))
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -255,7 +255,7 @@ def test_pfl_in_one_process_decides_with_trials_another_process_completed(postgr
     def running_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         """A trial that has flattened out at 0.8 after 12 of its 20 epochs."""
         trial = study.ask({"x": FloatDistribution(0, 1)})
-        trial.set_user_attr("epochs_per_seed", epochs)
+        trial.set_user_attr("epochs", epochs)
         trial.set_user_attr("n_seeds", 1)
         for e in range(12):
             trial.report(0.8 + 0.2 * 0.5**e, e)
