@@ -48,6 +48,7 @@ class RunConfig:
     checkpoint_config: dict[str, Any] = field(default_factory=lambda: dict(_CHECKPOINT))
     strategy: str = "auto"  # Lightning strategy, e.g. ddp_spawn
     devices: int | str = 1  # devices per run, or "auto"
+    fuse_seeds: bool | str = "auto"  # train all seeds in one Trainer: auto (when the run allows), true, false
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -83,6 +84,7 @@ def _expected(name: str) -> str:
         "batch_size": "a positive integer",
         "devices": 'a positive integer or "auto"',
         "scheduler": "an import path or null",
+        "fuse_seeds": "auto, true or false",
     }
     if name in kinds:
         return kinds[name]
@@ -119,6 +121,10 @@ def _check_value(name: str, value: Any, source: str) -> Any:
         if dupes:
             raise bad(f"duplicate seed(s) {dupes}", "list each seed once")
         return list(value)
+    if name == "fuse_seeds":
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise bad()
     if name == "devices":
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value

@@ -7,7 +7,7 @@ slicing. Per-sample DataLoader collation costs more than the MLP's forward pass.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
 import torch
@@ -39,10 +39,18 @@ class TensorBatches:
     ``world_size``-th sample of the (shared, seeded) permutation.
     """
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, epoch: Callable[[], int] | None = None
+    ):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.shuffles = [_Shuffle(seed, len(tensors[0]))]
+        self.epoch = epoch  # the epoch an iteration serves (the Trainer's), else one after another
+
+    def _orders(self) -> list[torch.Tensor]:
+        """This epoch's permutation of each shuffle, this rank's share of it."""
+        epoch = self.epoch() if self.epoch is not None else None
+        return [shuffle.order(epoch)[self.rank :: self.world_size] for shuffle in self.shuffles]
 
     def _size(self) -> int:
         return len(range(self.rank, len(self.tensors[0]), self.world_size))
@@ -51,9 +59,8 @@ class TensorBatches:
         return math.ceil(self._size() / self.batch_size)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        n = len(self.tensors[0])
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)[self.rank :: self.world_size]
+            order = self._orders()[0]
             tensors = [t[order.to(t.device)] for t in self.tensors]
         elif self.world_size > 1:
             tensors = [t[self.rank :: self.world_size] for t in self.tensors]
@@ -61,6 +68,61 @@ class TensorBatches:
             tensors = self.tensors
         for start in range(0, len(tensors[0]), self.batch_size):
             yield [t[start : start + self.batch_size] for t in tensors]
+
+
+class _Shuffle:
+    """The seeded permutations of one run, epoch after epoch.
+
+    ``order(e)`` is the permutation epoch ``e`` of an uninterrupted run draws, so a
+    resumed run (which starts at a later epoch) sees the same orders.
+    """
+
+    def __init__(self, seed: int, n: int):
+        self.seed, self.n = seed, n
+        self.generator, self.next_epoch = torch.Generator().manual_seed(seed), 0
+
+    def order(self, epoch: int | None = None) -> torch.Tensor:
+        if epoch is not None and epoch != self.next_epoch:
+            self.generator, self.next_epoch = torch.Generator().manual_seed(self.seed), 0
+            for _ in range(epoch):
+                torch.randperm(self.n, generator=self.generator)
+            self.next_epoch = epoch
+        self.next_epoch += 1
+        return torch.randperm(self.n, generator=self.generator)
+
+
+class SeedBatches(TensorBatches):
+    """One training batch per seed at each step, stacked: ``[S, B, ...]``.
+
+    Row ``s`` is the batch ``TensorBatches`` gives seed ``s`` alone: the same seeded
+    shuffle draws the same permutation, epoch after epoch.
+    """
+
+    def __init__(
+        self, tensors: tuple[torch.Tensor, ...], batch_size: int, seeds: list[int], rank: int = 0, world_size: int = 1, epoch: Callable[[], int] | None = None
+    ):
+        super().__init__(tensors, batch_size, shuffle=True, rank=rank, world_size=world_size, epoch=epoch)
+        self.shuffles = [_Shuffle(seed, len(tensors[0])) for seed in seeds]
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        order = torch.stack(self._orders())
+        tensors = [t[order.to(t.device)] for t in self.tensors]
+        for start in range(0, order.shape[1], self.batch_size):
+            yield [t[:, start : start + self.batch_size] for t in tensors]
+
+
+class StackedLoaders:
+    """One DataLoader per seed, each shuffled by its own seeded generator, batch by batch stacked."""
+
+    def __init__(self, loaders: list[DataLoader]):
+        self.loaders = loaders
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        for batches in zip(*self.loaders):
+            yield [torch.stack(parts) for parts in zip(*batches)]
 
 
 class RegressionData(pl.LightningDataModule):
@@ -77,19 +139,39 @@ class RegressionData(pl.LightningDataModule):
     def __init__(self, train: Dataset, val: Dataset, batch_size: int, seed: int = 0):
         super().__init__()
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+        self.fused_seeds: list[int] | None = None  # set by fuse(): one training batch per seed
+
+    def fuse(self, seeds: list[int]) -> RegressionData:
+        """Serve stacked training batches, each seed's from its own shuffle (fused seeds)."""
+        self.fused_seeds = list(seeds)
+        return self
+
+    def _placement(self) -> tuple[torch.device, int, int, Callable[[], int] | None]:
+        """Device, rank, world size, and where to read the epoch being trained (a resumed
+        run starts later than epoch 0)."""
+        trainer = self.trainer
+        if trainer is None:
+            return torch.device("cpu"), 0, 1, None
+        return trainer.strategy.root_device, trainer.global_rank, trainer.world_size, lambda: trainer.current_epoch
 
     def _loader(self, dataset: Dataset, shuffle: bool):
+        device, rank, world, epoch = self._placement()
         if isinstance(dataset, TensorDataset):
-            trainer = self.trainer
-            device = trainer.strategy.root_device if trainer else torch.device("cpu")
-            rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
             tensors = tuple(t.to(device) for t in dataset.tensors)
-            return TensorBatches(tensors, self.batch_size, shuffle, self.seed, rank, world)
+            return TensorBatches(tensors, self.batch_size, shuffle, self.seed, rank, world, epoch)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
 
     def train_dataloader(self):
-        return self._loader(self.train, shuffle=True)
+        if self.fused_seeds is None:
+            return self._loader(self.train, shuffle=True)
+        device, rank, world, epoch = self._placement()
+        if isinstance(self.train, TensorDataset):
+            tensors = tuple(t.to(device) for t in self.train.tensors)
+            return SeedBatches(tensors, self.batch_size, self.fused_seeds, rank, world, epoch)
+        # Single device only (fused.blocker): each loader shuffles as that seed's run alone would.
+        loaders = [DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(s)) for s in self.fused_seeds]
+        return StackedLoaders(loaders)
 
     def val_dataloader(self):
         return self._loader(self.val, shuffle=False)

@@ -1,10 +1,10 @@
-"""The study: each trial trains the run config with suggested parameters in Lightning Trainers.
+"""The study: each trial trains the run config with suggested parameters.
 
-The stock ``PyTorchLightningPruningCallback`` reports the metric every epoch and asks
-the study's pruner (PFL by default) whether to stop. Several seeds per trial are laid
-out one after another in the trial's intermediate values: seed index ``s`` at epoch
-``e`` is step ``s * epochs + e`` (recorded as the trial's ``epochs_per_seed`` and
-``n_seeds`` user attributes), so every pruner compares like with like.
+The stock ``PyTorchLightningPruningCallback`` reports the metric every epoch, at step =
+epoch, and asks the study's pruner (PFL by default) whether to stop. A trial's seeds
+train fused in one Trainer, which reports their mean; a trial that cannot fuse reports
+its first seed's curve (the others train after it, unpruned). Either way every trial's
+intermediate values are one curve over epochs, so every pruner compares like with like.
 """
 
 from __future__ import annotations
@@ -57,25 +57,6 @@ class TuneSettings:
 
 def study_project(run: RunConfig) -> str:
     return f"{run.project}_Opt"
-
-
-class SeedOffsetTrial:
-    """A view of a trial whose ``report`` shifts steps by ``offset`` (seed index × epochs).
-
-    It lets the stock pruning callback, which reports ``current_epoch``, lay several
-    seeds' curves one after another in one trial.
-    """
-
-    def __init__(self, trial: optuna.Trial, offset: int):
-        self._base, self._offset = trial, offset
-
-    def report(self, value: float, step: int) -> None:
-        self._base.report(value, step + self._offset)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_base", "_offset"):
-            raise AttributeError(name)
-        return getattr(self._base, name)
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -207,7 +188,8 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
     """The objective: merge the trial's parameters into ``run``, train every seed, return the mean."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from lightning_hpo.training import fit_seed
+    from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR
+    from lightning_hpo.training import fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"
 
@@ -227,21 +209,21 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
         run_dir = Path(settings.runs_root) / cfg.project / group
         trial.set_user_attr("group_name", group)
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("epochs_per_seed", cfg.epochs)
-        trial.set_user_attr("n_seeds", len(cfg.seeds))
-        finals = []
+        trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
+        trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
+        callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
         try:
-            for index, seed in enumerate(cfg.seeds):
-                callback = PyTorchLightningPruningCallback(SeedOffsetTrial(trial, index * cfg.epochs), monitor=opt.metric)
-                result = fit_seed(cfg, seed, run_dir / str(seed), monitor=opt.metric, mode=mode, callbacks=[callback], progress_bar=settings.progress_bar, after_fit=callback.check_pruned)
-                finals.append(result.final)
+            results = fit_run(
+                cfg, cfg.seeds, [run_dir / str(seed) for seed in cfg.seeds], monitor=opt.metric, mode=mode,
+                callbacks=[callback], progress_bar=settings.progress_bar, after_fit=callback.check_pruned,
+            )
         except (optuna.TrialPruned, ConfigError):
             raise
         except Exception as exc:  # noqa: BLE001 - any training error fails this trial only
             reason = f"{exc.__class__.__name__}: {exc}".strip()
             trial.set_user_attr("fail_reason", reason[:2000])
             raise TrialFailed(reason) from exc
-        value = statistics.fmean(finals)
+        value = statistics.fmean(r.final for r in results)
         if not math.isfinite(value):
             reason = f"{opt.metric} ended at {value}"
             trial.set_user_attr("fail_reason", reason)

@@ -184,7 +184,7 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
         group = t.user_attrs["group_name"]
         assert group.endswith(f"[{t.number}]")
         assert t.user_attrs["run_dir"] == str(tmp_path / "runs" / f"{PROJECT}_Opt" / group)
-        assert t.user_attrs["epochs_per_seed"] == 3
+        assert t.user_attrs["epochs"] == 3
         assert t.user_attrs["n_seeds"] == 1
         seed_dir = Path(t.user_attrs["run_dir"]) / "1"
         assert [p.name for p in Path(t.user_attrs["run_dir"]).iterdir()] == ["1"]
@@ -234,7 +234,7 @@ def test_stand_in_pruner_prunes_through_the_lightning_callback(tmp_path: Path) -
     assert len(study.trials) == 4
 
 
-def test_several_seeds_are_laid_out_one_after_another(tmp_path: Path) -> None:
+def test_a_fused_trial_reports_the_seed_mean_once_per_epoch(tmp_path: Path) -> None:
     run = make_run(seeds=[1, 2], epochs=3)
     opt = make_opt(run, trials=1)
 
@@ -242,16 +242,28 @@ def test_several_seeds_are_laid_out_one_after_another(tmp_path: Path) -> None:
 
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE
-    assert steps(t) == [0, 1, 2, 3, 4, 5]
-    assert (t.user_attrs["n_seeds"], t.user_attrs["epochs_per_seed"]) == (2, 3)
-    values = [t.intermediate_values[s] for s in range(6)]
-    # Seed index s at epoch e is step s * 3 + e.
-    assert values[:3] == seed_history(t, 1)
-    assert values[3:] == seed_history(t, 2)
-    assert values[:3] != values[3:]
-    assert t.value == pytest.approx(statistics.fmean([values[2], values[5]]))
+    assert steps(t) == [0, 1, 2]  # step = epoch, whatever the number of seeds
+    assert (t.user_attrs["n_seeds"], t.user_attrs["epochs"]) == (2, 3)
+    first, second = seed_history(t, 1), seed_history(t, 2)
+    assert first != second
+    for epoch in range(3):
+        assert t.intermediate_values[epoch] == pytest.approx(statistics.fmean([first[epoch], second[epoch]]), rel=1e-6)
+    assert t.value == pytest.approx(statistics.fmean([first[-1], second[-1]]))
     for seed in (1, 2):
         assert len(events_files(Path(t.user_attrs["run_dir"]) / str(seed))) == 1
+
+
+def test_a_trial_that_cannot_fuse_reports_its_first_seed(tmp_path: Path, user_components) -> None:
+    run = make_run(seeds=[1, 2], epochs=3, net="user_components.BatchNormNet", net_config={})
+    opt = make_opt(run, trials=1, search_space={"optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2, "log": True}}})
+
+    study = tune(run, opt, settings_for(tmp_path), echo=lambda line: None)
+
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE
+    assert steps(t) == [0, 1, 2]
+    assert [t.intermediate_values[e] for e in range(3)] == pytest.approx(seed_history(t, 1), rel=1e-6)
+    assert t.value == pytest.approx(statistics.fmean([seed_history(t, 1)[-1], seed_history(t, 2)[-1]]))
 
 
 def test_sanity_check_never_reports(tmp_path: Path) -> None:

@@ -51,3 +51,48 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+class BatchNormNet(nn.Module):
+    """Keeps BatchNorm running statistics: buffers updated in place, so it cannot be fused."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out_features))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class BranchyNet(nn.Module):
+    """Data-dependent Python control flow: which layer runs depends on the batch's values."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 8):
+        super().__init__()
+        self.up = nn.Linear(in_features, hidden)
+        self.pos, self.neg = nn.Linear(hidden, out_features), nn.Linear(hidden, out_features)
+
+    def forward(self, x):
+        h = torch.tanh(self.up(x))
+        return self.pos(h) if h.mean() > 0 else self.neg(h)
+
+
+class TrustRatioSGD(torch.optim.Optimizer):
+    """A per-tensor optimizer that is not element-wise: each step is scaled by the tensor's
+    norm over its update's norm (LARS/LAMB's trust ratio)."""
+
+    def __init__(self, params, lr: float = 0.01):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    ratio = p.norm() / p.grad.norm().clamp_min(1e-12)
+                    p.add_(p.grad, alpha=-group["lr"] * float(ratio))
+        return loss

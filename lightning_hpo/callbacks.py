@@ -1,0 +1,170 @@
+"""Our Lightning callbacks: what each run records, checkpoints and stops on."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lightning_hpo.console import is_quiet, quiet_lightning
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.metrics import LOGGED_METRICS
+from lightning_hpo.results import SeedResult
+from lightning_hpo.seeds import SeedStates, seed_metric
+
+# The key under which RunRecorder hands each seed's history back from spawned DDP ranks.
+HISTORY_KEY = "lightning_hpo/history"
+
+
+class RunRecorder(Callback):
+    """Records each seed's monitored metric after every real validation, and logs hparams at the end.
+
+    With one seed the metric is ``monitor`` itself; in a fused run seed ``s`` records
+    ``monitor/seed_<s>`` until the epoch early stopping stopped it (``states``). The
+    sanity check is never recorded. A metric that is never logged fails fast, listing
+    the ones that are. The hyperparameters go to TensorBoard (each seed's own run) with
+    the final and best metric however training ends (finished, early-stopped, pruned or
+    interrupted), before Lightning closes the logger.
+
+    Under a spawn-based strategy (ddp_spawn) the ranks train in other processes, on
+    copies of this callback: at the end of training each history is put into
+    ``trainer.callback_metrics``, which Lightning carries back to the main process. The
+    copies also apply ``quiet_lightning`` when the main process did.
+    """
+
+    def __init__(self, results: Sequence[SeedResult], monitor: str, hparams: dict[str, Any], states: SeedStates | None = None):
+        self.results, self.monitor, self.hparams, self.states = list(results), monitor, hparams, states
+
+    def _key(self, seed: int) -> str:
+        return self.monitor if self.states is None else seed_metric(self.monitor, seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_quiet": is_quiet()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state.pop("_quiet", False):
+            quiet_lightning()  # unpickled in a spawned rank, before it logs anything
+        self.__dict__.update(state)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking:
+            return
+        if self.monitor not in metrics:
+            if self.monitor.startswith("val") or trainer.current_epoch > 0:
+                logged = sorted({k for k in metrics if "/" not in k} | set(LOGGED_METRICS))
+                raise ConfigError("metric", self.monitor, "is never logged by the LightningModule", f"use one of: {', '.join(logged)}")
+            return
+        for result in self.results:
+            if self.states is None or self.states.training(result.seed, trainer.current_epoch):
+                result.history.append(float(metrics[self._key(result.seed)]))
+
+    # The histories ride in every checkpoint, so a resumed run's results cover all its epochs.
+    def state_dict(self) -> dict[str, Any]:
+        return {"histories": {r.seed: list(r.history) for r in self.results}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        histories = state_dict.get("histories", {})
+        for r in self.results:
+            r.history[:] = histories.get(r.seed, [])
+
+    def _log_hparams(self, trainer: pl.Trainer) -> None:
+        if trainer.logger is None or not trainer.is_global_zero:
+            return
+        for_seed = getattr(trainer.logger, "for_seed", None)  # fused.SeedLoggers: one run per seed
+        for r in self.results:
+            final = {f"final_{self.monitor}": r.final, f"best_{self.monitor}": r.best}
+            logger = for_seed(r.seed) if for_seed else trainer.logger
+            logger.log_hyperparams(self.hparams | {"seed": r.seed}, {k: v for k, v in final.items() if math.isfinite(v)})
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_hparams(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_fit_end also runs when a resumed run had no epoch left to train.
+        for r in self.results:
+            trainer.callback_metrics[f"{HISTORY_KEY}/{r.seed}"] = torch.tensor(r.history, dtype=torch.float64)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._log_hparams(trainer)
+
+    def collect(self, trainer: pl.Trainer) -> None:
+        """After ``fit``: take the histories the ranks (or this process) handed back."""
+        for r in self.results:
+            history = trainer.callback_metrics.get(f"{HISTORY_KEY}/{r.seed}")
+            if history is not None:
+                r.history[:] = history.tolist()
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at the end of every epoch, whatever the monitor did.
+
+    ``ModelCheckpoint(save_last=True)`` rewrites last.ckpt only when it has just saved another
+    checkpoint, i.e. when the monitor improved, so --resume would repeat every epoch since the
+    best one. This is ModelCheckpoint's own every-epoch saving (monitor=None) under a fixed
+    name; it tracks no metric, so it keeps no state in the checkpoints.
+    """
+
+    def __init__(self, dirpath: Path):
+        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(dirpath=str(self.dirpath))  # one per seed in a fused run
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+class SeedEarlyStopping(Callback):
+    """Early stopping per seed of a fused run: a seed whose ``monitor`` stalls stops
+    (the module keeps its weights from then on); the Trainer stops when all have.
+
+    The rule is Lightning's ``EarlyStopping``'s, applied to each seed's own metric: an
+    improvement beats the best by more than ``min_delta``; ``patience`` epochs without
+    one, or a non-finite value, stop the seed.
+    """
+
+    def __init__(self, states: SeedStates, monitor: str, patience: int, min_delta: float, mode: str):
+        self.states, self.monitor, self.patience, self.mode = states, monitor, patience, mode
+        self.min_delta = abs(min_delta) * (1 if mode == "max" else -1)
+        worst = -math.inf if mode == "max" else math.inf
+        self.best = {seed: torch.tensor(worst) for seed in states.seeds}
+        self.wait = {seed: 0 for seed in states.seeds}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        better = torch.gt if self.mode == "max" else torch.lt
+        for seed in self.states.seeds:
+            value = trainer.callback_metrics.get(seed_metric(self.monitor, seed))
+            if seed in self.states.stopped_at or value is None:
+                continue
+            current = value.detach().float().cpu()
+            if not torch.isfinite(current):
+                self.states.stop(seed, epoch)
+            elif better(current - self.min_delta, self.best[seed].to(current.dtype)):
+                self.best[seed], self.wait[seed] = current, 0
+            else:
+                self.wait[seed] += 1
+                if self.wait[seed] >= self.patience:
+                    self.states.stop(seed, epoch)
+        if self.states.all_stopped():
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": {s: float(v) for s, v in self.best.items()}, "wait": dict(self.wait), "stopped_at": dict(self.states.stopped_at)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = {s: torch.tensor(v) for s, v in state_dict["best"].items()}
+        self.wait = dict(state_dict["wait"])
+        self.states.stopped_at.update(state_dict["stopped_at"])

@@ -1,0 +1,254 @@
+"""Fused seeds: one Lightning Trainer trains all of a run's seeds at once.
+
+The pieces ``training.fit_fused`` puts together:
+
+* ``FusedModule`` trains a stacked network (``lightning_hpo.stacking``) on one batch per
+  seed, each from the seed's own shuffle (``data.SeedBatches``). It logs every metric
+  per seed (``val_loss/seed_89``) and as the mean over the seeds under the plain name:
+  the pruning callback reports that mean, once per epoch.
+* ``SeedLoggers`` sends each seed's metrics to the seed's own TensorBoard run, and the
+  means to a ``mean`` run beside them.
+* ``SeedCheckpointIO`` writes into a seed's folder only that seed's slice of the state,
+  so ``best.ckpt``/``last.ckpt`` are one-seed checkpoints; on ``--resume`` it stacks the
+  seeds' ``last.ckpt`` back into the fused state.
+* ``blocker`` says why a run cannot be fused, so it trains seed after seed instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from lightning_hpo.data import RegressionData
+from lightning_hpo.module import RegressionModule
+from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
+from lightning_hpo.stacking import (
+    Mode,
+    merge_optimizer_states,
+    merge_states,
+    optimizer_blocker,
+    run_stacked,
+    split_optimizer_state,
+    split_state,
+    vectorise,
+)
+
+# Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
+FUSED_KEY = "lightning_hpo/fused"
+
+
+class FusedModule(RegressionModule):
+    """``RegressionModule`` for S seeds at once: ``net`` is the stacked network.
+
+    Each seed's loss is the criterion on its own slice, and the step minimises their
+    sum, so every seed's gradient is exactly its own. A seed that early stopping
+    stopped (``states``) keeps its weights: they are put back after every optimizer step.
+    """
+
+    def __init__(self, net: nn.Module, mode: Mode, states: SeedStates, **kwargs: Any):
+        super().__init__(net=net, **kwargs)
+        self.mode, self.states = mode, states
+        self._kept: dict[int, list[torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        return run_stacked(self.net, self.mode, x, shared)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        shared = stage == "val"  # validation: one batch that every seed sees
+        pred = self(x, shared=shared)
+        losses = torch.stack([self.criterion(pred[i], y if shared else y[i]) for i in range(pred.shape[0])])
+        n = x.shape[0] if shared else x.shape[1]
+        self._accumulate(f"{stage}_loss", losses.detach() * n)
+        self._accumulate(f"{stage}_n", torch.tensor(float(n), device=losses.device))
+        if shared and y.is_floating_point() and pred.shape[1:] == y.shape:
+            y2 = y.reshape(n, -1)
+            self._accumulate("val_sse", (pred.detach().reshape(pred.shape[0], n, -1) - y2).pow(2).sum(1))
+            self._accumulate("val_sy", y2.sum(0))
+            self._accumulate("val_syy", y2.pow(2).sum(0))
+        return losses.sum()
+
+    def _log_per_seed(self, name: str, values: torch.Tensor) -> None:
+        self.log(name, values.mean(), sync_dist=True)
+        for seed, value in zip(self.states.seeds, values):
+            self.log(seed_metric(name, seed), value, sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        n = self._sums.get("val_n")
+        val_loss = self._pop_mean("val")
+        if val_loss is None:
+            return
+        self._log_per_seed("val_loss", val_loss)
+        sse, sy, syy = (self._sums.pop(k, None) for k in ("val_sse", "val_sy", "val_syy"))
+        if sse is not None:
+            sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
+            self._log_per_seed("val_r2", (1 - sse / sst).mean(-1))
+
+    def _log_train_loss(self) -> None:
+        train_loss = self._pop_mean("train")
+        if train_loss is not None:
+            self._log_per_seed("train_loss", train_loss)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        params = list(self.net.parameters())
+        for index, seed in enumerate(self.states.seeds):
+            if seed in self.states.stopped_at and index not in self._kept:
+                self._kept[index] = [p.detach()[index].clone() for p in params]
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        with torch.no_grad():
+            for index, kept in self._kept.items():
+                for p, value in zip(params, kept):
+                    p[index].copy_(value)
+
+
+class SeedLoggers(Logger):
+    """The Trainer's one logger, in front of one TensorBoard run per seed and one for the mean.
+
+    ``val_loss/seed_89`` goes to seed 89's run as ``val_loss`` (until the epoch that seed
+    stopped in), plain names go to the ``mean`` run: TensorBoard shows each seed's curves
+    as if it had trained alone, plus their mean.
+    """
+
+    def __init__(self, mean: TensorBoardLogger, per_seed: dict[int, TensorBoardLogger], states: SeedStates):
+        super().__init__()
+        self.mean, self.per_seed, self.states = mean, per_seed, states
+
+    @property
+    def name(self) -> str:
+        return self.mean.name
+
+    @property
+    def version(self) -> str | int:
+        return self.mean.version
+
+    @property
+    def save_dir(self) -> str:
+        return self.mean.save_dir
+
+    @property
+    def log_dir(self) -> str:
+        return self.mean.log_dir
+
+    def for_seed(self, seed: int) -> TensorBoardLogger:
+        return self.per_seed[seed]
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        plain: dict[str, float] = {}
+        by_seed: dict[int, dict[str, float]] = {seed: {} for seed in self.per_seed}
+        for key, value in metrics.items():
+            name, seed = split_seed_metric(key)
+            if seed in by_seed:
+                by_seed[seed][name] = value
+            else:
+                plain[key] = value
+        self.mean.log_metrics(plain, step)
+        # What has no per-seed values (lr, epoch) is every seed's too.
+        shared = {k: v for k, v in plain.items() if not any(k in values for values in by_seed.values())}
+        epoch = metrics.get("epoch")
+        for seed, values in by_seed.items():
+            if epoch is None or self.states.training(seed, int(epoch)):
+                self.per_seed[seed].log_metrics(shared | values, step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # per seed, by RunRecorder, with each seed's final metric
+
+    def save(self) -> None:
+        for logger in (self.mean, *self.per_seed.values()):
+            logger.save()
+
+    def finalize(self, status: str) -> None:
+        for logger in (self.mean, *self.per_seed.values()):
+            logger.finalize(status)
+
+
+class SeedCheckpointIO(TorchCheckpointIO):
+    """Checkpoints of a fused run: a file in seed ``s``'s folder holds seed ``s`` alone.
+
+    Its ``state_dict`` and optimizer state are that seed's slices (the single network's
+    keys and shapes, loadable into a one-seed module); its callback states are the run's
+    shared ones and that seed's own (``owned``: each seed's callbacks' state keys); loops
+    and schedulers are the run's. Loading a file from one seed's folder stacks the same
+    file of every seed's folder back into the fused state, for ``--resume``.
+    """
+
+    def __init__(self, run_dirs: Sequence[Path], shapes: Sequence[torch.Size], owned: Sequence[set[str]]):
+        super().__init__()
+        self.run_dirs = [Path(d).resolve() for d in run_dirs]
+        self.shapes = list(shapes)
+        self.owned = [set(keys) for keys in owned]
+
+    def _index(self, path: Any) -> int:
+        resolved = Path(path).resolve()
+        for index, run_dir in enumerate(self.run_dirs):
+            if run_dir in resolved.parents:
+                return index
+        raise ValueError(f"{path} is not inside any seed's run folder")
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        index = self._index(path)
+        one = dict(checkpoint)
+        one["state_dict"] = split_state(checkpoint["state_dict"], index)
+        split = [split_optimizer_state(s, index, self.shapes) for s in checkpoint.get("optimizer_states", [])]
+        one["optimizer_states"] = [state for state, _ in split]
+        others = set().union(*(keys for i, keys in enumerate(self.owned) if i != index))
+        one["callbacks"] = {k: v for k, v in checkpoint.get("callbacks", {}).items() if k not in others}
+        one[FUSED_KEY] = {"index": index, "seeds": len(self.run_dirs), "sliced": [sliced for _, sliced in split]}
+        super().save_checkpoint(one, path, storage_options)
+
+    def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+        relative = Path(path).resolve().relative_to(self.run_dirs[self._index(path)])
+        parts = [super(SeedCheckpointIO, self).load_checkpoint(d / relative, map_location, weights_only=False) for d in self.run_dirs]
+        merged = dict(parts[0])
+        merged["state_dict"] = merge_states([p["state_dict"] for p in parts])
+        merged["callbacks"] = {k: v for p in parts for k, v in p.get("callbacks", {}).items()}
+        sliced = parts[0][FUSED_KEY]["sliced"]
+        merged["optimizer_states"] = [merge_optimizer_states([p["optimizer_states"][i] for p in parts], sliced[i]) for i in range(len(sliced))]
+        merged.pop(FUSED_KEY)
+        return merged
+
+
+def resumable(paths: Sequence[Path]) -> bool:
+    """Whether these per-seed checkpoints are one fused run's state at one step: every
+    seed's file exists, was written by a fused run of as many seeds, at the same step."""
+    if not all(p.exists() for p in paths):
+        return False
+    steps = set()
+    for index, path in enumerate(paths):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        marker = ckpt.get(FUSED_KEY)
+        if not marker or marker["index"] != index or marker["seeds"] != len(paths):
+            return False
+        steps.add(ckpt.get("global_step"))
+    return len(steps) == 1
+
+
+def blocker(
+    dm: pl.LightningDataModule, nets: Sequence[nn.Module], optimizer: Callable, optimizer_config: dict[str, Any], devices: int | str
+) -> tuple[Mode | None, str | None]:
+    """How the seeds' ``nets`` can train fused (``(mode, None)``), or why not (``(None, reason)``).
+
+    Checked on the first real training batch: the stacked forward must reproduce each
+    network's own, and the optimizer must update stacked tensors element by element.
+    """
+    if not isinstance(dm, RegressionData):
+        return None, "the data is a LightningDataModule, which draws its own batches; fusing needs a (train, val) dataset factory"
+    if devices != 1 and not isinstance(dm.train, TensorDataset):
+        return None, "on several devices fusing needs TensorDatasets (each seed's shard must come from its own shuffle)"
+    x = next(iter(dm.train_dataloader()))[0]
+    mode, reason = vectorise(nets, x)
+    if mode is None:
+        return None, reason
+    why = optimizer_blocker(optimizer, optimizer_config, [p.shape for p in nets[0].parameters()])
+    if why:
+        return None, f"{getattr(optimizer, '__qualname__', optimizer)}: {why}"
+    return mode, None

@@ -1,0 +1,66 @@
+"""What a run leaves behind: per-seed results, in memory and as ``result.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class SeedResult:
+    """What one seed's run ended with. ``history`` is the monitored metric per epoch."""
+
+    seed: int
+    run_dir: Path
+    history: list[float] = field(default_factory=list)
+    mode: str = "min"
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> float:
+        return self.history[-1] if self.history else math.nan
+
+    @property
+    def best(self) -> float:
+        finite = [v for v in self.history if math.isfinite(v)]
+        if not finite:
+            return math.nan
+        return min(finite) if self.mode == "min" else max(finite)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seed": self.seed, "history": self.history, "mode": self.mode, "seconds": self.seconds}
+
+    def save(self) -> None:
+        (self.run_dir / RESULT_FILE).write_text(json.dumps(self.to_json()))
+
+
+@dataclass
+class TrainResult:
+    results: list[SeedResult]
+
+    @property
+    def finals(self) -> list[float]:
+        return [r.final for r in self.results]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.finals)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.finals) if len(self.finals) > 1 else 0.0
+
+
+def load_result(run_dir: Path) -> SeedResult | None:
+    """A finished seed's result, or None when the seed has not finished."""
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return SeedResult(data["seed"], run_dir, data["history"], data["mode"], data["seconds"])
