@@ -1,4 +1,5 @@
-"""End to end: the default tune.py study with the PFL pruner vs the same study unpruned.
+"""End to end: the default tune.py study with the PFL pruner vs the same study unpruned,
+or (``--versus sequential``) fused seeds vs the same study training seed after seed.
 
 Runs ``python tune.py`` on configs/run_template.yaml and configs/optimize_template.yaml
 as shipped (20 trials x 3 seeds x 50 epochs, TPE, PFL) and on a copy of the optimize
@@ -13,8 +14,8 @@ shrinks both studies alike. ``--threads`` passes torch's thread count to tune.py
 (default 1: on a shared 2-core machine two intra-op threads make epoch times erratic;
 ``--threads 0`` leaves torch's default).
 
-Run: ``python benchmarks/bench_study.py [--trials N] [--repeats R]``, ``--quick`` for a
-smoke run (3 trials x 1 seed x 12 epochs).
+Run: ``python benchmarks/bench_study.py [--trials N] [--repeats R] [--versus nop|sequential]``,
+``--quick`` for a smoke run (3 trials x 1 seed x 12 epochs).
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ def nop_config(tmp: Path) -> Path:
     return path
 
 
-def run_study(label: str, optimize_config: Path, tmp: Path, args) -> dict:
+def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: str = "auto") -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"{label}_", dir=tmp))
     db = work / "study.db"
     cmd = [sys.executable, "tune.py", "--optimize-config", str(optimize_config), "--storage", f"sqlite:///{db}", "--output", str(work / "runs")]
     run_config = ROOT / "configs" / "run_template.yaml"
-    if args.seeds or args.epochs:
+    if args.seeds or args.epochs or fuse_seeds != "auto":
         text = run_config.read_text()
+        text, n = re.subn(r"(?m)^fuse_seeds:\s*\w+", f"fuse_seeds: {fuse_seeds}", text)
+        assert n == 1, "fuse_seeds not found in run_template.yaml"
         if args.seeds:
             text = re.sub(r"(?m)^seeds:.*?(#|$)", f"seeds: [{', '.join(str(s) for s in [89, 231, 928][: args.seeds])}]  \\1", text)
         run_config = work / "run.yaml"
@@ -99,17 +102,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for tune.py; 0 = torch's default (default: %(default)s)")
     ap.add_argument("--show-log", action="store_true", help="print tune.py's per-trial lines")
+    ap.add_argument("--versus", choices=("nop", "sequential"), default="nop", help="nop: the shipped study vs NopPruner; sequential: vs fuse_seeds: false (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 trials x 1 seed x 12 epochs")
     args = ap.parse_args()
     if args.quick:
         args.trials, args.epochs, args.seeds = 3, 12, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_study_"))
-    configs = {"PFL (as shipped)": ROOT / "configs" / "optimize_template.yaml", "NopPruner": nop_config(tmp)}
+    shipped = ROOT / "configs" / "optimize_template.yaml"
+    other = "NopPruner" if args.versus == "nop" else "seed after seed"
+    # label -> (optimize config, the run config's fuse_seeds)
+    configs = {"PFL (as shipped)": (shipped, "auto"), other: (nop_config(tmp), "auto") if args.versus == "nop" else (shipped, "false")}
     results: dict[str, list[dict]] = {k: [] for k in configs}
     for rep in range(args.repeats):
         order = list(configs) if rep % 2 == 0 else list(configs)[::-1]
         for label in order:
-            r = run_study(label.split()[0], configs[label], tmp, args)
+            r = run_study(label.split()[0], configs[label][0], tmp, args, fuse_seeds=configs[label][1])
             results[label].append(r)
             print(f"  repeat {rep + 1}: {label}: {r['wall']:.1f} s, {r['epochs']} epochs, {r['pruned']} pruned, best {r['best']:.5g}", flush=True)
             if args.show_log:
@@ -120,16 +127,16 @@ def main() -> None:
         agg[label] = {k: median(r[k] for r in rs) for k in ("wall", "epochs", "best", "pruned", "full")}
         a = agg[label]
         rows.append((label, f"{a['wall']:.1f}", int(a["epochs"]), f"{100 * a['epochs'] / a['full']:.1f}%", int(a["pruned"]), f"{a['best']:.5g}", rs[-1]["best_trial"]))
-    p, n = agg["PFL (as shipped)"], agg["NopPruner"]
-    rows.append(("ratio PFL / none", f"{p['wall'] / n['wall']:.2f}", f"{p['epochs'] / n['epochs']:.2f}", "", "", f"{p['best'] / n['best']:.3f}", ""))
-    nop = results["NopPruner"][0]
+    p, n = agg["PFL (as shipped)"], agg[other]
+    rows.append((f"ratio shipped / {other}", f"{p['wall'] / n['wall']:.2f}", f"{p['epochs'] / n['epochs']:.2f}", "", "", f"{p['best'] / n['best']:.3f}", ""))
+    nop = results[other][0]
     shape = f"{nop['trials']} trials, {int(n['full']) // max(1, nop['trials'])} epochs per trial ({nop['seeds']} seed(s) each)"
     print_table(
         ["study", "wall s", "epochs trained", "of full", "pruned trials", "best val_loss", "best trial"],
         rows,
         title=f"bench_study: tune.py, default configs, {shape}, threads={args.threads or 'torch default'}, medians of {args.repeats} repeat(s)",
     )
-    print(f"best value PFL vs none: {100 * (p['best'] - n['best']) / abs(n['best']):+.2f}%")
+    print(f"best value shipped vs {other}: {100 * (p['best'] - n['best']) / abs(n['best']):+.2f}%")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

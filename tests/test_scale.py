@@ -7,6 +7,7 @@ the study holds afterwards, not the training.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -296,8 +297,8 @@ class DdpStudy:
 
 @pytest.fixture(scope="module")
 def ddp_study(tmp_path_factory, small_config_dict) -> DdpStudy:
-    """Two trials, each trained by 2 CPU processes (ddp_spawn, gloo); a stand-in pruner prunes
-    trial 0 at step 1."""
+    """Two trials of two fused seeds, each trained by 2 CPU processes (ddp_spawn, gloo); a
+    stand-in pruner prunes trial 0 at step 1."""
     from lightning_hpo.yamlio import dump_yaml
 
     folder = tmp_path_factory.mktemp("ddp")
@@ -305,7 +306,7 @@ def ddp_study(tmp_path_factory, small_config_dict) -> DdpStudy:
     user.mkdir()
     (user / "scale_user.py").write_text(USER_MODULE)
     run_cfg, opt = folder / "run.yaml", folder / "optimize.yaml"
-    dump_yaml(small_config_dict(project="Ddp", epochs=3, data_config={"n": 300}, strategy="ddp_spawn", devices=2), run_cfg)
+    dump_yaml(small_config_dict(project="Ddp", seeds=[1, 2], epochs=3, data_config={"n": 300}, strategy="ddp_spawn", devices=2), run_cfg)
     opt.write_text(optimize_yaml(STUDY, 2, "{name: scale_user.PruneFirstTrialAtStep1}"))
     url = f"sqlite:///{folder}/study.db"
     proc = run(tune_args(run_cfg, opt, url, folder / "runs"), folder, timeout=300, env=subprocess_env(user))
@@ -328,3 +329,10 @@ def test_ddp_trial_that_is_not_pruned_completes(ddp_study) -> None:
     assert sorted(done.intermediate_values) == [0, 1, 2]
     assert done.state == TrialState.COMPLETE, done.user_attrs.get("fail_reason")
     assert done.value == pytest.approx(done.intermediate_values[2])
+    # Fused inside each rank: each seed has its own curve, and the trial reported their mean.
+    histories = [json.loads((Path(done.user_attrs["run_dir"]) / str(seed) / "result.json").read_text())["history"] for seed in (1, 2)]
+    assert [len(h) for h in histories] == [3, 3] and histories[0] != histories[1]
+    for epoch in range(3):
+        assert done.intermediate_values[epoch] == pytest.approx((histories[0][epoch] + histories[1][epoch]) / 2, rel=1e-6)
+    for seed in (1, 2):
+        assert (Path(done.user_attrs["run_dir"]) / str(seed) / "checkpoints" / "best.ckpt").exists()
