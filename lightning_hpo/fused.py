@@ -187,15 +187,18 @@ class SeedCheckpointIO(TorchCheckpointIO):
         self.shapes = list(shapes)
         self.owned = [set(keys) for keys in owned]
 
-    def _index(self, path: Any) -> int:
+    def _index(self, path: Any) -> int | None:
+        """The seed whose folder holds ``path``; None elsewhere (ddp_spawn's hand-over file)."""
         resolved = Path(path).resolve()
         for index, run_dir in enumerate(self.run_dirs):
             if run_dir in resolved.parents:
                 return index
-        raise ValueError(f"{path} is not inside any seed's run folder")
+        return None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         index = self._index(path)
+        if index is None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
         one = dict(checkpoint)
         one["state_dict"] = split_state(checkpoint["state_dict"], index)
         split = [split_optimizer_state(s, index, self.shapes) for s in checkpoint.get("optimizer_states", [])]
@@ -206,7 +209,10 @@ class SeedCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(one, path, storage_options)
 
     def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
-        relative = Path(path).resolve().relative_to(self.run_dirs[self._index(path)])
+        index = self._index(path)
+        if index is None:
+            return super().load_checkpoint(path, map_location, weights_only)
+        relative = Path(path).resolve().relative_to(self.run_dirs[index])
         parts = [super(SeedCheckpointIO, self).load_checkpoint(d / relative, map_location, weights_only=False) for d in self.run_dirs]
         merged = dict(parts[0])
         merged["state_dict"] = merge_states([p["state_dict"] for p in parts])
