@@ -8,20 +8,25 @@ The pieces ``training.fit_fused`` puts together:
   the pruning callback reports that mean, once per epoch.
 * ``SeedLoggers`` sends each seed's metrics to the seed's own TensorBoard run, and the
   means to a ``mean`` run beside them.
-* ``SeedCheckpointIO`` writes into a seed's folder only that seed's slice of the state,
-  so ``best.ckpt``/``last.ckpt`` are one-seed checkpoints; on ``--resume`` it stacks the
-  seeds' ``last.ckpt`` back into the fused state.
+* ``SeedCheckpoints`` writes each seed's ``last.ckpt`` and ``best.ckpt``, and
+  ``SeedCheckpointIO`` puts into a seed's folder only that seed's slice of the state, so
+  each file is a one-seed checkpoint; on ``--resume`` it stacks the seeds' ``last.ckpt``
+  back into the fused state.
 * ``blocker`` says why a run cannot be fused, so it trains seed after seed instead.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
@@ -175,17 +180,15 @@ class SeedCheckpointIO(TorchCheckpointIO):
     """Checkpoints of a fused run: a file in seed ``s``'s folder holds seed ``s`` alone.
 
     Its ``state_dict`` and optimizer state are that seed's slices (the single network's
-    keys and shapes, loadable into a one-seed module); its callback states are the run's
-    shared ones and that seed's own (``owned``: each seed's callbacks' state keys); loops
-    and schedulers are the run's. Loading a file from one seed's folder stacks the same
-    file of every seed's folder back into the fused state, for ``--resume``.
+    keys and shapes, loadable into a one-seed module); loops, schedulers and callback
+    states are the run's. Loading a file from one seed's folder stacks the same file of
+    every seed's folder back into the fused state, for ``--resume``.
     """
 
-    def __init__(self, run_dirs: Sequence[Path], shapes: Sequence[torch.Size], owned: Sequence[set[str]]):
+    def __init__(self, run_dirs: Sequence[Path], shapes: Sequence[torch.Size]):
         super().__init__()
         self.run_dirs = [Path(d).resolve() for d in run_dirs]
         self.shapes = list(shapes)
-        self.owned = [set(keys) for keys in owned]
 
     def _index(self, path: Any) -> int | None:
         """The seed whose folder holds ``path``; None elsewhere (ddp_spawn's hand-over file)."""
@@ -203,8 +206,6 @@ class SeedCheckpointIO(TorchCheckpointIO):
         one["state_dict"] = split_state(checkpoint["state_dict"], index)
         split = [split_optimizer_state(s, index, self.shapes) for s in checkpoint.get("optimizer_states", [])]
         one["optimizer_states"] = [state for state, _ in split]
-        others = set().union(*(keys for i, keys in enumerate(self.owned) if i != index))
-        one["callbacks"] = {k: v for k, v in checkpoint.get("callbacks", {}).items() if k not in others}
         one[FUSED_KEY] = {"index": index, "seeds": len(self.run_dirs), "sliced": [sliced for _, sliced in split]}
         super().save_checkpoint(one, path, storage_options)
 
@@ -216,11 +217,68 @@ class SeedCheckpointIO(TorchCheckpointIO):
         parts = [super(SeedCheckpointIO, self).load_checkpoint(d / relative, map_location, weights_only=False) for d in self.run_dirs]
         merged = dict(parts[0])
         merged["state_dict"] = merge_states([p["state_dict"] for p in parts])
-        merged["callbacks"] = {k: v for p in parts for k, v in p.get("callbacks", {}).items()}
         sliced = parts[0][FUSED_KEY]["sliced"]
         merged["optimizer_states"] = [merge_optimizer_states([p["optimizer_states"][i] for p in parts], sliced[i]) for i in range(len(sliced))]
         merged.pop(FUSED_KEY)
         return merged
+
+
+class SeedCheckpoints(Callback):
+    """Each seed's ``last.ckpt`` every epoch and its ``best.ckpt`` when its metric improved.
+
+    One state dump per epoch serves every seed (``SeedCheckpointIO`` slices it per
+    folder), and a seed's new best is a copy of the ``last.ckpt`` just written: the same
+    files ``ModelCheckpoint`` and ``LastCheckpoint`` write for a seed trained alone, at a
+    fraction of the cost of 2 x S callbacks dumping and pickling the state each.
+    "Improved" is ``ModelCheckpoint``'s rule: strictly better, and never a NaN or inf.
+    """
+
+    def __init__(self, states: SeedStates, run_dirs: Sequence[Path], monitor: str, mode: str, save_best: bool, save_last: bool):
+        self.states, self.run_dirs, self.monitor, self.mode = states, [Path(d) for d in run_dirs], monitor, mode
+        self.save_best, self.save_last = save_best, save_last
+        self.best: dict[int, float] = {}
+
+    def _improved(self, trainer: pl.Trainer) -> list[int]:
+        improved = []
+        for seed in self.states.seeds:
+            value = trainer.callback_metrics.get(seed_metric(self.monitor, seed))
+            if value is None or not self.states.training(seed, trainer.current_epoch):
+                continue
+            current = float(value)
+            best = self.best.get(seed)
+            if math.isfinite(current) and (best is None or (current > best if self.mode == "max" else current < best)):
+                self.best[seed] = current
+                improved.append(seed)
+        return improved
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        improved = self._improved(trainer) if self.save_best else []
+        if not (self.save_last or improved):
+            return
+        # Lightning's own Trainer.save_checkpoint dumps the state anew for every file.
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        for seed, run_dir in zip(self.states.seeds, self.run_dirs):
+            folder = run_dir / "checkpoints"
+            if self.save_last:
+                trainer.strategy.save_checkpoint(checkpoint, folder / "last.ckpt")
+            if seed in improved:
+                if self.save_last and trainer.is_global_zero:
+                    _copy_atomically(folder / "last.ckpt", folder / "best.ckpt")
+                elif not self.save_last:
+                    trainer.strategy.save_checkpoint(checkpoint, folder / "best.ckpt")
+        trainer.strategy.barrier("SeedCheckpoints")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    temporary = target.with_suffix(".tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def resumable(paths: Sequence[Path]) -> bool:

@@ -27,7 +27,7 @@ from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, resolve
 from lightning_hpo.module import RegressionModule
 from lightning_hpo.results import RESULT_FILE, SeedResult, TrainResult, load_result  # noqa: F401 - RESULT_FILE, load_result: re-exported
-from lightning_hpo.seeds import SeedStates, seed_metric
+from lightning_hpo.seeds import SeedStates
 from lightning_hpo.yamlio import dump_yaml
 
 # Strategies that start extra devices' processes by re-running the command line ("auto" picks
@@ -278,22 +278,25 @@ def fit_fused(
     ``nets`` are the seeds' networks (``build_net``) and ``stacking`` how they run
     together, both as ``fused.blocker`` checked them.
     """
-    from lightning_hpo.fused import FusedModule, SeedCheckpointIO, SeedLoggers, resumable
+    from lightning_hpo.fused import FusedModule, SeedCheckpointIO, SeedCheckpoints, SeedLoggers, resumable
     from lightning_hpo.stacking import stack
 
     states = SeedStates(seeds)
     module = FusedModule(net=stack(nets, stacking), mode=stacking, states=states, **_module_kwargs(cfg))
     results = [SeedResult(seed, run_dir, mode=mode) for seed, run_dir in zip(seeds, run_dirs)]
     recorder = RunRecorder(results, monitor, hparams_of(cfg), states)
-    per_seed = [_checkpoints(cfg, run_dir, seed_metric(monitor, seed), mode) for seed, run_dir in zip(seeds, run_dirs)]
-    own: list[Callback] = [recorder, *(c for callbacks_of_seed in per_seed for c in callbacks_of_seed)]
+    own: list[Callback] = [recorder]
+    saving = cfg.checkpoint_config
+    if saving["save_best"] or saving["save_last"]:
+        own.append(SeedCheckpoints(states, run_dirs, monitor, mode, saving["save_best"], saving["save_last"]))
     stopping = cfg.early_stopping_config
     if stopping["enabled"]:
         own.append(SeedEarlyStopping(states, monitor, stopping["patience"], stopping["min_delta"], mode))
     group = Path(run_dirs[0]).parent
     loggers = SeedLoggers(_logger(group / "mean"), {seed: _logger(d) for seed, d in zip(seeds, run_dirs)}, states)
-    io = SeedCheckpointIO(run_dirs, [p.shape for p in module.net.parameters()], [{c.state_key for c in cs} for cs in per_seed])
-    trainer = build_trainer(cfg, logger=loggers, callbacks=[*own, *callbacks], progress_bar=progress_bar, checkpointing=any(isinstance(c, ModelCheckpoint) for c in own), plugins=[io])
+    io = SeedCheckpointIO(run_dirs, [p.shape for p in module.net.parameters()])
+    # enable_checkpointing=False: no default ModelCheckpoint; SeedCheckpoints saves through the io plugin.
+    trainer = build_trainer(cfg, logger=loggers, callbacks=[*own, *callbacks], progress_bar=progress_bar, checkpointing=False, plugins=[io])
     last = [Path(d) / "checkpoints" / "last.ckpt" for d in run_dirs]
     dm.fuse(list(seeds))
     _fit(cfg, trainer, module, dm, recorder, last[0] if resume and resumable(last) else None, after_fit)

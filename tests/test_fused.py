@@ -113,8 +113,8 @@ def test_each_seeds_checkpoints_load_as_that_seed_alone(side_by_side) -> None:
             _, module = build_components(cfg, f.seed)
             module.load_state_dict(mine["state_dict"])
         best = load_ckpt(f.run_dir / "checkpoints" / "best.ckpt")
-        scores = [s["best_model_score"] for s in best["callbacks"].values() if "best_model_score" in s]
-        assert len(scores) == 1 and float(scores[0]) == pytest.approx(f.best, rel=1e-6)
+        assert best["callbacks"]["SeedCheckpoints"]["best"][f.seed] == pytest.approx(f.best, rel=1e-6)
+        assert best["epoch"] == f.history.index(f.best)  # the best epoch's state, counted from 0
 
 
 def test_tensorboard_shows_each_seed_as_alone_plus_their_mean(side_by_side) -> None:

@@ -245,15 +245,22 @@ def test_short_run_result_json_has_one_value_per_epoch(short_run) -> None:
     assert result.results[0].history != result.results[1].history
 
 
-def test_short_run_checkpoints_hold_the_last_and_the_best_epoch(short_run) -> None:
-    _, _, result = short_run
+def recorded_best(ckpt: dict, seed: int) -> float:
+    """The best score a checkpoint records: ModelCheckpoint's (a seed alone) or SeedCheckpoints' (fused)."""
+    if "SeedCheckpoints" in ckpt["callbacks"]:
+        return ckpt["callbacks"]["SeedCheckpoints"]["best"][seed]
+    (state,) = [s for s in ckpt["callbacks"].values() if "best_model_score" in s]
+    return float(state["best_model_score"])
+
+
+@pytest.mark.parametrize("fuse_seeds", [True, False])
+def test_checkpoints_hold_the_last_and_the_best_epoch(fuse_seeds, small_config, tmp_path) -> None:
+    result = train(small_config(epochs=3, seeds=[1, 2], fuse_seeds=fuse_seeds), tmp_path)
     for r in result.results:
         last = load_ckpt(r.run_dir / "checkpoints" / "last.ckpt")
         assert last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH  # epoch counts from 0
         best = load_ckpt(r.run_dir / "checkpoints" / "best.ckpt")
-        states = [s for s in best["callbacks"].values() if "best_model_score" in s]
-        assert len(states) == 1
-        assert float(states[0]["best_model_score"]) == pytest.approx(min(r.history))
+        assert recorded_best(best, r.seed) == pytest.approx(min(r.history))
         assert best["epoch"] == r.history.index(min(r.history))
 
 
