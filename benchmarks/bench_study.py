@@ -5,9 +5,8 @@ Runs ``python tune.py`` on configs/run_template.yaml and configs/optimize_templa
 as shipped (20 trials x 3 seeds x 50 epochs, TPE, PFL) and on a copy of the optimize
 config whose pruner is ``optuna.pruners.NopPruner``, each with its own temporary SQLite
 storage and run folder, one after the other (the order alternates between repeats).
-Reports wall time, epochs trained (intermediate values stored: one per epoch, however
-many seeds a trial trains in it), trials pruned and the best value of each, and the
-PFL/none ratios.
+Reports wall time, seed-epochs trained (a fused trial's reported epoch counts once per
+seed), trials pruned and the best value of each, and their ratios.
 
 The full default study takes roughly 5-10 minutes unpruned on 2 cores; ``--trials``
 shrinks both studies alike. ``--threads`` passes torch's thread count to tune.py
@@ -46,15 +45,25 @@ def nop_config(tmp: Path) -> Path:
     return path
 
 
-def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: str = "auto") -> dict:
+def seed_epochs(trial) -> int:
+    """Epochs trained, counting each seed: a fused trial trains all its seeds in each reported
+    epoch; an earlier version's trial (``epochs_per_seed`` layout) reported every seed's epochs."""
+    if "epochs_per_seed" in trial.user_attrs:
+        return len(trial.intermediate_values)
+    return len(trial.intermediate_values) * trial.user_attrs.get(N_SEEDS_ATTR, 1)
+
+
+def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: str | None = None, root: Path = ROOT) -> dict:
+    """One study by ``root``'s tune.py on ``root``'s run config (``fuse_seeds`` set when given)."""
     work = Path(tempfile.mkdtemp(prefix=f"{label}_", dir=tmp))
     db = work / "study.db"
-    cmd = [sys.executable, "tune.py", "--optimize-config", str(optimize_config), "--storage", f"sqlite:///{db}", "--output", str(work / "runs")]
-    run_config = ROOT / "configs" / "run_template.yaml"
-    if args.seeds or args.epochs or fuse_seeds != "auto":
+    cmd = [sys.executable, str(root / "tune.py"), "--optimize-config", str(optimize_config), "--storage", f"sqlite:///{db}", "--output", str(work / "runs")]
+    run_config = root / "configs" / "run_template.yaml"
+    if args.seeds or args.epochs or fuse_seeds:
         text = run_config.read_text()
-        text, n = re.subn(r"(?m)^fuse_seeds:\s*\w+", f"fuse_seeds: {fuse_seeds}", text)
-        assert n == 1, "fuse_seeds not found in run_template.yaml"
+        if fuse_seeds:
+            text, n = re.subn(r"(?m)^fuse_seeds:\s*\w+", f"fuse_seeds: {fuse_seeds}", text)
+            assert n == 1, "fuse_seeds not found in run_template.yaml"
         if args.seeds:
             text = re.sub(r"(?m)^seeds:.*?(#|$)", f"seeds: [{', '.join(str(s) for s in [89, 231, 928][: args.seeds])}]  \\1", text)
         run_config = work / "run.yaml"
@@ -67,7 +76,7 @@ def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: st
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -77,11 +86,13 @@ def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: st
     summaries = optuna.get_all_study_summaries(f"sqlite:///{db}")
     study = optuna.load_study(study_name=summaries[0].study_name, storage=f"sqlite:///{db}")
     trials = study.get_trials(deepcopy=False)
-    epochs = sum(len(t.intermediate_values) for t in trials)
+    epochs = sum(seed_epochs(t) for t in trials)
+    n_seeds = trials[0].user_attrs.get(N_SEEDS_ATTR, 1)
+    per_seed = trials[0].user_attrs.get(EPOCHS_ATTR) or trials[0].user_attrs.get("epochs_per_seed", 0)
     out = {
         "wall": wall,
         "epochs": epochs,
-        "full": trials[0].user_attrs.get(EPOCHS_ATTR, 0) * len(trials),
+        "full": per_seed * n_seeds * len(trials),
         "seeds": trials[0].user_attrs.get(N_SEEDS_ATTR),
         "trials": len(trials),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
@@ -103,20 +114,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for tune.py; 0 = torch's default (default: %(default)s)")
     ap.add_argument("--show-log", action="store_true", help="print tune.py's per-trial lines")
     ap.add_argument("--versus", choices=("nop", "sequential"), default="nop", help="nop: the shipped study vs NopPruner; sequential: vs fuse_seeds: false (default: %(default)s)")
+    ap.add_argument("--baseline", type=Path, help="instead: vs the same study run by the tune.py and configs of another checkout (e.g. `git worktree add /tmp/old <commit>`)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 trials x 1 seed x 12 epochs")
     args = ap.parse_args()
     if args.quick:
         args.trials, args.epochs, args.seeds = 3, 12, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_study_"))
     shipped = ROOT / "configs" / "optimize_template.yaml"
-    other = "NopPruner" if args.versus == "nop" else "seed after seed"
-    # label -> (optimize config, the run config's fuse_seeds)
-    configs = {"PFL (as shipped)": (shipped, "auto"), other: (nop_config(tmp), "auto") if args.versus == "nop" else (shipped, "false")}
+    # label -> (optimize config, the run config's fuse_seeds, the checkout whose tune.py runs)
+    if args.baseline:
+        other = f"baseline {args.baseline}"
+        configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (args.baseline / "configs" / "optimize_template.yaml", None, args.baseline)}
+    elif args.versus == "nop":
+        other = "NopPruner"
+        configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (nop_config(tmp), None, ROOT)}
+    else:
+        other = "seed after seed"
+        configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (shipped, "false", ROOT)}
     results: dict[str, list[dict]] = {k: [] for k in configs}
     for rep in range(args.repeats):
         order = list(configs) if rep % 2 == 0 else list(configs)[::-1]
         for label in order:
-            r = run_study(label.split()[0], configs[label][0], tmp, args, fuse_seeds=configs[label][1])
+            optimize_config, fuse_seeds, root = configs[label]
+            r = run_study(label.split()[0], optimize_config, tmp, args, fuse_seeds=fuse_seeds, root=root)
             results[label].append(r)
             print(f"  repeat {rep + 1}: {label}: {r['wall']:.1f} s, {r['epochs']} epochs, {r['pruned']} pruned, best {r['best']:.5g}", flush=True)
             if args.show_log:
@@ -130,9 +150,9 @@ def main() -> None:
     p, n = agg["PFL (as shipped)"], agg[other]
     rows.append((f"ratio shipped / {other}", f"{p['wall'] / n['wall']:.2f}", f"{p['epochs'] / n['epochs']:.2f}", "", "", f"{p['best'] / n['best']:.3f}", ""))
     nop = results[other][0]
-    shape = f"{nop['trials']} trials, {int(n['full']) // max(1, nop['trials'])} epochs per trial ({nop['seeds']} seed(s) each)"
+    shape = f"{nop['trials']} trials, {int(n['full']) // max(1, nop['trials'])} seed-epochs per trial ({nop['seeds']} seed(s) each)"
     print_table(
-        ["study", "wall s", "epochs trained", "of full", "pruned trials", "best val_loss", "best trial"],
+        ["study", "wall s", "seed-epochs trained", "of full", "pruned trials", "best val_loss", "best trial"],
         rows,
         title=f"bench_study: tune.py, default configs, {shape}, threads={args.threads or 'torch default'}, medians of {args.repeats} repeat(s)",
     )

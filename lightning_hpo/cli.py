@@ -127,6 +127,9 @@ def _load_tune_configs(args: argparse.Namespace):
     check_writable(args.output, "--output")
     check_components(run, args.run_config)
     check_optimize_components(opt, run, args.optimize_config)
+    from lightning_hpo.training import check_fusion
+
+    check_fusion(run, args.run_config)
     return run, opt
 
 

@@ -303,6 +303,31 @@ def fit_fused(
     return results
 
 
+def plan_fusion(cfg: RunConfig, seeds: Sequence[int]) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
+    """The data, each seed's network, and how they train fused (``fused.blocker``): a
+    stacking mode, or None and the reason they cannot."""
+    from lightning_hpo.fused import blocker
+
+    dm = build_data(cfg, seeds[0])
+    with _config_errors(cfg, "net"):
+        nets = [build_net(cfg, dm, seed) for seed in seeds]
+    stacking, reason = blocker(dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices)
+    return dm, nets, stacking, reason
+
+
+def _cannot_fuse(source: str, reason: str | None) -> ConfigError:
+    return ConfigError(source, "fuse_seeds", f"true, but this run cannot be fused: {reason}", "set fuse_seeds: auto (seeds then train one after another) or false")
+
+
+def check_fusion(cfg: RunConfig, source: str = "<run config>") -> None:
+    """``fuse_seeds: true`` on a run that cannot fuse is a config error, raised before
+    anything is written (tune.py checks the run config before its study opens)."""
+    if cfg.fuse_seeds is True and len(cfg.seeds) > 1:
+        *_, stacking, reason = plan_fusion(cfg, cfg.seeds)
+        if stacking is None:
+            raise _cannot_fuse(source, reason)
+
+
 def fit_run(
     cfg: RunConfig,
     seeds: Sequence[int],
@@ -325,12 +350,7 @@ def fit_run(
     """
     kwargs = {"monitor": monitor, "mode": mode, "resume": resume, "progress_bar": progress_bar}
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
-        from lightning_hpo.fused import blocker
-
-        dm = build_data(cfg, seeds[0])
-        with _config_errors(cfg, "net"):
-            nets = [build_net(cfg, dm, seed) for seed in seeds]
-        stacking, reason = blocker(dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices)
+        dm, nets, stacking, reason = plan_fusion(cfg, seeds)
         if stacking is not None:
             results = fit_fused(cfg, seeds, run_dirs, dm, nets, stacking, callbacks=callbacks, after_fit=after_fit, **kwargs)
             for r in results:
@@ -338,7 +358,7 @@ def fit_run(
                     on_seed(r)
             return results
         if cfg.fuse_seeds is True:
-            raise ConfigError(source, "fuse_seeds", f"true, but this run cannot be fused: {reason}", "set fuse_seeds: auto (seeds then train one after another) or false")
+            raise _cannot_fuse(source, reason)
         note_once(f"seeds train one after another, not fused: {reason}")
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):

@@ -245,3 +245,16 @@ def test_the_default_task_fused_matches_each_seed_alone(tmp_path: Path) -> None:
     for f, a in zip(fused.results, alone.results):
         assert len(f.history) == len(a.history) == 50
         assert f.final == pytest.approx(a.final, rel=5e-3), f.seed
+
+
+def test_tune_refuses_fuse_seeds_true_before_the_study_opens(write_config, tmp_path: Path, user_components, capsys) -> None:
+    from lightning_hpo.cli import tune_main
+    from lightning_hpo.yamlio import dump_yaml
+
+    run = write_config(seeds=[1, 2], net="user_components.BatchNormNet", net_config={}, fuse_seeds=True)
+    opt = tmp_path / "optimize.yaml"
+    dump_yaml({"study_name": "s", "trials": 2, "pruner": None, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2, "log": True}}}}, opt)
+    code = tune_main(["--run-config", str(run), "--optimize-config", str(opt), "--storage", f"sqlite:///{tmp_path}/s.db", "--output", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and "fuse_seeds" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
