@@ -148,6 +148,9 @@ def _config_errors(cfg: RunConfig, stage: str) -> Iterator[None]:
 
 
 def build_data(cfg: RunConfig, seed: int) -> pl.LightningDataModule:
+    """The data of a run whose (first) seed is ``seed``, built after ``seed_everything(seed)``
+    so a factory drawing from the global RNG is reproducible too. Fused seeds share it."""
+    pl.seed_everything(seed, workers=True, verbose=False)
     with _config_errors(cfg, "data"):
         return build_datamodule(resolve(cfg.data), cfg.data_config, cfg.batch_size, seed)
 

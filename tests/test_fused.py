@@ -182,6 +182,17 @@ def test_each_seed_stops_early_on_its_own_and_keeps_its_weights(tmp_path: Path, 
             assert torch.allclose(value, last_a["state_dict"][key], rtol=1e-3, atol=1e-4), (f.seed, key)
 
 
+def test_a_network_beyond_linear_layers_fuses_through_vmap(tmp_path: Path, small_config, user_components, capfd) -> None:
+    cfg = small_config(seeds=[1, 2, 3], epochs=3, net="user_components.LayerNormNet", net_config={}, data="user_components.three_to_two", data_config={})
+    dm = build_data(cfg, 1)
+    assert blocker(dm, [build_net(cfg, dm, s) for s in cfg.seeds], torch.optim.AdamW, {"lr": 1e-3}, 1) == ("vmap", None)
+    fused = train(dataclasses.replace(cfg, fuse_seeds=True, project="fused"), tmp_path)
+    alone = train(dataclasses.replace(cfg, fuse_seeds=False, project="alone"), tmp_path)
+    assert "not fused" not in capfd.readouterr().err
+    for f, a in zip(fused.results, alone.results):
+        assert f.history == pytest.approx(a.history, rel=1e-4)
+
+
 # --------------------------------------------------------------------------- what cannot be fused
 
 
