@@ -113,10 +113,6 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: Path):
         super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, enable_version_counter=False)
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(dirpath=str(self.dirpath))  # one per seed in a fused run
-
     def state_dict(self) -> dict[str, Any]:
         return {}
 

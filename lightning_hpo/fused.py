@@ -103,6 +103,8 @@ class FusedModule(RegressionModule):
             self._log_per_seed("train_loss", train_loss)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if not self.states.stopped_at:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         params = list(self.net.parameters())
         for index, seed in enumerate(self.states.seeds):
             if seed in self.states.stopped_at and index not in self._kept:

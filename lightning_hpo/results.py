@@ -20,7 +20,8 @@ class SeedResult:
     run_dir: Path
     history: list[float] = field(default_factory=list)
     mode: str = "min"
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the Trainer that trained it
+    together: int = 1  # seeds that Trainer trained at once (fused seeds)
 
     @property
     def final(self) -> float:
@@ -34,7 +35,7 @@ class SeedResult:
         return min(finite) if self.mode == "min" else max(finite)
 
     def to_json(self) -> dict[str, Any]:
-        return {"seed": self.seed, "history": self.history, "mode": self.mode, "seconds": self.seconds}
+        return {"seed": self.seed, "history": self.history, "mode": self.mode, "seconds": self.seconds, "together": self.together}
 
     def save(self) -> None:
         (self.run_dir / RESULT_FILE).write_text(json.dumps(self.to_json()))
@@ -63,4 +64,4 @@ def load_result(run_dir: Path) -> SeedResult | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return SeedResult(data["seed"], run_dir, data["history"], data["mode"], data["seconds"])
+    return SeedResult(data["seed"], run_dir, data["history"], data["mode"], data["seconds"], data.get("together", 1))

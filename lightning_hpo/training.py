@@ -286,7 +286,7 @@ def fit_fused(
 
     states = SeedStates(seeds)
     module = FusedModule(net=stack(nets, stacking), mode=stacking, states=states, **_module_kwargs(cfg))
-    results = [SeedResult(seed, run_dir, mode=mode) for seed, run_dir in zip(seeds, run_dirs)]
+    results = [SeedResult(seed, run_dir, mode=mode, together=len(seeds)) for seed, run_dir in zip(seeds, run_dirs)]
     recorder = RunRecorder(results, monitor, hparams_of(cfg), states)
     own: list[Callback] = [recorder]
     saving = cfg.checkpoint_config
