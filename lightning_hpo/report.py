@@ -1,7 +1,9 @@
 """`tune.py report`: what a study found, and whether its search space and pruner served it.
 
 The report reads a study without changing it: it works on a study another process is
-still running, never creates a study, and never creates a storage file. It covers
+still running, and never creates a study, a storage file, or Optuna's tables in a
+database that lacks them (a PostgreSQL or MySQL URL to an empty database is refused
+and left empty). It covers
 
 - trial counts by state, the best trial and a top-k table;
 - parameter importances (Optuna's PED-ANOVA evaluator, which is deterministic);
@@ -105,43 +107,23 @@ def _quiet(debug: bool) -> None:
 
 
 def open_study(url: str, study_name: str) -> optuna.Study:
-    """Load ``study_name`` from ``url`` without creating a study or a storage file.
+    """Load ``study_name`` from ``url`` without creating anything: no study, storage file,
+    table or version stamp, whatever database the URL names.
 
     Raises:
-        ConfigError: the storage file is missing or not an Optuna database, or the
-            study is not in it (the message lists the studies that are).
+        ConfigError: the storage file is missing, the database holds no Optuna tables,
+            or the study is not in it (the message lists the studies that are).
     """
     import optuna
 
-    from lightning_hpo.storage import check_url, open_storage, redact, storage_file
+    from lightning_hpo.storage import open_storage, redact
 
-    check_url(url)
-    path = storage_file(url)
-    if path is not None:
-        if not path.exists():
-            raise ConfigError("--storage", redact(url), f"no study file at {path}", "run tune.py first, or pass the --storage the study was created with")
-        if url.startswith("sqlite"):
-            _require_optuna_tables(path, redact(url))
-    storage = open_storage(url, heartbeat=None)
+    storage = open_storage(url, heartbeat=None, read_only=True)
     names = sorted(s.study_name for s in storage.get_all_studies())
     if study_name not in names:
         held = f"studies there: {', '.join(names)}" if names else "it holds no studies"
         raise ConfigError("--study-name", study_name, f"no such study in {redact(url)}", f"{held}; pass --study-name")
     return optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
-
-
-def _require_optuna_tables(path: Path, shown: str) -> None:
-    """Refuse an SQLite file without Optuna's tables: RDBStorage would create them in it."""
-    import sqlite3
-
-    uri = path.absolute().as_uri() + "?mode=ro"
-    try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
-            found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
-    except sqlite3.Error as exc:
-        raise ConfigError("--storage", shown, f"cannot read the database ({exc})", "check the file") from None
-    if not found:
-        raise ConfigError("--storage", shown, "is not an Optuna study database (it has no studies table)", "pass the --storage the study was created with")
 
 
 # --------------------------------------------------------------------------- the numbers

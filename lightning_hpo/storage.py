@@ -67,17 +67,22 @@ def check_url(url: str, source: str = "--storage") -> None:
         raise ConfigError(source, str(path), f"cannot create the study file: {existing} is not writable", "choose a writable location with --storage")
 
 
-def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--storage"):
+def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--storage", read_only: bool = False):
     """Open ``url`` as an Optuna storage, turning connection failures into ConfigError.
 
     Args:
         heartbeat: seconds between RDB heartbeats (None or 0: off). A trial silent for
             twice this long is marked FAIL and retried once by the next live worker.
+        read_only: open an existing study storage and create nothing: no file, folder,
+            table or version stamp. A storage file that is missing, or a database without
+            Optuna's tables, is a ConfigError.
     """
     import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
+    if read_only:
+        _require_file(url, source)
     check_url(url, source)
     try:
         if url.startswith("journal+redis:"):
@@ -91,7 +96,14 @@ def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--stora
         kwargs = {}
         if url.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-            storage_file(url).parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                storage_file(url).parent.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            # skip_table_creation stops RDBStorage's create_all, but not its version manager,
+            # which inserts a version_info row and stamps alembic_version wherever they are
+            # missing: so the database must already hold all of them.
+            require_optuna_tables(url, source)
+            kwargs["skip_table_creation"] = True
         if heartbeat:
             kwargs.update(
                 heartbeat_interval=heartbeat,
@@ -106,6 +118,71 @@ def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--stora
     except Exception as exc:  # noqa: BLE001 - drivers raise many kinds; all mean "cannot open"
         reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else exc.__class__.__name__
         raise ConfigError(source, redact(url), f"cannot open the storage ({reason})", "check the URL, that the server is running, and that the driver is installed") from None
+
+
+# What RDBStorage's constructor writes when it is missing, even with skip_table_creation:
+# the tables (create_all), a version_info row, and alembic's stamp of the schema version.
+OPTUNA_TABLES = ("studies", "version_info", "alembic_version")
+STAMPED_TABLES = ("version_info", "alembic_version")
+
+
+def _require_file(url: str, source: str) -> None:
+    """Refuse a SQLite or journal-file URL whose file is missing: opening would create it."""
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        raise ConfigError(source, redact(url), f"no study file at {path}", "run tune.py first, or pass the --storage the study was created with")
+
+
+def require_optuna_tables(url: str, source: str = "--storage") -> None:
+    """Refuse an RDB URL whose database lacks Optuna's tables or version stamp.
+
+    Checked by a look that writes nothing, before any RDBStorage exists: its constructor
+    would otherwise create the tables and stamp the version in whatever database it is given.
+    """
+    missing = missing_optuna_tables(url)
+    if missing:
+        raise ConfigError(
+            source,
+            redact(url),
+            f"is not an Optuna study database (expected Optuna's tables; missing: {', '.join(missing)}); nothing was created in it",
+            "pass the --storage the study was created with, or create the study with tune.py",
+        )
+
+
+def missing_optuna_tables(url: str) -> list[str]:
+    """Optuna's tables (and version rows) absent from the database at ``url``, read-only."""
+    import sqlalchemy
+
+    engine = _inspection_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            missing = [name for name in OPTUNA_TABLES if name not in tables]
+            missing += [f"a row in {name}" for name in STAMPED_TABLES if name in tables and not _has_row(conn, name)]
+            conn.rollback()  # the look opened a transaction; end it without a commit
+    finally:
+        engine.dispose()
+    return missing
+
+
+def _has_row(conn, table: str) -> bool:
+    import sqlalchemy
+
+    return conn.execute(sqlalchemy.select(sqlalchemy.literal(1)).select_from(sqlalchemy.table(table)).limit(1)).first() is not None
+
+
+def _inspection_engine(url: str):
+    """An engine for a look at ``url``; SQLite files open read-only, so the look can
+    neither create the file nor change a byte of it."""
+    import sqlite3
+
+    import sqlalchemy
+
+    path = storage_file(url) if url.startswith("sqlite") else None
+    if path is None:
+        return sqlalchemy.create_engine(url)
+    uri = path.absolute().as_uri() + "?mode=ro"
+    return sqlalchemy.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=60))
 
 
 def _with_retries(open_fn, attempts: int = 5):
