@@ -14,8 +14,18 @@ from typing import Callable, Sequence
 
 from lightning_hpo.errors import ConfigError
 
+# Exit statuses (README, "Exit statuses").
+EXIT_NO_TRIAL_COMPLETED = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
+
+
+def interrupted_status() -> int:
+    """128 + the number of the signal that interrupted this process, as shells report it."""
+    from lightning_hpo.tuning import last_signal
+
+    return 128 + int(last_signal())
 
 
 def run_command(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
@@ -29,7 +39,7 @@ def run_command(main: Callable[[argparse.Namespace], int | None], args: argparse
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted_status()
     except BrokenPipeError:  # `tune.py report | head`
         sys.stderr.close()
         return 0
@@ -63,17 +73,20 @@ def _train(args: argparse.Namespace) -> int:
     check_components(cfg, args.config)
 
     from lightning_hpo.training import quiet_lightning, train
+    from lightning_hpo.tuning import interrupt_on_signals
 
+    interrupt_on_signals()
     quiet_lightning()
 
     def report(r) -> None:
-        print(f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {r.seconds:.1f} s", flush=True)
+        took = f"{r.seconds:.1f} s" + (f" for {r.together} seeds together" if r.together > 1 else "")
+        print(f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {took}", flush=True)
 
     try:
         result = train(cfg, args.output, resume=args.resume, progress_bar=args.progress, on_seed=report, source=args.config)
     except KeyboardInterrupt:
         print("interrupted: continue with the same command plus --resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted_status()
     where = result.results[0].run_dir.parent
     print(f"final val_loss over {len(result.results)} seed(s): {result.mean:.5g} ± {result.std:.2g}")
     print(f"runs and checkpoints: {where}")
@@ -144,9 +157,9 @@ def _tune(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     from lightning_hpo.training import quiet_lightning
-    from lightning_hpo.tuning import create_or_load_study, fail_dead_trials, finish, interrupt_on_sigterm, quiet_optuna, remaining, tune
+    from lightning_hpo.tuning import create_or_load_study, fail_dead_trials, finish, interrupt_on_signals, no_trial_completed, quiet_optuna, remaining, tune
 
-    interrupt_on_sigterm()
+    interrupt_on_signals()
     quiet_lightning()
     quiet_optuna(args.debug)
     if args.threads:
@@ -162,8 +175,13 @@ def _tune(args: argparse.Namespace) -> int:
         run_workers(sys.argv[1:] if args.argv is None else args.argv, args.workers, remaining(study, opt.trials))
     else:
         study = tune(run, opt, settings)
-    if args.max_trials is None:
-        finish(run, opt, study, settings)
+    if args.max_trials is not None:
+        return 0  # a --workers child: the parent reports on the study
+    why = no_trial_completed(study)
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_NO_TRIAL_COMPLETED
+    finish(run, opt, study, settings)
     return 0
 
 

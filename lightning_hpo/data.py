@@ -162,6 +162,13 @@ class RegressionData(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # In-memory batches are already on the device (TensorBatches): skip Lightning's
+        # recursive walk over the batch, which costs more per step than a small MLP's forward.
+        if isinstance(batch, list) and all(torch.is_tensor(t) and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self):
         if self.fused_seeds is None:
             return self._loader(self.train, shuffle=True)

@@ -106,13 +106,6 @@ class RegressionModule(pl.LightningModule):
     def on_train_epoch_end(self):
         self._log_train_loss()  # epochs without validation
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        # In-memory batches are already on the device (data.TensorBatches): skip Lightning's
-        # recursive walk over the batch, which costs more per step than this MLP's forward.
-        if isinstance(batch, list) and all(torch.is_tensor(t) and t.device == device for t in batch):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters(), **self.optimizer_config)
         if self.scheduler_factory is None:

@@ -61,7 +61,7 @@ def report_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize-config", "--optimize_config", default="configs/optimize_template.yaml", help="optimize config YAML (default: %(default)s)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<project>_Opt.db)")
     p.add_argument("--study-name", help="override the config's study_name")
-    p.add_argument("--output", default="runs", help="root folder for runs; plots go to <output>/<project>_Opt/report (default: %(default)s)")
+    p.add_argument("--output", default="runs", help="root folder for runs; plots go to <output>/<project>_Opt/reports/<study_name> (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object with every number and plot path, nothing else")
     p.add_argument("--top-k", type=int, default=10, help="trials in the top table and in the pruner replay (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
@@ -92,10 +92,9 @@ def _report(args: argparse.Namespace) -> int:
     study = open_study(url, opt.study_name)
     report = {"storage": redact(url), **build_report(study, opt, top_k=args.top_k), "plots": {}}
     if not args.no_plots:
-        from lightning_hpo.tuning import study_project
+        from lightning_hpo.tuning import report_folder
 
-        folder = Path(args.output) / study_project(run) / "report"
-        report["plots"] = write_plots(study, opt, report, folder)
+        report["plots"] = write_plots(study, opt, report, report_folder(run, opt, args.output))
     print(json.dumps(jsonable(report), indent=2) if args.json else format_text(report))
     return 0
 

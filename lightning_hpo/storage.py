@@ -78,8 +78,10 @@ def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--stora
             Optuna's tables, is a ConfigError.
     """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    from lightning_hpo.retries import LabelledRDBStorage, RetryOnce
 
     if read_only:
         _require_file(url, source)
@@ -108,11 +110,11 @@ def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--stora
             kwargs.update(
                 heartbeat_interval=heartbeat,
                 grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=RetryOnce(),
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _with_retries(lambda: RDBStorage(url, **kwargs))
+            return _with_retries(lambda: LabelledRDBStorage(url, **kwargs))
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - drivers raise many kinds; all mean "cannot open"

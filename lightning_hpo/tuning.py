@@ -9,16 +9,21 @@ intermediate values are one curve over epochs, so every pruner compares like wit
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
+import itertools
 import math
 import os
+import re
 import signal
 import socket
 import threading
-import warnings
+import time
 import statistics
 import sys
+import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,18 +31,14 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, HOST, INTERRUPTED, PID, RETRIED_FROM, RETRY_OF, RUN_DIR, STALE, STUDY_UID, SURPLUS  # noqa: F401 - re-exported
 from lightning_hpo.config import RunConfig
+from lightning_hpo.dashboard import dashboard_command
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.retries import queue_retry
 from lightning_hpo.search import OptimizeConfig
-from lightning_hpo.storage import default_url, open_storage, redact, storage_file
+from lightning_hpo.storage import default_url, open_storage, redact
 from lightning_hpo.yamlio import dump_yaml
-
-# System attributes this tool writes on trials.
-INTERRUPTED = "lightning_hpo:interrupted"  # stopped by Ctrl-C / SIGTERM: not counted, rerun
-SURPLUS = "lightning_hpo:surplus"  # started after other workers had filled the study: not counted, never run
-STALE = "lightning_hpo:stale"  # its worker died: not counted, retried
-HOST, PID = "lightning_hpo:host", "lightning_hpo:pid"
-RETRIED_FROM = "failed_trial"  # set by Optuna's RetryHeartbeatStaleTrialCallback
 
 
 class TrialFailed(Exception):
@@ -131,13 +132,13 @@ def fail_dead_workers(study: optuna.Study) -> list[int]:
             continue
         try:
             study._storage.set_trial_system_attr(t._trial_id, STALE, True)
+            study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, f"its worker (pid {pid} on this host) died: failed, and its parameters queued once more")
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker got there first
         failed.append(t.number)
-        if "retry_of" not in t.user_attrs:  # retry once, never a retry of a retry
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        queue_retry(study, t)  # once, and never a retry of a retry
     return failed
 
 
@@ -155,11 +156,34 @@ def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSett
     except KeyError:
         try:
             study = optuna.create_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner(), direction=opt.direction)
+            _label(study, opt)
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
             study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
             _check_compatible(study, opt)
+    if study_uid(study) is None:
+        _label(study, opt, wait=2.0)
     study.sampler = TrialSeededSampler(opt.make_sampler) if opt.seed_per_trial() else opt.make_sampler()
     return study
+
+
+def study_uid(study: optuna.Study) -> str | None:
+    # Optuna 5 keeps study system attributes out of the public Study API.
+    return study._storage.get_study_system_attrs(study._study_id).get(STUDY_UID)
+
+
+def _label(study: optuna.Study, opt: OptimizeConfig, wait: float = 0.0) -> None:
+    """Give a study its random uid (its run folder's owner mark) and its metric's name
+    (optuna-dashboard's label for the objective). ``wait``: a worker that loaded a study
+    created a moment ago first gives its creator time to label it."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and study_uid(study) is None:
+        time.sleep(0.1)
+    if study_uid(study) is None:
+        study._storage.set_study_system_attr(study._study_id, STUDY_UID, uuid.uuid4().hex)
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([opt.metric])
 
 
 def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
@@ -184,8 +208,9 @@ def _system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     trial.storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
-def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) -> Callable[[optuna.Trial], float]:
-    """The objective: merge the trial's parameters into ``run``, train every seed, return the mean."""
+def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, folder: Path) -> Callable[[optuna.Trial], float]:
+    """The objective: merge the trial's parameters into ``run``, train every seed into
+    ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
     from optuna_integration import PyTorchLightningPruningCallback
 
     from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR
@@ -198,7 +223,7 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
             # Another worker took the last slot between our count and our ask: the
             # lower trial numbers win, this one ends without running.
             _system_attr(trial, SURPLUS, True)
-            trial.set_user_attr("fail_reason", f"not run: the study already holds its {opt.trials} trials")
+            trial.set_user_attr(FAIL_REASON, f"not run: the study already holds its {opt.trials} trials")
             trial.study.stop()
             raise TrialFailed("surplus")
         _system_attr(trial, HOST, socket.gethostname())
@@ -206,9 +231,9 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
         cfg = opt.suggest(trial, run)
         cfg.project = study_project(run)
         group = f"{cfg.group_name()}[{trial.number}]"
-        run_dir = Path(settings.runs_root) / cfg.project / group
-        trial.set_user_attr("group_name", group)
-        trial.set_user_attr("run_dir", str(run_dir))
+        run_dir = folder / group
+        trial.set_user_attr(GROUP_NAME, group)
+        trial.set_user_attr(RUN_DIR, str(run_dir))
         trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
         trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
         callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
@@ -221,12 +246,12 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
             raise
         except Exception as exc:  # noqa: BLE001 - any training error fails this trial only
             reason = f"{exc.__class__.__name__}: {exc}".strip()
-            trial.set_user_attr("fail_reason", reason[:2000])
+            trial.set_user_attr(FAIL_REASON, reason[:2000])
             raise TrialFailed(reason) from exc
         value = statistics.fmean(r.final for r in results)
         if not math.isfinite(value):
             reason = f"{opt.metric} ended at {value}"
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(FAIL_REASON, reason)
             raise TrialFailed(reason)
         return value
 
@@ -237,9 +262,64 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) 
             # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
             ignore_further_signals()  # a second signal must not break the writes that end the trial
             _system_attr(trial, INTERRUPTED, True)
+            trial.set_user_attr(FAIL_REASON, f"interrupted by {signal.Signals(last_signal()).name}: not counted, the next run of the study runs it again")
             raise KeyboardInterrupt(str(exc)) from exc
 
     return objective
+
+
+_STUDY_MARK = ".study"  # in a study's run folder: the uid of the study that owns it
+
+
+def study_folder(run: RunConfig, opt: OptimizeConfig, study: optuna.Study, settings: TuneSettings, echo: Callable[[str], None] = print) -> Path:
+    """``runs/<project>_Opt/<study_name>``: this study's trials and ``best.yaml``, and no other's.
+
+    The folder carries the uid of the study that owns it. A folder of the same name that
+    another study owns (a database deleted to start over, another storage, another
+    machine's study on a shared disk) is never written into: the next free
+    ``<study_name>.2``, ``.3``, ... is used instead, and the command says so.
+    """
+    uid = study_uid(study)
+    base = Path(settings.runs_root) / study_project(run)
+    name = folder_name(opt.study_name)
+    for k in itertools.count(1):
+        folder = base / (name if k == 1 else f"{name}.{k}")
+        if _claim(folder, uid):
+            if k > 1:
+                note = f"{base / name} belongs to another study named {opt.study_name!r} (a deleted database, or another storage): this study writes to {folder}"
+                if note not in _said:
+                    _said.add(note)
+                    echo(f"note: {note}")
+            return folder
+    raise AssertionError("unreachable")
+
+
+_said: set[str] = set()
+
+
+def folder_name(study_name: str) -> str:
+    """A study name as a folder name: anything but letters, digits and ``.-+=_`` becomes ``-``."""
+    return re.sub(r"[^\w.\-+=]", "-", study_name)
+
+
+def report_folder(run: RunConfig, opt: OptimizeConfig, runs_root: str | Path) -> Path:
+    """Where ``tune.py report`` puts a study's plots: ``runs/<project>_Opt/reports/<study_name>``,
+    beside the trial folders, so a report never writes into a folder a study owns."""
+    return Path(runs_root) / study_project(run) / "reports" / folder_name(opt.study_name)
+
+
+def _claim(folder: Path, uid: str) -> bool:
+    """Whether ``folder`` is (now) the run folder of the study ``uid``."""
+    mark = folder / _STUDY_MARK
+    folder.mkdir(parents=True, exist_ok=True)
+    if not mark.exists() and any(p.name != _STUDY_MARK for p in folder.iterdir()):
+        return False  # someone's files, no owner mark: not ours to write into
+    try:
+        with open(mark, "x") as fh:  # exclusive: of two studies racing for it, one wins
+            fh.write(uid)
+        return True
+    except FileExistsError:
+        return mark.read_text().strip() == uid
 
 
 def best_config(run: RunConfig, opt: OptimizeConfig, study: optuna.Study) -> RunConfig:
@@ -247,11 +327,6 @@ def best_config(run: RunConfig, opt: OptimizeConfig, study: optuna.Study) -> Run
     return opt.merge(run, study.best_trial.params)
 
 
-def best_yaml_path(run: RunConfig, settings: TuneSettings) -> Path:
-    """``best.yaml`` lives next to the study file; for server storages, in the study's run folder."""
-    url = settings.storage or default_url(run.project)
-    path = storage_file(url)
-    return (path.parent if path else Path(settings.runs_root) / study_project(run)) / "best.yaml"
 
 
 class Progress:
@@ -306,17 +381,33 @@ def collect_and_freeze(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> 
     gc.freeze()
 
 
-def interrupt_on_sigterm() -> None:
-    """Make SIGTERM (kill, schedulers, docker stop) stop a study the way Ctrl-C does.
+_received: list[int] = []  # the signals that interrupted this process, in order
 
-    Lightning keeps a handler that is already installed, so a SIGTERM during ``fit``
-    also arrives as KeyboardInterrupt and fails the running trial cleanly.
+
+def interrupt_on_signals() -> None:
+    """Make SIGTERM (kill, schedulers, docker stop) stop a study the way Ctrl-C does, and
+    remember which one came (``last_signal``: the exit status is 128 + its number).
+
+    Lightning keeps a handler that is already installed, so a signal during ``fit`` also
+    arrives as KeyboardInterrupt and fails the running trial cleanly.
     """
 
     def interrupt(signum, frame):
+        record_signal(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+
+
+def record_signal(signum: int) -> None:
+    _received.append(signum)
+
+
+def last_signal() -> int:
+    """The signal that interrupted this process; SIGINT when none was recorded (Ctrl-C
+    under Python's own handler)."""
+    return _received[-1] if _received else signal.SIGINT
 
 
 def ignore_further_signals() -> None:
@@ -352,6 +443,22 @@ def fail_dead_trials(study: optuna.Study, echo: Callable[[str], None] = print) -
         optuna.storages.fail_stale_trials(study)
 
 
+def no_trial_completed(study: optuna.Study) -> str | None:
+    """One line saying why no trial completed (with the commonest failure reason), or None
+    when one did."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.system_attrs.get(SURPLUS)]
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    line = f"no trial completed: {len(failed)} failed, {pruned} pruned"
+    reasons = collections.Counter(t.user_attrs.get(FAIL_REASON, "no reason recorded") for t in failed)
+    if reasons:
+        reason, n = reasons.most_common(1)[0]
+        line += f"; commonest failure ({n} of {len(failed)}): {reason.splitlines()[0][:300]}"
+    return line
+
+
 def remaining(study: optuna.Study, total: int) -> int:
     return max(0, total - counted(study.get_trials(deepcopy=False)))
 
@@ -369,9 +476,10 @@ def tune(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings | None = No
     if settings.max_trials is not None:
         todo = min(todo, settings.max_trials)
     if todo > 0:
+        folder = study_folder(run, opt, study, settings, echo)
         with restored_signal_handlers():
             study.optimize(
-                make_objective(run, opt, settings),
+                make_objective(run, opt, settings, folder),
                 n_trials=todo,
                 catch=(TrialFailed,),
                 callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
@@ -392,12 +500,12 @@ def finish(run: RunConfig, opt: OptimizeConfig, study: optuna.Study, settings: T
     echo("  Params:")
     for k, v in best.params.items():
         echo(f"    {k}: {_fmt(v)}")
-    echo(f"  Path: {best.user_attrs.get('run_dir', '?')}")
-    path = best_yaml_path(run, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"  Path: {best.user_attrs.get(RUN_DIR, '?')}")
+    path = study_folder(run, opt, study, settings, echo) / "best.yaml"
     dump_yaml(best_config(run, opt, study).to_dict(), path)
     echo(f"Best config: {path}  (python train.py --config {path})")
-    echo(f"Study: {redact(settings.storage or default_url(run.project))}  (optuna-dashboard {redact(settings.storage or default_url(run.project))})")
+    url = settings.storage or default_url(run.project)
+    echo(f"Study: {redact(url)}  ({dashboard_command(url)})")
     return path
 
 

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from lightning_hpo.tuning import ignore_further_signals
+from lightning_hpo.tuning import ignore_further_signals, last_signal, record_signal
 
 
 def _without(argv: list[str], flag: str) -> list[str]:
@@ -26,6 +26,14 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a container or ``taskset`` limits them below
+    ``os.cpu_count()``, and threads beyond them only contend."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def shares(total: int, workers: int) -> list[int]:
     """Split ``total`` trials over ``workers`` as evenly as possible (sums to ``total``)."""
     return [total // workers + (i < total % workers) for i in range(workers)]
@@ -39,13 +47,12 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
     form one stream. Ctrl-C or SIGTERM to this process is passed on to every child; each
     fails its running trial cleanly and exits, and this waits for them.
     """
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cpus() // workers)
     base = _without(_without(argv, "--workers"), "--threads")
     procs = []
-    received = [signal.SIGINT]
 
     def interrupt(signum, frame):
-        received.append(signum)
+        record_signal(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -59,7 +66,7 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
         ignore_further_signals()
         for p in procs:
             if p.poll() is None:
-                p.send_signal(received[-1])
+                p.send_signal(last_signal())
         for p in procs:
             p.wait()
         raise

@@ -184,7 +184,7 @@ def test_text_report_has_every_section(built: Built) -> None:
 def test_plots_are_readable_pngs(built: Built, report: dict[str, Any]) -> None:
     import matplotlib.image
 
-    folder = built.runs / "ReportTest_Opt" / "report"
+    folder = built.runs / "ReportTest_Opt" / "reports" / "report_test"
     assert set(report["plots"]) == {"history", "curves", "importances", "slice"}
     for name, path in report["plots"].items():
         path = Path(path)

@@ -107,3 +107,14 @@ class LayerNormNet(nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+class FailingNet(nn.Module):
+    """Raises in every forward: each trial using it fails."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.layer = nn.Linear(in_features, out_features)
+
+    def forward(self, x):
+        raise RuntimeError("this network always fails")

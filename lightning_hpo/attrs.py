@@ -1,0 +1,22 @@
+"""The names of what this tool stores on studies and trials, in one place.
+
+User attributes are what optuna-dashboard shows; system attributes are bookkeeping.
+"""
+
+from __future__ import annotations
+
+# Trial user attributes.
+FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in words (every FAIL has one)
+RETRY_OF = "retry_of"  # the number of the trial a retry runs again
+GROUP_NAME = "group_name"  # the trial's folder name, <group>[<trial>]
+RUN_DIR = "run_dir"  # where its seeds' runs are, on the machine that ran it
+
+# Trial system attributes.
+INTERRUPTED = "lightning_hpo:interrupted"  # stopped by Ctrl-C / SIGTERM: not counted, rerun
+SURPLUS = "lightning_hpo:surplus"  # started after other workers had filled the study: not counted, never run
+STALE = "lightning_hpo:stale"  # its worker died: not counted, retried
+HOST, PID = "lightning_hpo:host", "lightning_hpo:pid"  # the worker running it
+RETRIED_FROM = "failed_trial"  # Optuna's own name for a retry's original trial
+
+# Study system attributes.
+STUDY_UID = "lightning_hpo:uid"  # a random id, also written into the study's run folder
