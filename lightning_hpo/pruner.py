@@ -38,9 +38,10 @@ pruner's default target epoch) and the seeds per trial in ``n_seeds`` (informati
 
 Stored predictions
 ------------------
-Each prediction the pruner computes for a running trial is written to the trial's system
-attrs under ``"pfl:<step>"`` (``step`` = the trial's last reported step).
-:func:`stored_predictions` reads them back for reports and dashboards.
+Each time the pruner predicts a running trial's final value it writes one user attr,
+``"pfl"``: its latest decision (step, reason, prediction, threshold) and every
+prediction so far, so optuna-dashboard shows it, at one storage write per prediction.
+:func:`stored_predictions` reads the predictions back for the report.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -63,7 +64,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EPOCHS_ATTR",
     "N_SEEDS_ATTR",
-    "PFL_ATTR_PREFIX",
+    "PFL_ATTR",
+    "decision_record",
     "PFLDecision",
     "PFLPruner",
     "epochs_of",
@@ -76,7 +78,7 @@ __all__ = [
 
 EPOCHS_ATTR = "epochs"
 N_SEEDS_ATTR = "n_seeds"
-PFL_ATTR_PREFIX = "pfl:"
+PFL_ATTR = "pfl"  # trial user attr: the latest decision and every prediction (decision_record)
 
 MIN_POINTS_FOR_FIT = 10
 MAX_EMA_SPAN = 20
@@ -278,12 +280,28 @@ def trial_pfl(trial: FrozenTrial, target_epoch: int) -> float:
 
 def stored_predictions(trial: FrozenTrial) -> dict[int, float]:
     """Predictions the pruner stored on ``trial``, step -> PFL, sorted by step."""
-    found = {
-        int(key[len(PFL_ATTR_PREFIX) :]): float(value)
-        for key, value in trial.system_attrs.items()
-        if key.startswith(PFL_ATTR_PREFIX)
+    return _predictions(trial.user_attrs.get(PFL_ATTR))
+
+
+def _predictions(record: Any) -> dict[int, float]:
+    history = record.get("history", []) if isinstance(record, dict) else []
+    return dict(sorted((int(step), float(pfl)) for step, pfl in history))
+
+
+def decision_record(decision: PFLDecision, previous: Any = None) -> dict[str, Any]:
+    """What :meth:`PFLPruner.prune` stores on the trial (user attr ``pfl``, which
+    optuna-dashboard shows): its latest decision, and every prediction so far
+    (``previous``: the record stored before)."""
+    history = [[step, pfl] for step, pfl in _predictions(previous).items() if step != decision.step]
+    history.append([decision.step, decision.pfl])
+    return {
+        "step": decision.step,
+        "decision": decision.reason,
+        "prune": decision.prune,
+        "predicted": decision.pfl,
+        "threshold": decision.threshold,
+        "history": history,
     }
-    return dict(sorted(found.items()))
 
 
 def prefix_trial(trial: FrozenTrial, last_step: int) -> FrozenTrial:
@@ -420,9 +438,11 @@ class PFLPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         decision = self.evaluate(study, trial)
-        if decision.pfl is not None:
-            study._storage.set_trial_system_attr(
-                trial._trial_id, f"{PFL_ATTR_PREFIX}{decision.step}", decision.pfl
+        if decision.pfl is not None:  # one write per prediction, as many as the reports
+            # Read back from the storage: the trial Optuna hands a pruner may be a cached copy.
+            previous = study._storage.get_trial_user_attrs(trial._trial_id).get(PFL_ATTR)
+            study._storage.set_trial_user_attr(
+                trial._trial_id, PFL_ATTR, decision_record(decision, previous)
             )
         return decision.prune
 

@@ -159,8 +159,8 @@ def test_prediction_errors_are_bucketed_by_how_far_the_run_was() -> None:
         distributions={},
         value=0.5,
         intermediate_values={0: 2.0, 1: 1.0, 2: 0.7, 3: 0.5},
-        user_attrs={"epochs": 4, "n_seeds": 1},
-        system_attrs={"pfl:0": 1.0, "pfl:1": 0.6, "pfl:3": 0.9},  # the last step's is left out
+        # The pruner's record: the last step's prediction is left out of the errors.
+        user_attrs={"epochs": 4, "n_seeds": 1, "pfl": {"step": 3, "decision": "ok", "history": [[0, 1.0], [1, 0.6], [3, 0.9]]}},
     )
     result = prediction_accuracy([trial])
     assert result["predictions"] == 2 and result["trials"] == 1

@@ -198,9 +198,10 @@ def test_a_dead_workers_trial_fails_with_a_reason_and_its_retry_carries_only_the
     run = make_run()
     study = create_or_load_study(run, make_opt(run), TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")))
     trial = study.ask({"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
-    for key, value in {HOST: socket.gethostname(), PID: _dead_pid(), "pfl:3": 0.5}.items():
+    for key, value in {HOST: socket.gethostname(), PID: _dead_pid()}.items():
         study._storage.set_trial_system_attr(trial._trial_id, key, value)
     trial.set_user_attr("group_name", "g[0]")
+    trial.set_user_attr("pfl", {"step": 3, "decision": "ok", "history": [[3, 0.5]]})
 
     fail_dead_trials(study, echo=lambda line: None)
 
@@ -218,8 +219,9 @@ def test_a_heartbeat_stale_trial_is_labelled_and_retried_clean_so_no_worker_mist
     settings = TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=1)
     study = create_or_load_study(run, make_opt(run), settings)
     trial = study.ask({"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
-    for key, value in {HOST: socket.gethostname(), PID: _dead_pid(), "pfl:3": 0.5}.items():
+    for key, value in {HOST: socket.gethostname(), PID: _dead_pid()}.items():
         study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    trial.set_user_attr("pfl", {"step": 3, "decision": "ok", "history": [[3, 0.5]]})
     study._storage.record_heartbeat(trial._trial_id)
     time.sleep(3.5)  # past the grace period (2 x heartbeat; SQLite keeps whole seconds)
 
