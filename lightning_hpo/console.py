@@ -21,8 +21,6 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.13, harmless
-    # --resume continues into its own checkpoint folder; new runs never reuse one.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def note_once(message: str) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_hpo.attrs import RUN_DIR
 from lightning_hpo.cli import check_writable, run_command
 from lightning_hpo.errors import ConfigError
 
@@ -180,7 +181,7 @@ def trial_summary(trial: FrozenTrial) -> dict[str, Any]:
         "value": trial.value,
         "epochs": len(trial.intermediate_values),
         "params": dict(trial.params),
-        "run_dir": trial.user_attrs.get("run_dir"),
+        "run_dir": trial.user_attrs.get(RUN_DIR),
     }
 
 

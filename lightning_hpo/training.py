@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -203,7 +204,10 @@ def _fit(
         dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / "config.yaml")
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with warnings.catch_warnings():
+            if ckpt_path:  # --resume continues in its own checkpoint folder: expected, not worth a warning
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         recorder.collect(trainer)  # this process's histories, or under ddp_spawn rank 0's
         if after_fit is not None:
             after_fit()

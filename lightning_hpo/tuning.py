@@ -347,7 +347,7 @@ class Progress:
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at step {trial.last_step} ({self.opt.metric} {_fmt(trial.intermediate_values.get(trial.last_step))})"
         else:
-            outcome = "FAILED: " + (trial.user_attrs.get("fail_reason") or ("interrupted" if trial.system_attrs.get(INTERRUPTED) else "unknown"))
+            outcome = "FAILED: " + (trial.user_attrs.get(FAIL_REASON) or ("interrupted" if trial.system_attrs.get(INTERRUPTED) else "unknown"))
         try:
             best = f"best {study.best_value:.5g} (trial {study.best_trial.number})"
         except ValueError:
