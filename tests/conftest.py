@@ -17,6 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTS_DIR = Path(__file__).resolve().parent
 RUN_TEMPLATE = REPO_ROOT / "configs" / "run_template.yaml"
 
+# skip_policy: under LIGHTNING_HPO_REQUIRE_SERVICES=1 (CI) a skip not in its allow-list fails.
+# pytester: runs small pytest sessions (tests/test_skip_policy.py).
+pytest_plugins = ["pytester", "skip_policy"]
+
 # What every small run changes from configs/run_template.yaml.
 SMALL = {
     "project": "Test",

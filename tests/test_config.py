@@ -4,12 +4,11 @@ The bad inputs live in tests/bad_inputs/run/, one file per case. Each starts wit
 comment lines the test reads:
 
     # expect: <text>      the error message must contain <text> (one or more lines)
-    # requires: no-cuda   skip the case on a machine with a CUDA GPU
+    # requires: no-cuda   run the case as on a machine without a CUDA GPU
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +87,9 @@ def test_bad_run_config_is_refused_on_one_line_and_nothing_is_written(path, expe
     if "no-cuda" in requires:
         import torch
 
-        if torch.cuda.is_available():
-            pytest.skip("this machine has a CUDA GPU")
+        # The case is about a machine without a GPU: be one, also where there is a GPU.
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, err, out, output = refuse(["--config", str(path)], tmp_path, monkeypatch, capsys)
     assert_refused(code, err, out, str(path), expects)
     assert_nothing_written(tmp_path / "cwd", output)
@@ -102,16 +102,24 @@ def test_nonexistent_config_is_refused(tmp_path, monkeypatch, capsys) -> None:
     assert_nothing_written(tmp_path / "cwd", output)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_config_is_refused(tmp_path, monkeypatch, capsys, write_config) -> None:
+def test_unreadable_config_is_refused(tmp_path, write_config) -> None:
+    # As a command, in a child that obeys the permission bits even when the tests run as root.
+    from privileges import obey_permissions
+
     path = write_config("locked.yaml")
     path.chmod(0)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    output = cwd / "out"
     try:
-        code, err, out, output = refuse(["--config", str(path)], tmp_path, monkeypatch, capsys)
+        proc = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(path), "--output", str(output)],
+            cwd=cwd, capture_output=True, text=True, timeout=120, preexec_fn=obey_permissions,
+        )  # fmt: skip
     finally:
         path.chmod(0o644)
-    assert_refused(code, err, out, str(path), ["cannot read the file"])
-    assert_nothing_written(tmp_path / "cwd", output)
+    assert_refused(proc.returncode, proc.stderr, proc.stdout, str(path), ["cannot read the file"])
+    assert_nothing_written(cwd, output)
 
 
 def test_a_folder_given_as_config_is_refused(tmp_path, monkeypatch, capsys) -> None:

@@ -106,13 +106,14 @@ def listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-def run_tune(cwd: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_tune(cwd: Path, *args: str, timeout: int = 120, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(TUNE), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        **kwargs,
     )
 
 
@@ -427,12 +428,36 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.skipif(not _has("psycopg2") or _has("psycopg"), reason="needs psycopg2 (the postgres extra) without psycopg 3")
-def test_postgresql_url_uses_the_installed_postgres_driver(tmp_path: Path, tiny_configs) -> None:
-    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, "postgresql://nobody:secret@127.0.0.1:1/x"))
+def _without(tmp_path: Path, module: str) -> dict[str, str]:
+    """The environment with ``module`` hidden, as if it were not installed: a package of that
+    name first on PYTHONPATH whose import fails."""
+    folder = tmp_path / f"without_{module}"
+    (folder / module).mkdir(parents=True)
+    (folder / module / "__init__.py").write_text(f"raise ImportError('{module} is hidden by the test')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def _assert_reached_the_server(proc: subprocess.CompletedProcess) -> None:
+    """The driver loaded and tried to connect (nothing listens on port 1)."""
     line = assert_one_line_error(proc)
-    assert "Failed to import" not in line
-    assert "Connection refused" in line or "could not connect" in line
+    assert "Failed to import" not in line and "No module named" not in line, line
+    assert "Connection refused" in line or "could not connect" in line or "connection failed" in line, line
+
+
+def test_postgresql_url_uses_the_installed_postgres_driver(tmp_path: Path, tiny_configs) -> None:
+    # The postgres and test extras install psycopg 3, which a plain postgresql:// means.
+    assert _has("psycopg"), "psycopg 3 is not installed (pip install -e '.[test]')"
+    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, "postgresql://nobody:secret@127.0.0.1:1/x"))
+    _assert_reached_the_server(proc)
+
+
+def test_psycopg2_alone_is_used_through_its_url(tmp_path: Path, tiny_configs) -> None:
+    # Under SQLAlchemy >= 2.1 a plain postgresql:// means psycopg 3; psycopg2 is named in the URL.
+    if not _has("psycopg2"):
+        pytest.skip("psycopg2 is not installed (the test extra installs psycopg 3)")
+    url = "postgresql+psycopg2://nobody:secret@127.0.0.1:1/x"
+    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, url), env=_without(tmp_path, "psycopg"))
+    _assert_reached_the_server(proc)
 
 
 def test_password_with_slash_is_not_printed(tmp_path: Path, tiny_configs) -> None:
@@ -477,14 +502,15 @@ def test_output_folder_that_cannot_be_created(tmp_path: Path, tiny_configs) -> N
     assert listing(tmp_path) == before
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders")
 def test_read_only_output_folder(tmp_path: Path, tiny_configs) -> None:
+    from privileges import obey_permissions  # root too: the child obeys the permission bits
+
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
         before = listing(tmp_path)
-        proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, f"sqlite:///{tmp_path}/s.db", output=str(locked / "runs")))
+        proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, f"sqlite:///{tmp_path}/s.db", output=str(locked / "runs")), preexec_fn=obey_permissions)
         line = assert_one_line_error(proc)
         assert "--output" in line and "locked" in line
         assert listing(tmp_path) == before

@@ -59,6 +59,33 @@ def record_threads(log, n=300):
     return synthetic_regression(n=n)
 
 
+class RecordingMSELoss(torch.nn.MSELoss):
+    """MSE that notes the targets of every training batch it is given, one file per process:
+    line 1 ``<rank> <time>``, then one line of targets per call. (Validation runs without
+    gradients and is not noted.) A fused run calls it once per seed and step, seed by seed."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.file = folder, None
+
+    def __getstate__(self):
+        return self.__dict__ | {"file": None}  # a spawned rank opens its own
+
+    def forward(self, pred, target):
+        if torch.is_grad_enabled():
+            import time
+
+            import torch.distributed as dist
+
+            if self.file is None:
+                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else -1
+                self.file = open(os.path.join(self.folder, f"{os.getpid()}.txt"), "a")
+                self.file.write(f"{rank} {time.time()!r}\\n")
+            self.file.write(" ".join(repr(v) for v in target.flatten().tolist()) + "\\n")
+            self.file.flush()
+        return super().forward(pred, target)
+
+
 class PruneFirstTrialAtStep1(optuna.pruners.BasePruner):
     """Prunes trial 0 once it has reported step 1; never anything else."""
 
@@ -293,25 +320,80 @@ def test_redis_journal_study_reaches_its_total(tmp_path, write_config, redis_url
 class DdpStudy:
     trials: list
     stdout: str
+    seen: Path  # RecordingMSELoss's files: what each process trained on
+
+
+DDP_SEEDS, DDP_N, DDP_BATCH = [1, 2], 300, 64
 
 
 @pytest.fixture(scope="module")
 def ddp_study(tmp_path_factory, small_config_dict) -> DdpStudy:
     """Two trials of two fused seeds, each trained by 2 CPU processes (ddp_spawn, gloo); a
-    stand-in pruner prunes trial 0 at step 1."""
+    stand-in pruner prunes trial 0 at step 1. The loss notes the training targets each
+    process sees."""
     from lightning_hpo.yamlio import dump_yaml
 
     folder = tmp_path_factory.mktemp("ddp")
     user = folder / "user"
     user.mkdir()
     (user / "scale_user.py").write_text(USER_MODULE)
+    seen = folder / "seen"
+    seen.mkdir()
     run_cfg, opt = folder / "run.yaml", folder / "optimize.yaml"
-    dump_yaml(small_config_dict(project="Ddp", seeds=[1, 2], epochs=3, data_config={"n": 300}, strategy="ddp_spawn", devices=2), run_cfg)
+    dump_yaml(
+        small_config_dict(
+            project="Ddp", seeds=DDP_SEEDS, epochs=3, batch_size=DDP_BATCH, data_config={"n": DDP_N}, strategy="ddp_spawn", devices=2,
+            criterion="scale_user.RecordingMSELoss", criterion_config={"folder": str(seen)},
+        ),
+        run_cfg,
+    )  # fmt: skip
     opt.write_text(optimize_yaml(STUDY, 2, "{name: scale_user.PruneFirstTrialAtStep1}"))
     url = f"sqlite:///{folder}/study.db"
     proc = run(tune_args(run_cfg, opt, url, folder / "runs"), folder, timeout=300, env=subprocess_env(user))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return DdpStudy(open_study(url, STUDY).get_trials(), proc.stdout)
+    return DdpStudy(open_study(url, STUDY).get_trials(), proc.stdout, seen)
+
+
+def _seen_by_process(seen: Path) -> list[tuple[int, float, list[list[float]]]]:
+    """(rank, start time, targets of each call) per process that trained, in start order."""
+    processes = []
+    for path in seen.glob("*.txt"):
+        head, *calls = path.read_text().splitlines()
+        rank, started = head.split()
+        processes.append((int(rank), float(started), [[float(v) for v in line.split()] for line in calls]))
+    return sorted(processes, key=lambda p: p[1])
+
+
+@pytest.mark.slow
+def test_ddp_ranks_each_train_their_own_half_of_every_seeds_epoch(ddp_study) -> None:
+    from lightning_hpo.data import synthetic_regression
+
+    train_targets = synthetic_regression(n=DDP_N)[0].tensors[1].flatten().tolist()
+    assert len(set(train_targets)) == len(train_targets) == 240  # a target names its sample
+    share = len(train_targets) // 2  # each rank's samples per seed and epoch
+    processes = _seen_by_process(ddp_study.seen)
+    # Only spawned ranks trained (never the tune.py process itself): ranks 0 and 1 for each
+    # trial, trial after trial.
+    pairs = processes[:2], processes[2:]
+    assert len(processes) == 4 and [sorted(rank for rank, _, _ in pair) for pair in pairs] == [[0, 1], [0, 1]]
+    for trial, pair in zip(ddp_study.trials, pairs):
+        epochs = len(trial.intermediate_values)  # 2 for the pruned trial, 3 for the other
+        per_rank = {}
+        for rank, _, calls in pair:
+            # Fused: one call per seed and step, seed after seed.
+            per_seed = [[v for call in calls[index :: len(DDP_SEEDS)] for v in call] for index in range(len(DDP_SEEDS))]
+            assert [len(values) for values in per_seed] == [epochs * share] * len(DDP_SEEDS), (trial.number, rank)
+            per_rank[rank] = [[values[e * share : (e + 1) * share] for e in range(epochs)] for values in per_seed]
+        for index in range(len(DDP_SEEDS)):
+            orders = []
+            for epoch in range(epochs):
+                first, second = (per_rank[r][index][epoch] for r in (0, 1))
+                assert not set(first) & set(second), (trial.number, index, epoch)  # disjoint shares
+                assert sorted(first + second) == sorted(train_targets), (trial.number, index, epoch)  # the whole set
+                orders.append(first + second)
+            assert len({tuple(o) for o in orders}) == epochs  # reshuffled every epoch
+        # Each seed draws its own order.
+        assert per_rank[0][0][0] != per_rank[0][1][0]
 
 
 @pytest.mark.slow

@@ -385,11 +385,37 @@ class StopBeforeEpoch(Callback):
             raise self.exc("stopped by the test")
 
 
+class CountEpochs(Callback):
+    """The epochs (counted from 0) a Trainer actually trained, in order."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+
+def count_epochs_of_each_seed(patch: pytest.MonkeyPatch) -> dict[int, CountEpochs]:
+    """Give every ``fit_seed`` that ``train`` (and so train.py) calls a CountEpochs: seed -> counter."""
+    real = training.fit_seed
+    counters: dict[int, CountEpochs] = {}
+
+    def fit_seed_counting(cfg, seed, *args, **kwargs):
+        counters[seed] = CountEpochs()
+        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), counters[seed]]
+        return real(cfg, seed, *args, **kwargs)
+
+    patch.setattr(training, "fit_seed", fit_seed_counting)
+    return counters
+
+
 @pytest.fixture(scope="module")
 def resumed_run(small_config, tmp_path_factory, quiet):
-    """epochs=6, stopped after epoch 3, then ``train(..., resume=True)``."""
+    """epochs=6, stopped after epoch 3, then ``train(..., resume=True)``, counting the epochs
+    it trains; and the same run uninterrupted, to compare with."""
     cfg = small_config(epochs=6)
     root = tmp_path_factory.mktemp("resumed_run")
+    whole = train(dataclasses.replace(cfg, project="Whole"), root)
     run_dir = seed_dirs(cfg, root)[0]
     with pytest.raises(RuntimeError, match="stopped by the test"):
         fit_seed(cfg, cfg.seeds[0], run_dir, callbacks=[StopBeforeEpoch(3)])
@@ -397,32 +423,59 @@ def resumed_run(small_config, tmp_path_factory, quiet):
         "result_json": (run_dir / RESULT_FILE).exists(),
         "last": load_ckpt(run_dir / "checkpoints" / "last.ckpt"),
     }
-    result = train(cfg, root, resume=True)
-    return cfg, run_dir, interrupted, result
+    with pytest.MonkeyPatch.context() as patch:
+        counters = count_epochs_of_each_seed(patch)
+        result = train(cfg, root, resume=True)
+    return cfg, run_dir, interrupted, result, counters, whole
 
 
 def test_an_interrupted_run_leaves_a_last_checkpoint_and_no_result(resumed_run) -> None:
-    _, _, interrupted, _ = resumed_run
+    _, _, interrupted, *_ = resumed_run
     assert interrupted["result_json"] is False
     assert interrupted["last"]["epoch"] == 2  # the third epoch, counted from 0
     assert interrupted["last"]["global_step"] == 3 * STEPS_PER_EPOCH
 
 
-def test_resume_continues_to_the_configured_epoch_count(resumed_run) -> None:
-    cfg, run_dir, _, result = resumed_run
+def test_resume_trains_only_the_missing_epochs(resumed_run) -> None:
+    cfg, run_dir, _, result, counters, _ = resumed_run
+    # Epochs 0-2 were done: the resumed Trainer ran 3-5, not a fresh start from 0.
+    assert {seed: c.epochs for seed, c in counters.items()} == {cfg.seeds[0]: [3, 4, 5]}
     assert (run_dir / RESULT_FILE).exists()
     last = load_ckpt(run_dir / "checkpoints" / "last.ckpt")
     assert last["epoch"] == cfg.epochs - 1  # the sixth epoch, counted from 0
     assert last["global_step"] == cfg.epochs * STEPS_PER_EPOCH
-    # The resumed part trained epochs 4-6 only (no epoch ran twice).
-    assert len(result.results[0].history) >= 3
-    assert read_result(run_dir)["history"][-3:] == result.results[0].history[-3:]
 
 
-def test_resume_keeps_the_whole_history(resumed_run) -> None:
-    cfg, run_dir, _, result = resumed_run
-    assert len(read_result(run_dir)["history"]) == cfg.epochs
-    assert len(result.results[0].history) == cfg.epochs
+def test_resume_ends_where_the_uninterrupted_run_does(resumed_run) -> None:
+    # Weights, optimizer, scheduler and each epoch's batch order (data._Shuffle) continue
+    # exactly, so the resumed curve is the uninterrupted one, value for value.
+    cfg, run_dir, _, result, _, whole = resumed_run
+    history = result.results[0].history
+    assert len(history) == cfg.epochs
+    assert history == whole.results[0].history
+    assert read_result(run_dir)["history"] == history
+    resumed_state = load_ckpt(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    whole_state = load_ckpt(whole.results[0].run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    for key, value in whole_state.items():
+        assert torch.equal(resumed_state[key], value), key
+
+
+def test_resume_of_seeds_trained_one_after_another_trains_only_what_is_missing(small_config, tmp_path) -> None:
+    # Seed 1 finished, seed 2 stopped after 2 of its 4 epochs: --resume reads seed 1 back and
+    # trains seed 2's last two epochs.
+    cfg = small_config(epochs=4, seeds=[1, 2], fuse_seeds=False)
+    whole = train(dataclasses.replace(cfg, project="Whole"), tmp_path)
+    dirs = seed_dirs(cfg, tmp_path)
+    training.fit_run(cfg, cfg.seeds[:1], dirs[:1])
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        fit_seed(cfg, 2, dirs[1], callbacks=[StopBeforeEpoch(2)])
+    finished = snapshot(dirs[0])
+    with pytest.MonkeyPatch.context() as patch:
+        counters = count_epochs_of_each_seed(patch)
+        resumed = train(cfg, tmp_path, resume=True)
+    assert {seed: c.epochs for seed, c in counters.items()} == {2: [2, 3]}
+    assert snapshot(dirs[0]) == finished
+    assert [r.history for r in resumed.results] == [w.history for w in whole.results]
 
 
 def _ctrl_c_after_one_epoch(monkeypatch) -> None:
@@ -457,9 +510,16 @@ def test_a_run_interrupted_by_ctrl_c_resumes_with_resume(write_config, tmp_path,
     assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
     capsys.readouterr()
     assert train_main(argv) == EXIT_BAD_INPUT  # not without --resume
-    assert train_main([*argv, "--resume"]) == 0
+    with monkeypatch.context() as patch:
+        counters = count_epochs_of_each_seed(patch)
+        assert train_main([*argv, "--resume"]) == 0
+    assert {seed: c.epochs for seed, c in counters.items()} == {1: [1, 2]}  # epoch 0 was done
     assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
     assert (run_dir / RESULT_FILE).exists()
+    # The same command never interrupted: the same curve.
+    whole = tmp_path / "whole"
+    assert train_main(["--config", str(path), "--output", str(whole)]) == 0
+    assert read_result(run_dir)["history"] == read_result(seed_dirs(load_run_config(path), whole)[0])["history"]
 
 
 def test_ctrl_c_exits_130_with_a_message(write_config, tmp_path, monkeypatch, capsys) -> None:

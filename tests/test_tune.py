@@ -21,6 +21,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from lightning_hpo.config import check_components, load_run_config, run_config_from_dict
+from lightning_hpo.pruner import PFL_ATTR, PFLPruner, prefix_trial, stored_predictions
 from lightning_hpo.search import load_optimize_config, optimize_config_from_dict
 from lightning_hpo.training import load_result, train
 from lightning_hpo.tuning import HOST, INTERRUPTED, PID, TuneSettings, counted, create_or_load_study, finish, tune
@@ -165,6 +166,10 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
     opt = make_opt(run, trials=5, pruner=PFL)
     settings = settings_for(tmp_path)
     lines: list[str] = []
+    # Two good trials, then a hopeless one PFL prunes (see the test below); the rest sampled.
+    queued = create_or_load_study(run, opt, settings)
+    for lr in (1.0e-2, 2.0e-2, 1.0e-4):
+        queued.enqueue_trial({"optimizer_config_lr": lr})
 
     study = tune(run, opt, settings, echo=lines.append)
 
@@ -172,6 +177,8 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2  # n_startup_trials
+    assert trials[2].state == TrialState.PRUNED
+    assert lines[2].startswith("[3/5] trial 2 pruned at step 1 ")
     for t in trials:
         # Every epoch that ran reported once, at consecutive steps from 0.
         assert steps(t) == list(range(len(t.intermediate_values))), t.intermediate_values
@@ -211,6 +218,73 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
     assert len(result.results) == 1
     assert len(result.results[0].history) == 1
     assert math.isfinite(result.mean)
+
+
+def test_pfl_prunes_a_hopeless_trial_and_stores_its_decision(tmp_path: Path) -> None:
+    # Two good trials finish first (n_startup_trials=2, the reference set, top_k=2); the third
+    # learns 100x slower: after its second epoch (past n_warmup_epochs=1) it is worse than both
+    # over the same epochs, and its prediction (its last value: curves under 10 epochs are not
+    # extrapolated) is worse than theirs at the end, so PFL prunes it there.
+    run = make_run(epochs=3)
+    opt = make_opt(run, trials=4, pruner=PFL)
+    settings = settings_for(tmp_path)
+    queued = create_or_load_study(run, opt, settings)
+    for lr in (1.0e-2, 2.0e-2, 1.0e-4, 1.0e-2):  # the last repeats trial 0: judged, and kept
+        queued.enqueue_trial({"optimizer_config_lr": lr})
+
+    study = tune(run, opt, settings, echo=lambda line: None)
+
+    trials = study.trials
+    assert [t.params["optimizer_config_lr"] for t in trials] == [1.0e-2, 2.0e-2, 1.0e-4, 1.0e-2]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    pruned = trials[2]
+    assert steps(pruned) == [0, 1] and pruned.last_step == 1
+    # The decision is stored on the trial (user attr "pfl", which the report and optuna-dashboard
+    # read): pruned at step 1 as "worse", predicting its last value, past the reference set's worst.
+    record = pruned.user_attrs[PFL_ATTR]
+    assert (record["step"], record["decision"], record["prune"]) == (1, "worse", True)
+    assert record["predicted"] == pruned.intermediate_values[1]
+    assert record["threshold"] == max(t.value for t in trials[:2])
+    assert stored_predictions(pruned) == {1: pruned.intermediate_values[1]}
+    # The start-up trials were never judged; trial 3 was, every epoch past warm-up, and kept.
+    assert [PFL_ATTR in t.user_attrs for t in trials[:2]] == [False, False]
+    assert list(stored_predictions(trials[3])) == [1, 2]
+    assert trials[3].user_attrs[PFL_ATTR]["prune"] is False
+    # Replayed with what the study held then (trials 0 and 1 complete), the verdict is "worse".
+    then = optuna.create_study(direction="minimize")
+    then.add_trials(trials[:2])
+    decision = PFLPruner(**PFL["kwargs"]).evaluate(then, prefix_trial(pruned, 1))
+    assert (decision.prune, decision.reason) == (True, "worse")
+    assert max(t.value for t in trials[:2]) < pruned.intermediate_values[1]
+
+
+def test_retraining_best_yaml_reproduces_the_best_trial(tmp_path: Path) -> None:
+    """best.yaml, trained again with the study's seeds and epochs (two seeds, so fused, as
+    in the trials), ends at exactly the best trial's value.
+
+    Exact, not approximate: on the CPU the retrained run repeats the trial's arithmetic
+    operation for operation (same initial weights from the seeds, same batch order, same
+    learning rate, which best.yaml stores as the float the sampler drew), and both means
+    are statistics.fmean over the same seed order.
+    """
+    run = make_run(seeds=[1, 2], epochs=3)
+    opt = make_opt(run, trials=3)
+    settings = settings_for(tmp_path)
+    study = tune(run, opt, settings, echo=lambda line: None)
+    best = study.best_trial
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert len({t.value for t in study.trials}) == 3  # a real choice among different results
+
+    path = finish(run, opt, study, settings, echo=lambda line: None)
+    cfg = load_run_config(path)
+    assert cfg.optimizer_config["lr"] == best.params["optimizer_config_lr"]
+    assert (cfg.seeds, cfg.epochs) == ([1, 2], 3)
+    retrained = train(cfg, tmp_path / "retrain")
+
+    assert [r.together for r in retrained.results] == [2, 2]  # fused, as the trial was
+    assert retrained.mean == best.value
+    for r in retrained.results:
+        assert r.history == seed_history(best, r.seed)
 
 
 def test_stand_in_pruner_prunes_through_the_lightning_callback(tmp_path: Path) -> None:
