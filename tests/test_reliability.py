@@ -427,7 +427,7 @@ def eight_at_once(tmp_path: Path, write_config, url: str) -> list:
     # Every trial trained in its own folder, with its own TensorBoard log and checkpoint.
     folders = [Path(t.user_attrs["run_dir"]) for t in trials if t not in surplus]
     assert len(set(folders)) == 8
-    on_disk = sorted(p for p in (tmp_path / "runs" / "Rel_Opt").iterdir() if p.is_dir())
+    on_disk = sorted(p for p in (tmp_path / "runs" / "Rel_Opt" / STUDY).iterdir() if p.is_dir())  # the study's own folder
     assert on_disk == sorted(folders)
     for folder in folders:
         assert len(list(folder.glob("1/events.out.tfevents.*"))) == 1, sorted(folder.rglob("*"))
@@ -511,7 +511,7 @@ def test_password_is_never_printed_nor_written(tmp_path, write_config, postgres_
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     assert "postgres:***@" in proc.stdout  # the study line is there, redacted
-    best = tmp_path / "runs" / "Sec_Opt" / "best.yaml"
+    best = tmp_path / "runs" / "Sec_Opt" / STUDY / "best.yaml"
     assert best.is_file()
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaks == []

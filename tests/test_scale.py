@@ -178,7 +178,7 @@ def test_a_signal_to_the_workers_parent_stops_every_worker_cleanly(sig, tmp_path
         running = wait_for_running(url, 2, parent, log)
         children = [t.system_attrs[PID] for t in running]
         parent.send_signal(sig)
-        parent.wait(timeout=60)
+        assert parent.wait(timeout=60) == 128 + sig
         deadline = time.monotonic() + 20
         while any(map(_alive, children)) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -324,7 +324,7 @@ def test_constant_lr_is_logged_every_epoch(small_config, tmp_path) -> None:
 # --------------------------------------------------------------------------- the command line
 
 
-SEED_LINE = re.compile(r"^seed (\d+): final val_loss (\S+) \(best (\S+)\) after (\d+) epochs, \d+\.\d s$")
+SEED_LINE = re.compile(r"^seed (\d+): final val_loss (\S+) \(best (\S+)\) after (\d+) epochs, \d+\.\d s(?: for (\d+) seeds together)?$")
 
 
 def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(write_config, tmp_path, capsys) -> None:
@@ -339,7 +339,7 @@ def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(write
     for line, seed, history in zip(lines[:2], [1, 2], histories):
         match = SEED_LINE.match(line)
         assert match, line
-        assert match.groups() == (str(seed), f"{history[-1]:.5g}", f"{min(history):.5g}", "2")
+        assert match.groups() == (str(seed), f"{history[-1]:.5g}", f"{min(history):.5g}", "2", "2")  # fused: 2 together
     finals = [h[-1] for h in histories]
     assert lines[2] == f"final val_loss over 2 seed(s): {statistics.fmean(finals):.5g} ± {statistics.stdev(finals):.2g}"
     assert lines[3] == f"runs and checkpoints: {dirs[0].parent}"

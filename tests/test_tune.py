@@ -190,14 +190,14 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
             assert 2 <= len(t.intermediate_values) < 3
         group = t.user_attrs["group_name"]
         assert group.endswith(f"[{t.number}]")
-        assert t.user_attrs["run_dir"] == str(tmp_path / "runs" / f"{PROJECT}_Opt" / group)
+        assert t.user_attrs["run_dir"] == str(tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny" / group)  # the study's own folder
         assert t.user_attrs["epochs"] == 3
         assert t.user_attrs["n_seeds"] == 1
         seed_dir = Path(t.user_attrs["run_dir"]) / "1"
         assert [p.name for p in Path(t.user_attrs["run_dir"]).iterdir()] == ["1"]
         assert len(events_files(seed_dir)) == 1, list(seed_dir.iterdir())
     # One folder per trial, nothing else.
-    groups = sorted(p.name for p in (tmp_path / "runs" / f"{PROJECT}_Opt").iterdir())
+    groups = sorted(p.name for p in (tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny").iterdir() if p.name != ".study")
     assert groups == sorted(t.user_attrs["group_name"] for t in trials)
     # One progress line per trial.
     assert len(lines) == 5
@@ -205,7 +205,7 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
 
     printed: list[str] = []
     path = finish(run, opt, study, settings, echo=printed.append)
-    assert path == tmp_path / "best.yaml"  # next to s.db
+    assert path == tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny" / "best.yaml"  # one per study
     assert "Best trial:" in printed
     assert f"  Number: {study.best_trial.number}" in printed
 
@@ -562,7 +562,7 @@ def test_cli_tune_then_train_the_best_config(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="tiny_cli", storage=f"sqlite:///{db}")
     best = study.best_trial
     assert f"Best trial:\n  Number: {best.number}\n  Value: " in proc.stdout
-    best_yaml = db.parent / "best.yaml"
+    best_yaml = tmp_path / "runs" / "Tiny_Opt" / "tiny_cli" / "best.yaml"
     assert best_yaml.is_file()
     assert f"Best config: {best_yaml}" in proc.stdout
     assert load_run_config(best_yaml).optimizer_config["lr"] == best.params["optimizer_config_lr"]
@@ -588,7 +588,7 @@ def test_cli_workers_reach_exactly_the_total(tmp_path: Path) -> None:
     assert len({t.system_attrs[PID] for t in trials}) == 2  # two worker processes shared the work
     assert len(re.findall(r"^\[\d+/3\] trial \d+ ", proc.stdout, re.M)) == 3
     assert proc.stdout.count("Best trial:") == 1
-    assert (tmp_path / "best.yaml").is_file()
+    assert (tmp_path / "runs" / "Tiny_Opt" / "tiny_cli" / "best.yaml").is_file()
 
 
 # --------------------------------------------------------------------------- samplers and interrupts
