@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import check_kwargs, resolve
+from lightning_hpo.validation import is_int
 from lightning_hpo.yamlio import load_yaml
 
 _EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
@@ -105,15 +106,15 @@ def _check_value(name: str, value: Any, source: str) -> Any:
         return ConfigError(source, name, problem or f"expected {_expected(name)}, {got}", fix or f"set {name} to {_expected(name)}")
 
     if name in ("epochs", "batch_size"):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise bad()
         if value <= 0:
             raise bad(f"must be > 0, got {value}")
         return value
     if name == "seeds":
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             value = [value]
-        if not isinstance(value, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in value):
+        if not isinstance(value, list) or not all(is_int(s) for s in value):
             raise bad()
         if not value:
             raise bad("is empty", "list at least one seed, e.g. [42]")
@@ -126,7 +127,7 @@ def _check_value(name: str, value: Any, source: str) -> Any:
             return value
         raise bad()
     if name == "devices":
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        if value == "auto" or (is_int(value) and value > 0):
             return value
         raise bad()
     if name == "scheduler" and value is None:
@@ -154,7 +155,7 @@ def _check_section(name: str, value: dict, defaults: dict, source: str) -> dict:
             raise unknown_key(source, key, list(defaults), prefix=f"{name}.")
         expected = type(defaults[key])
         ok = isinstance(item, expected) and not (expected is not bool and isinstance(item, bool))
-        if expected is float and isinstance(item, int) and not isinstance(item, bool):
+        if expected is float and is_int(item):
             item, ok = float(item), True
         if not ok:
             raise ConfigError(source, f"{name}.{key}", f"expected a {expected.__name__}, got {item!r}", f"set it like the default ({defaults[key]!r})")

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lightning_hpo.data import RegressionData
+from lightning_hpo.metrics import TRAIN_LOSS, VAL_LOSS, VAL_R2
 from lightning_hpo.module import RegressionModule
 from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
 from lightning_hpo.stacking import (
@@ -91,16 +92,16 @@ class FusedModule(RegressionModule):
         val_loss = self._pop_mean("val")
         if val_loss is None:
             return
-        self._log_per_seed("val_loss", val_loss)
+        self._log_per_seed(VAL_LOSS, val_loss)
         sse, sy, syy = (self._sums.pop(k, None) for k in ("val_sse", "val_sy", "val_syy"))
         if sse is not None:
             sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
-            self._log_per_seed("val_r2", (1 - sse / sst).mean(-1))
+            self._log_per_seed(VAL_R2, (1 - sse / sst).mean(-1))
 
     def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")
         if train_loss is not None:
-            self._log_per_seed("train_loss", train_loss)
+            self._log_per_seed(TRAIN_LOSS, train_loss)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         if not self.states.stopped_at:

@@ -4,4 +4,5 @@ Kept apart from ``module`` so config validation can check ``metric`` without imp
 Lightning.
 """
 
-LOGGED_METRICS = ("train_loss", "val_loss", "val_r2", "lr")
+TRAIN_LOSS, VAL_LOSS, VAL_R2, LR = "train_loss", "val_loss", "val_r2", "lr"
+LOGGED_METRICS = (TRAIN_LOSS, VAL_LOSS, VAL_R2, LR)

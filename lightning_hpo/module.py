@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_hpo.imports import accepted_kwargs
-from lightning_hpo.metrics import LOGGED_METRICS  # noqa: F401 - what this module logs
+from lightning_hpo.metrics import LR, TRAIN_LOSS, VAL_LOSS, VAL_R2
 
 
 class RegressionModule(pl.LightningModule):
@@ -81,21 +81,21 @@ class RegressionModule(pl.LightningModule):
         val_loss = self._pop_mean("val")
         if val_loss is None:
             return
-        self.log("val_loss", val_loss, sync_dist=True)
+        self.log(VAL_LOSS, val_loss, sync_dist=True)
         sse, sy, syy = (self._sums.pop(k, None) for k in ("val_sse", "val_sy", "val_syy"))
         if sse is not None:
             sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
-            self.log("val_r2", (1 - sse / sst).mean(), sync_dist=True)
+            self.log(VAL_R2, (1 - sse / sst).mean(), sync_dist=True)
 
     def on_train_epoch_start(self):
         # Read before the epoch: by its end Lightning has already stepped the scheduler.
         # sync_dist: lr is the same on every rank; averaging it keeps Lightning's DDP warning away.
-        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
+        self.log(LR, float(self.trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
 
     def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")
         if train_loss is not None:
-            self.log("train_loss", train_loss, sync_dist=True)
+            self.log(TRAIN_LOSS, train_loss, sync_dist=True)
 
     def on_validation_epoch_start(self):
         # Validation runs inside the training epoch: log its training mean first, so the

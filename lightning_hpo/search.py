@@ -15,6 +15,7 @@ from lightning_hpo.config import RunConfig, run_config_from_dict, unknown_key
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
 from lightning_hpo.metrics import LOGGED_METRICS
+from lightning_hpo.validation import is_int, is_number
 from lightning_hpo.yamlio import load_yaml
 
 DIRECTIONS = ("minimize", "maximize")
@@ -144,7 +145,7 @@ class OptimizeConfig:
 
 
 def _number(value: Any, source: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise ConfigError(source, key, f"expected a number, got {value!r}", "write it as a number, e.g. 1.0e-3")
     if not math.isfinite(value):
         raise ConfigError(source, key, f"must be finite, got {value}", "use a finite bound")
@@ -220,9 +221,9 @@ def optimize_config_from_dict(data: dict[str, Any], run: RunConfig, source: str,
     cfg = OptimizeConfig(**data)
     if not isinstance(cfg.study_name, str) or not cfg.study_name.strip():
         raise ConfigError(source, "study_name", f"expected a non-empty string, got {cfg.study_name!r}", "name the study")
-    if isinstance(cfg.trials, bool) or not isinstance(cfg.trials, int) or cfg.trials <= 0:
+    if not is_int(cfg.trials) or cfg.trials <= 0:
         raise ConfigError(source, "trials", f"expected a positive integer, got {cfg.trials!r}", "set trials to the study's total, e.g. 20")
-    if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int)):
+    if cfg.seed is not None and not is_int(cfg.seed):
         raise ConfigError(source, "seed", f"expected an integer or null, got {cfg.seed!r}", "e.g. seed: 42")
     if cfg.direction not in DIRECTIONS:
         raise ConfigError(source, "direction", f"expected minimize or maximize, got {cfg.direction!r}", "set direction: minimize or direction: maximize")

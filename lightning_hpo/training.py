@@ -26,6 +26,7 @@ from lightning_hpo.console import note_once, quiet_lightning  # noqa: F401 - qui
 from lightning_hpo.data import build_datamodule, feature_sizes
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, resolve
+from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.module import RegressionModule
 from lightning_hpo.results import RESULT_FILE, SeedResult, TrainResult, load_result  # noqa: F401 - RESULT_FILE, load_result: re-exported
 from lightning_hpo.seeds import SeedStates
@@ -232,7 +233,7 @@ def fit_seed(
     seed: int,
     run_dir: Path,
     *,
-    monitor: str = "val_loss",
+    monitor: str = VAL_LOSS,
     mode: str = "min",
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
@@ -271,7 +272,7 @@ def fit_fused(
     nets: Sequence[nn.Module],
     stacking: str,
     *,
-    monitor: str = "val_loss",
+    monitor: str = VAL_LOSS,
     mode: str = "min",
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
@@ -340,7 +341,7 @@ def fit_run(
     seeds: Sequence[int],
     run_dirs: Sequence[Path],
     *,
-    monitor: str = "val_loss",
+    monitor: str = VAL_LOSS,
     mode: str = "min",
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
