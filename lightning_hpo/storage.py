@@ -122,6 +122,31 @@ def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--stora
         raise ConfigError(source, redact(url), f"cannot open the storage ({reason})", "check the URL, that the server is running, and that the driver is installed") from None
 
 
+def open_study(url: str, study_name: str):
+    """Load ``study_name`` from ``url`` without creating anything: no study, storage file,
+    table or version stamp, whatever database the URL names.
+
+    Raises:
+        ConfigError: the storage file is missing, the database holds no Optuna tables,
+            or the study is not in it (the message lists the studies that are).
+    """
+    import optuna
+
+    storage = open_storage(url, heartbeat=None, read_only=True)
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if study_name not in names:
+        held = f"studies there: {', '.join(names)}" if names else "it holds no studies"
+        raise ConfigError(
+            "--study-name", study_name, f"no such study in {redact(url)}", f"{held}; pass --study-name"
+        )
+    return optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=optuna.pruners.NopPruner(),
+    )
+
+
 # What RDBStorage's constructor writes when it is missing, even with skip_table_creation:
 # the tables (create_all), a version_info row, and alembic's stamp of the schema version.
 OPTUNA_TABLES = ("studies", "version_info", "alembic_version")

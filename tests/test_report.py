@@ -4,6 +4,7 @@ plots, JSON, read-only opening, and TensorBoard's view of every trial's hparams.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -17,9 +18,17 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from lightning_hpo.cli import report_main
 from lightning_hpo.config import run_config_from_dict
 from lightning_hpo.pruner import PFLPruner
-from lightning_hpo.report import EDGE_MARGIN, boundary_warnings, build_report, format_text, prediction_accuracy, range_position, replay_top_k, report_main
+from lightning_hpo.report import (
+    EDGE_MARGIN,
+    boundary_warnings,
+    build_report,
+    format_text,
+    prediction_accuracy,
+    replay_top_k,
+)
 from lightning_hpo.search import Param, optimize_config_from_dict
 from lightning_hpo.yamlio import dump_yaml
 
@@ -163,11 +172,11 @@ def test_prediction_errors_are_bucketed_by_how_far_the_run_was() -> None:
         user_attrs={"epochs": 4, "n_seeds": 1, "pfl": {"step": 3, "decision": "ok", "history": [[0, 1.0], [1, 0.6], [3, 0.9]]}},
     )
     result = prediction_accuracy([trial])
-    assert result["predictions"] == 2 and result["trials"] == 1
-    assert result["mean_abs_error"] == pytest.approx(0.3)
-    assert result["mean_rel_error"] == pytest.approx(0.6)
-    assert result["mean_error"] == pytest.approx(0.3)
-    counts = {b["progress"]: b["predictions"] for b in result["buckets"]}
+    assert result.predictions == 2 and result.trials == 1
+    assert result.mean_abs_error == pytest.approx(0.3)
+    assert result.mean_rel_error == pytest.approx(0.6)
+    assert result.mean_error == pytest.approx(0.3)
+    counts = {b.progress: b.predictions for b in result.buckets}
     assert counts == {"0%-25%": 1, "25%-50%": 1, "50%-75%": 0, "75%-100%": 0}
 
 
@@ -254,28 +263,28 @@ def test_log_range_edges_are_measured_in_log_space(lr: float, linear_edge: str |
     linear = (lr - LR.min) / (LR.max - LR.min)
     assert linear_edge == ("low" if linear <= EDGE_MARGIN else "high" if linear >= 1 - EDGE_MARGIN else None)
     found = boundary_warnings(best_of({LR.name: lr}, [LR]), [LR])
-    assert [w["edge"] for w in found] == ([edge] if edge else [])
+    assert [w.edge for w in found] == ([edge] if edge else [])
     if edge:
-        assert found[0]["scale"] == "log"
-        assert found[0]["position"] == pytest.approx(math.log(lr / LR.min) / math.log(LR.max / LR.min))
+        assert found[0].scale == "log"
+        assert found[0].position == pytest.approx(math.log(lr / LR.min) / math.log(LR.max / LR.min))
     if edge == "low":
-        assert found[0]["suggested_range"] == pytest.approx((1.0e-7, 1.0e-1))  # one more log width
+        assert found[0].suggested_range == pytest.approx((1.0e-7, 1.0e-1))  # one more log width
     if edge == "high":
-        assert found[0]["suggested_range"] == pytest.approx((1.0e-4, 1.0e2))
+        assert found[0].suggested_range == pytest.approx((1.0e-4, 1.0e2))
 
 
 def test_linear_range_edges_and_zero_floor() -> None:
     high = boundary_warnings(best_of({DROPOUT.name: 0.97}, [DROPOUT]), [DROPOUT])
-    assert high[0]["edge"] == "high" and high[0]["suggested_range"] == pytest.approx((0.0, 2.0))
+    assert high[0].edge == "high" and high[0].suggested_range == pytest.approx((0.0, 2.0))
     low = boundary_warnings(best_of({DROPOUT.name: 0.02}, [DROPOUT]), [DROPOUT])
-    assert low[0]["edge"] == "low" and low[0]["suggested_range"] is None  # not below 0
+    assert low[0].edge == "low" and low[0].suggested_range is None  # not below 0
     assert boundary_warnings(best_of({DROPOUT.name: 0.5}, [DROPOUT]), [DROPOUT]) == []
 
 
 def test_categorical_edges_only_for_ordered_numbers() -> None:
     nodes = Param("net_config", "nodes", "categorical", choices=[32, 64, 128])
     found = boundary_warnings(best_of({nodes.name: 128}, [nodes]), [nodes])
-    assert found[0]["edge"] == "high" and found[0]["suggested_choice"] == 256
+    assert found[0].edge == "high" and found[0].suggested_choice == 256
     assert boundary_warnings(best_of({nodes.name: 64}, [nodes]), [nodes]) == []
     names = Param("net_config", "activation", "categorical", choices=["ReLU", "GELU", "Tanh"])
     assert boundary_warnings(best_of({names.name: "Tanh"}, [names]), [names]) == []
@@ -289,9 +298,9 @@ def test_report_with_one_complete_trial_is_graceful() -> None:
     study = optuna.create_study()
     study.add_trial(create_trial(params={"optimizer_config_lr": 1.0e-4}, distributions={"optimizer_config_lr": FloatDistribution(1.0e-4, 1.0e-2, log=True)}, value=0.3))
     result = build_report(study, opt)
-    assert result["importances"]["params"] == {} and "at least 2" in result["importances"]["message"]
-    assert result["boundary_warnings"][0]["edge"] == "low"
-    assert result["audit"]["epochs"]["run"] == 0 and result["audit"]["predictions"]["predictions"] == 0
+    assert result.importances.params == {} and "at least 2" in result.importances.message
+    assert result.boundary_warnings[0].edge == "low"
+    assert result.audit.epochs.run == 0 and result.audit.predictions.predictions == 0
 
 
 # --------------------------------------------------------------------------- replay
@@ -314,14 +323,14 @@ def test_replay_counts_false_prunes_of_the_top_trials() -> None:
     ranked = sorted(study.trials, key=lambda t: t.value)
     replay = replay_top_k(ranked, 2, PFLPruner(n_startup_trials=1, n_warmup_epochs=1, top_k=1), study.direction)
     # The runner-up leads at every epoch it is replayed at, so its best so far protects it.
-    assert replay["replayed"] == 2 and replay["would_prune"] == 1 and replay["false_prune_rate"] == 0.5
-    slow, runner_up = replay["trials"]
-    assert slow["number"] == 0 and slow["epoch"] == 2 and slow["pfl"] == 4.0 and slow["threshold"] == 0.7
-    assert slow["reason"] == "worse" and slow["score"] == 4.0
-    assert runner_up["number"] == 1 and not runner_up["would_prune"]
+    assert replay.replayed == 2 and replay.would_prune == 1 and replay.false_prune_rate == 0.5
+    slow, runner_up = replay.trials
+    assert slow.number == 0 and slow.epoch == 2 and slow.pfl == 4.0 and slow.threshold == 0.7
+    assert slow.reason == "worse" and slow.score == 4.0
+    assert runner_up.number == 1 and not runner_up.would_prune
     # A lenient pruner cuts none of them, and the study itself is never touched.
     lenient = replay_top_k(ranked, 3, PFLPruner(n_startup_trials=1, n_warmup_epochs=10, top_k=1), study.direction)
-    assert lenient["would_prune"] == 0
+    assert lenient.would_prune == 0
     assert all(not t.system_attrs for t in study.trials)
 
 
@@ -337,12 +346,12 @@ def test_audit_counts_epochs_of_the_curves_and_names_the_epoch_a_replay_would_pr
     study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 3.0, 1: 2.9}, user_attrs={"epochs": 4, "n_seeds": 3}))
     study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 3.0}))
     report = build_report(study, opt, top_k=2)
-    epochs = report["audit"]["epochs"]
-    assert (epochs["run"], epochs["saved"], epochs["full"]) == (15, 2, 17)
-    assert (epochs["pruned_trials"], epochs["pruned_without_epochs"]) == (1, 1)
-    slow = report["audit"]["replay"]["trials"][0]
-    assert (slow["would_prune"], slow["step"], slow["epoch"]) == (True, 1, 2)
-    text = format_text({**report, "storage": "memory"})
+    epochs = report.audit.epochs
+    assert (epochs.run, epochs.saved, epochs.full) == (15, 2, 17)
+    assert (epochs.pruned_trials, epochs.pruned_without_epochs) == (1, 1)
+    slow = report.audit.replay.trials[0]
+    assert (slow.would_prune, slow.step, slow.epoch) == (True, 1, 2)
+    text = format_text(dataclasses.replace(report, storage="memory"))
     assert "15 run, 2 saved by pruning 1 trial(s) = 11.8% of 17" in text
     assert "(1 pruned trial(s) lack the epochs user attr and are not counted)" in text
     assert "    trial 0 (val_loss 0.1) after epoch 2: predicted 4 vs threshold 0.7" in text

@@ -22,7 +22,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 from services import mysql_url, optimize_yaml, postgres_url, redis_url  # noqa: F401 - fixtures
 
-from lightning_hpo.report import report_main
+from lightning_hpo.cli import report_main
 from lightning_hpo.storage import redact
 from lightning_hpo.yamlio import dump_yaml
 

@@ -1,0 +1,566 @@
+"""The report's numbers: computed from one snapshot of a study's trials, changing nothing.
+
+- trial counts by state, the best trial and a top-k table;
+- parameter importances (Optuna's PED-ANOVA evaluator, which is deterministic);
+- boundary warnings: the best value close to an end of its range (measured in the
+  parameter's own scale, log or linear) with a widened range to try;
+- a pruning audit: epochs saved by pruning, how accurate the pruner's stored
+  predictions were on completed trials, and a replay of the best completed curves
+  through the pruner (how many of them it would have cut).
+
+Categorical parameters get a boundary warning only when their choices are at least
+three numbers in strictly monotone order (e.g. ``[32, 64, 128]``) and the best is the
+first or the last: only then does "beyond the end" mean something. The suggested extra
+choice continues the choices' arithmetic or geometric progression.
+
+Each part of the report is a frozen dataclass; ``Report.to_json()`` gives the strict JSON
+object ``tune.py report --json`` prints (field names are its keys, in order).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lightning_hpo.attrs import RUN_DIR
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from lightning_hpo.pruner import PFLPruner
+    from lightning_hpo.search import OptimizeConfig, Param
+
+EDGE_MARGIN = 0.05  # a best value within 5% of the range's width from an end is "at the edge"
+PROGRESS_EDGES = (0.25, 0.5, 0.75, 1.0)  # buckets of the audit's prediction errors
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+IMPORTANCE_EVALUATOR = "PED-ANOVA"
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One completed trial in the best / top-k table."""
+
+    number: int
+    value: float
+    epochs: int
+    params: dict[str, Any]
+    run_dir: str | None
+
+
+@dataclass(frozen=True)
+class Importances:
+    """Parameter importances (normalised to 1), or a message saying why there are none."""
+
+    evaluator: str
+    complete_trials: int
+    params: dict[str, float] = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class EdgeWarning:
+    """A parameter whose best value lies at an end of its configured range."""
+
+    param: str
+    value: Any
+    type: str
+    edge: str  # "low" or "high"
+    range: list[Any]  # [min, max], or the categorical choices
+    scale: str  # "log", "linear" or "choices"
+    position: float  # 0 at the low end, 1 at the high end, in the param's own scale
+
+
+@dataclass(frozen=True)
+class RangeEdge(EdgeWarning):
+    """A float or int parameter at an end of its range."""
+
+    suggested_range: tuple[float, float] | None = None  # None: nothing to widen
+
+
+@dataclass(frozen=True)
+class ChoiceEdge(EdgeWarning):
+    """A categorical parameter at the first or last of its ordered numeric choices."""
+
+    suggested_choice: float | int | None = None
+
+
+@dataclass(frozen=True)
+class EpochSavings:
+    """Epochs trained (one per intermediate value) and epochs pruning saved."""
+
+    run: int
+    saved: int
+    full: int
+    saved_fraction: float | None
+    pruned_trials: int
+    pruned_without_epochs: int
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Errors of stored predictions (predicted minus final value)."""
+
+    predictions: int
+    mean_abs_error: float | None
+    mean_rel_error: float | None
+    mean_error: float | None  # > 0: PFL predicts too high
+
+
+@dataclass(frozen=True)
+class ProgressBucket:
+    """Prediction errors made while the run was between two fractions of its length."""
+
+    progress: str  # e.g. "25%-50%"
+    upto: float
+    predictions: int
+    mean_abs_error: float | None
+    mean_rel_error: float | None
+    mean_error: float | None
+
+
+@dataclass(frozen=True)
+class PredictionAccuracy:
+    """Stored PFL predictions against the values completed trials ended at."""
+
+    trials: int
+    predictions: int
+    mean_abs_error: float | None
+    mean_rel_error: float | None
+    mean_error: float | None
+    buckets: list[ProgressBucket]
+
+
+@dataclass(frozen=True)
+class ReplayedTrial:
+    """One completed curve replayed through the pruner, and where it would have been cut."""
+
+    number: int
+    value: float
+    would_prune: bool
+    step: int | None = None
+    epoch: int | None = None
+    reason: str | None = None
+    pfl: float | None = None
+    threshold: float | None = None
+    score: float | None = None
+    overrule_bound: float | None = None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The top completed trials replayed through a pruner: its false prunes."""
+
+    pruner: str
+    replayed: int
+    would_prune: int
+    false_prune_rate: float | None
+    trials: list[ReplayedTrial]
+    stand_in_for: str | None = None  # the config's pruner, when a PFLPruner replayed for it
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The pruning audit."""
+
+    epochs: EpochSavings
+    predictions: PredictionAccuracy
+    replay: Replay
+
+
+@dataclass(frozen=True)
+class Report:
+    """Every number of the report. ``storage`` and ``plots`` are filled in by the caller
+    (``dataclasses.replace``); ``to_json()`` is the ``--json`` output."""
+
+    storage: str | None = field(default=None, kw_only=True)  # redacted URL
+    study: str
+    metric: str
+    direction: str  # "minimize" or "maximize"
+    counts: dict[str, int]  # state name -> trials, and "total"
+    best: TrialSummary | None
+    top_k: list[TrialSummary]
+    importances: Importances
+    boundary_warnings: list[EdgeWarning]
+    audit: Audit
+    plots: dict[str, str] = field(default_factory=dict, kw_only=True)  # name -> PNG path
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON values (strict: no NaN or infinity)."""
+        return jsonable(dataclasses.asdict(self))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and non-finite floats as None, so the JSON is strict."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- the numbers
+
+
+def build_report(study: optuna.Study, opt: OptimizeConfig, *, top_k: int = 10) -> Report:
+    """Every number of the report, from one snapshot of the study's trials."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    ranked = ranked_complete(trials, study.direction)
+    best = ranked[0] if ranked else None
+    n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return Report(
+        study=study.study_name,
+        metric=opt.metric,
+        direction=study.direction.name.lower(),
+        counts=state_counts(trials),
+        best=trial_summary(best) if best else None,
+        top_k=[trial_summary(t) for t in ranked[:top_k]],
+        importances=param_importances(study, n_complete),
+        boundary_warnings=boundary_warnings(best, opt.params) if best else [],
+        audit=Audit(
+            epochs=epoch_savings(trials),
+            predictions=prediction_accuracy(ranked),
+            replay=_replay(ranked, top_k, opt, study.direction),
+        ),
+    )
+
+
+def _replay(
+    ranked: Sequence[FrozenTrial], top_k: int, opt: OptimizeConfig, direction: Any
+) -> Replay:
+    pruner, stand_in = replay_pruner(opt)
+    replay = replay_top_k(ranked, top_k, pruner, direction)
+    return dataclasses.replace(replay, stand_in_for=opt.pruner["name"] if stand_in else None)
+
+
+def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    counts = {state: 0 for state in STATES}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts | {"total": len(trials)}
+
+
+def ranked_complete(trials: Sequence[FrozenTrial], direction: Any) -> list[FrozenTrial]:
+    """Completed trials, best first; ties go to the earlier trial."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(complete, key=lambda t: (sign * t.value, t.number))
+
+
+def trial_summary(trial: FrozenTrial) -> TrialSummary:
+    return TrialSummary(
+        number=trial.number,
+        value=trial.value,
+        epochs=len(trial.intermediate_values),
+        params=dict(trial.params),
+        run_dir=trial.user_attrs.get(RUN_DIR),
+    )
+
+
+def param_importances(study: optuna.Study, n_complete: int) -> Importances:
+    """Optuna's PED-ANOVA importances (deterministic, needs no scikit-learn), normalised to 1."""
+    import optuna
+
+    def result(params: dict[str, float] | None = None, message: str | None = None) -> Importances:
+        return Importances(IMPORTANCE_EVALUATOR, n_complete, params or {}, message)
+
+    if n_complete < 2:
+        return result(message=f"needs at least 2 complete trials, the study has {n_complete}")
+    try:
+        with warnings.catch_warnings():
+            # Small studies make PED-ANOVA warn that its quantiles coincide; the numbers
+            # still stand.
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError) as exc:
+        return result(message=f"could not be computed ({exc})")
+    params = {k: float(v) for k, v in values.items()}
+    return result(params, None if values else "no parameter varies across the complete trials")
+
+
+# --------------------------------------------------------------------------- boundary warnings
+
+
+def range_position(value: float, param: Param) -> float:
+    """Where ``value`` sits in ``param``'s range, 0 at min and 1 at max, in the param's own
+    scale."""
+    low, high = float(param.min), float(param.max)
+    if param.log:
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)
+
+
+def widened_range(param: Param, edge: str) -> tuple[float, float] | None:
+    """``param``'s range with the ``edge`` end moved out by the range's width (log width for
+    log ranges).
+
+    A linear range that starts at or above 0 is not widened below 0, since such
+    parameters (dropout, weight decay, sizes) rarely make sense negative; None when
+    there is nothing to widen.
+    """
+    low, high = float(param.min), float(param.max)
+    if param.log:
+        ratio = high / low
+        new_low, new_high = (low / ratio, high) if edge == "low" else (low, high * ratio)
+    else:
+        width = high - low
+        new_low, new_high = (low - width, high) if edge == "low" else (low, high + width)
+        if low >= 0 > new_low:
+            new_low = 0.0
+    if param.type == "int":
+        new_low, new_high = math.floor(new_low), math.ceil(new_high)
+        if param.log:
+            new_low = max(new_low, 1)
+    if (new_low, new_high) == (low, high):
+        return None
+    return new_low, new_high
+
+
+def boundary_warnings(
+    best: FrozenTrial, params: Sequence[Param], margin: float = EDGE_MARGIN
+) -> list[EdgeWarning]:
+    """Parameters whose best value lies within ``margin`` of an end of its configured range."""
+    found: list[EdgeWarning] = []
+    for p in params:
+        if p.name not in best.params:
+            continue
+        value = best.params[p.name]
+        if p.type == "categorical":
+            warning = _categorical_edge(p, value)
+        else:
+            warning = _numeric_edge(p, value, margin)
+        if warning:
+            found.append(warning)
+    return found
+
+
+def _numeric_edge(param: Param, value: float, margin: float) -> RangeEdge | None:
+    if param.max <= param.min:
+        return None
+    position = range_position(value, param)
+    if margin < position < 1 - margin:
+        return None
+    edge = "low" if position <= margin else "high"
+    return RangeEdge(
+        param=param.name,
+        value=value,
+        type=param.type,
+        edge=edge,
+        range=[param.min, param.max],
+        scale="log" if param.log else "linear",
+        position=position,
+        suggested_range=widened_range(param, edge),
+    )
+
+
+def _categorical_edge(param: Param, value: Any) -> ChoiceEdge | None:
+    """Only ordered numeric choices (3 or more) have ends worth extending."""
+    choices = param.choices or []
+    numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices)
+    if len(choices) < 3 or not numeric or value not in (choices[0], choices[-1]):
+        return None
+    steps = [b - a for a, b in zip(choices, choices[1:])]
+    if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
+        return None
+    edge = "low" if value == choices[0] else "high"
+    end, neighbour = (choices[0], choices[1]) if edge == "low" else (choices[-1], choices[-2])
+    return ChoiceEdge(
+        param=param.name,
+        value=value,
+        type=param.type,
+        edge=edge,
+        range=list(choices),
+        scale="choices",
+        position=0.0 if edge == "low" else 1.0,
+        suggested_choice=_continue(end, neighbour, steps),
+    )
+
+
+def _continue(end: float, neighbour: float, steps: list[float]) -> float:
+    """The next choice beyond ``end``: the arithmetic step when the choices are evenly spaced,
+    else geometric."""
+    if len({round(s, 12) for s in steps}) == 1 or end <= 0 or neighbour <= 0:
+        result = end + (end - neighbour)
+    else:
+        result = end * (end / neighbour)
+    return int(round(result)) if isinstance(end, int) and isinstance(neighbour, int) else result
+
+
+# --------------------------------------------------------------------------- pruning audit
+
+
+def epoch_savings(trials: Sequence[FrozenTrial]) -> EpochSavings:
+    """Epochs trained (one per intermediate value, every trial) and epochs pruning saved.
+
+    Epochs, not seed-epochs: with fused seeds one epoch trains all of a trial's seeds at
+    once, so ``n_seeds`` is not used. ``saved`` sums ``epochs - run`` over PRUNED trials
+    (``epochs`` user attr); ``saved_fraction`` is ``saved / (run + saved)``, the share of
+    the cost of running every trial to the end.
+    """
+    from optuna.trial import TrialState
+
+    from lightning_hpo.pruner import epochs_of
+
+    run = sum(len(t.intermediate_values) for t in trials)
+    saved = pruned = unknown = 0
+    for t in trials:
+        if t.state != TrialState.PRUNED:
+            continue
+        full = epochs_of(t)
+        if full is None:
+            unknown += 1  # made by another tool: its full length is not recorded
+            continue
+        pruned += 1
+        saved += max(full - len(t.intermediate_values), 0)
+    return EpochSavings(
+        run=run,
+        saved=saved,
+        full=run + saved,
+        saved_fraction=saved / (run + saved) if run + saved else None,
+        pruned_trials=pruned,
+        pruned_without_epochs=unknown,
+    )
+
+
+def prediction_accuracy(complete: Sequence[FrozenTrial]) -> PredictionAccuracy:
+    """Stored PFL predictions against the value each completed trial really ended at.
+
+    A prediction at the trial's last step is left out: pruning there saves nothing.
+    Buckets go by how far the run was when the prediction was made, ``epoch / epochs``
+    (the ``epochs`` user attr, else the trial's own length), and end at 25%, 50%, 75%
+    and 100%.
+    """
+    from lightning_hpo.pruner import epochs_of, stored_predictions
+
+    rows: list[tuple[float, float, float | None]] = []  # (progress, error, relative error)
+    trials = 0
+    for t in complete:
+        if not t.intermediate_values:
+            continue
+        last_step = max(t.intermediate_values)
+        epochs = epochs_of(t) or last_step + 1
+        made = {
+            s: p for s, p in stored_predictions(t).items() if s < last_step and math.isfinite(p)
+        }
+        trials += bool(made)
+        for step, predicted in made.items():
+            error = predicted - t.value
+            relative = abs(error) / abs(t.value) if t.value else None
+            rows.append(((step + 1) / epochs, error, relative))
+    buckets = []
+    lower = 0.0
+    for upper in PROGRESS_EDGES:
+        inside = [r for r in rows if lower < r[0] <= upper]
+        stats = dataclasses.asdict(_error_stats(inside))
+        buckets.append(ProgressBucket(progress=f"{lower:.0%}-{upper:.0%}", upto=upper, **stats))
+        lower = upper
+    return PredictionAccuracy(
+        trials=trials, **dataclasses.asdict(_error_stats(rows)), buckets=buckets
+    )
+
+
+def _error_stats(rows: Sequence[tuple[float, float, float | None]]) -> ErrorStats:
+    relative = [r[2] for r in rows if r[2] is not None]
+    return ErrorStats(
+        predictions=len(rows),
+        mean_abs_error=statistics.fmean(abs(r[1]) for r in rows) if rows else None,
+        mean_rel_error=statistics.fmean(relative) if relative else None,
+        mean_error=statistics.fmean(r[1] for r in rows) if rows else None,
+    )
+
+
+def replay_pruner(opt: OptimizeConfig) -> tuple[PFLPruner, bool]:
+    """A new instance of the config's pruner when it is a PFLPruner, else a stand-in
+    PFLPruner built from whichever of the config's pruner kwargs it accepts (e.g.
+    n_startup_trials). The flag says whether it is a stand-in."""
+    from lightning_hpo.imports import accepted_kwargs
+    from lightning_hpo.pruner import PFLPruner
+
+    pruner = opt.make_pruner()
+    if isinstance(pruner, PFLPruner):
+        return pruner, False
+    accepted = accepted_kwargs(PFLPruner) or set()
+    kwargs = opt.pruner.get("kwargs") or {}
+    return PFLPruner(**{k: v for k, v in kwargs.items() if k in accepted}), True
+
+
+def replay_top_k(
+    ranked: Sequence[FrozenTrial], top_k: int, pruner: PFLPruner, direction: Any
+) -> Replay:
+    """Replay each of the ``top_k`` best completed curves, step by step up to its
+    second-to-last step, through ``pruner`` in an in-memory study holding every
+    other completed trial. A prune there is a false prune: the trial ended among the
+    best. Deterministic; trains nothing."""
+    import optuna
+
+    results = []
+    for trial in ranked[:top_k]:
+        if not trial.intermediate_values:
+            continue
+        memory = optuna.create_study(direction=direction)
+        others = [t for t in ranked if t.number != trial.number]
+        memory.add_trials(others)
+        # A number no reference holds, so the pruner's "not itself" rule excludes nothing else.
+        replayed = copy.copy(trial)
+        replayed.number = len(others)
+        results.append(_replay_one(pruner, memory, replayed, trial.number))
+    cut = sum(r.would_prune for r in results)
+    return Replay(
+        pruner=_describe(pruner),
+        replayed=len(results),
+        would_prune=cut,
+        false_prune_rate=cut / len(results) if results else None,
+        trials=results,
+    )
+
+
+def _replay_one(
+    pruner: PFLPruner, study: optuna.Study, trial: FrozenTrial, number: int
+) -> ReplayedTrial:
+    from lightning_hpo.pruner import prefix_trial
+
+    # Not the last step: training is over by then, so a prune there would cut nothing.
+    for step in sorted(trial.intermediate_values)[:-1]:
+        decision = pruner.evaluate(study, prefix_trial(trial, step))
+        if decision.prune:
+            return ReplayedTrial(
+                number=number,
+                value=trial.value,
+                would_prune=True,
+                step=step,
+                epoch=step + 1,
+                reason=decision.reason,
+                pfl=decision.pfl,
+                threshold=decision.threshold,
+                score=decision.score,
+                overrule_bound=decision.overrule_bound,
+            )
+    return ReplayedTrial(number=number, value=trial.value, would_prune=False)
+
+
+def _describe(pruner: Any) -> str:
+    fields = {
+        k.lstrip("_"): v
+        for k, v in vars(pruner).items()
+        if not k.endswith("cache") and not isinstance(v, (dict, list))
+    }
+    return f"{type(pruner).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
