@@ -208,7 +208,7 @@ def pruners(quick: bool) -> dict[str, callable]:
         "SuccessiveHalving(min_resource=1, rf=4)": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4),
         "Hyperband(max_resource=50)": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=50),
         f"Wilcoxon(p=0.1, startup_steps={W}){'*' if WILCOXON_SHIM else ''}": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=W),
-        f"Patient(Median, patience=3)": lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W), patience=3),
+        "Patient(Median, patience=3)": lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W), patience=3),
         "-- ablations of the shipped rule --": None,
         "PFL without overrule (overrule_quantile=None)": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, overrule_quantile=None),
         "same-epoch rank alone, quantile=0.5 (no prediction)": lambda: SameEpochOnly(n_startup_trials=S, n_warmup_epochs=W),
@@ -326,7 +326,7 @@ def main() -> None:
     with ctx.Pool(args.processes) as pool:
         done = pool.map(_job, jobs, chunksize=1)
     by = {}
-    for task, name, seed, r in done:
+    for task, name, _seed, r in done:
         by.setdefault((task, name), []).append(r)
     print(f"replayed {len(jobs)} (task, pruner, order) studies in {time.perf_counter() - start:.0f} s on {args.processes} processes")
 

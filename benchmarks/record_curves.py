@@ -60,7 +60,6 @@ def spirals(n: int = 6000, classes: int = 3, noise: float = 0.3, val_fraction: f
 
 
 def task_data(task: str):
-    import torch
     from torch import nn
 
     if task == "synthetic":

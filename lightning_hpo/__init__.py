@@ -8,8 +8,12 @@ __all__ = ["PFLPruner", "predict_final_loss", "__version__"]
 
 def __getattr__(name: str):
     # Lazy, so `import lightning_hpo` (and the CLI's --help) does not import Optuna.
-    if name in ("PFLPruner", "predict_final_loss"):
-        from lightning_hpo import pruner
+    if name == "PFLPruner":
+        from lightning_hpo.pruner import PFLPruner
 
-        return getattr(pruner, name)
+        return PFLPruner
+    if name == "predict_final_loss":
+        from lightning_hpo.pfl import predict_final_loss
+
+        return predict_final_loss
     raise AttributeError(f"module 'lightning_hpo' has no attribute {name!r}")

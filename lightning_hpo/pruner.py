@@ -1,7 +1,8 @@
 """Predicted-Final-Loss (PFL) pruner.
 
 The pruner extrapolates each learning curve to the end of training
-(:func:`predict_final_loss`) and prunes a running trial whose predicted final value is
+(:func:`lightning_hpo.pfl.predict_final_loss`; the arithmetic lives in
+:mod:`lightning_hpo.pfl`) and prunes a running trial whose predicted final value is
 worse than the worst prediction among the ``top_k`` best completed trials, provided the
 trial's own evidence agrees: its best value so far must also rank outside the best
 ``quantile`` of the completed trials over the SAME epochs (their curves cut to its
@@ -25,7 +26,9 @@ Every decision is derived from what the study stores (completed trials, the runn
 trial's intermediate values and user attrs). The only in-memory state is a cache of
 numbers derived from completed trials (their predictions and running best values), which
 never change, so several processes sharing one storage, or a study reloaded after a
-restart, decide identically.
+restart, decide identically. The cache is keyed by study name, trial number and what
+was derived, and every entry keeps the trial's final value, which is checked on each
+read so that a different study reusing the name is not served stale numbers.
 
 One curve per trial
 -------------------
@@ -49,14 +52,16 @@ from __future__ import annotations
 import copy
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from lightning_hpo.pfl import predict_final_loss, rank_bound, running_best
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -65,11 +70,11 @@ __all__ = [
     "EPOCHS_ATTR",
     "N_SEEDS_ATTR",
     "PFL_ATTR",
-    "decision_record",
     "PFLDecision",
     "PFLPruner",
+    "Reason",
+    "decision_record",
     "epochs_of",
-    "predict_final_loss",
     "prefix_trial",
     "stored_predictions",
     "trial_curve",
@@ -80,148 +85,6 @@ EPOCHS_ATTR = "epochs"
 N_SEEDS_ATTR = "n_seeds"
 PFL_ATTR = "pfl"  # trial user attr: the latest decision and every prediction (decision_record)
 
-MIN_POINTS_FOR_FIT = 10
-MAX_EMA_SPAN = 20
-
-
-# --------------------------------------------------------------------------- arithmetic
-
-
-def _ema_span(n: int) -> int:
-    return min(n // 3, MAX_EMA_SPAN)
-
-
-def _ema_lag(span: int) -> float:
-    """Delay in epochs of an EMA behind a linear trend, ``(1 - alpha) / alpha``."""
-    return (span - 1) / 2 if span > 1 else 0.0
-
-
-def _slope(values: Sequence[float]) -> float:
-    """Least-squares slope per epoch of ``values``."""
-    k = len(values)
-    if k < 2:
-        return 0.0
-    t_mean = (k - 1) / 2
-    x_mean = math.fsum(values) / k
-    covariance = math.fsum((i - t_mean) * (x - x_mean) for i, x in enumerate(values))
-    return covariance / (k * (k * k - 1) / 12)
-
-
-def _ema(values: Sequence[float], span: int) -> list[float]:
-    """Exponential moving average with ``alpha = 2 / (span + 1)``; ``span <= 1`` copies."""
-    if span <= 1:
-        return list(values)
-    alpha = 2 / (span + 1)
-    # Seeded where a steady-state EMA of the initial linear trend would sit: seeding at
-    # values[0] leaves a transient decaying like (1 - alpha)^t that the three-point fit
-    # would mistake for part of the learning curve.
-    level = values[0] - _slope(values[:span]) * _ema_lag(span)
-    smoothed = []
-    for x in values:
-        level += alpha * (x - level)
-        smoothed.append(level)
-    return smoothed
-
-
-def _anchor_indices(n: int, burn_in: int) -> tuple[int, int, int]:
-    """Three equally spaced indices ending at ``n - 1``, starting at or after ``burn_in``."""
-    last = n - 1
-    spacing = max((last - burn_in) // 2, 1)
-    return last - 2 * spacing, last - spacing, last
-
-
-def _exp_fit_through_anchors(y0: float, y1: float, y2: float, spacings: float) -> float | None:
-    """Value ``spacings`` anchor spacings after ``y2`` of ``a*exp(-b*t) + c`` through the anchors.
-
-    Args:
-        y0: Value at the first anchor.
-        y1: Value one spacing later.
-        y2: Value two spacings later.
-        spacings: How far past ``y2`` to evaluate, in anchor spacings (>= 0).
-
-    Returns:
-        The extrapolated value, or None when the anchors are not a decelerating monotone
-        sequence (``r = (y2 - y1) / (y1 - y0)`` outside ``(0, 1)``).
-    """
-    d1 = y1 - y0
-    d2 = y2 - y1
-    if d1 == 0:
-        return None
-    r = d2 / d1
-    if not 0 < r < 1:
-        return None
-    # Geometric series d2 * (r + r^2 + ... + r^spacings), kept accurate as r -> 1.
-    return y2 + d2 * r * -math.expm1(spacings * math.log(r)) / (1 - r)
-
-
-def _half_slope_extrapolation(recent: Sequence[float], lag: float, horizon: float) -> float:
-    """Catch up the EMA lag at the recent slope, then continue ``horizon`` epochs at half of it.
-
-    Args:
-        recent: The recent part of the smoothed curve, ending at its last point.
-        lag: EMA delay in epochs.
-        horizon: Epochs from the last point to the target.
-    """
-    # A least-squares slope rather than the end-point difference, so a residual
-    # oscillation does not turn into a trend.
-    slope = _slope(recent)
-    return recent[-1] + slope * lag + 0.5 * slope * horizon
-
-
-def _predict_scaled(curve: Sequence[float], horizon: int) -> float:
-    """PFL of a curve with ``len >= MIN_POINTS_FOR_FIT``, ``horizon`` epochs past its end."""
-    n = len(curve)
-    span = _ema_span(n)
-    smoothed = _ema(curve, span)
-    lag = _ema_lag(span)
-    i0, i1, i2 = _anchor_indices(n, burn_in=min(span, n - 3))
-    spacing = i2 - i1
-    y0, y1, y2 = smoothed[i0], smoothed[i1], smoothed[i2]
-    # The smoothed curve trails the raw one by about `lag` epochs, so extrapolate that
-    # much further to land on the raw curve at the target epoch.
-    fitted = _exp_fit_through_anchors(y0, y1, y2, (horizon + lag) / spacing)
-    if fitted is not None:
-        return fitted
-    return _half_slope_extrapolation(smoothed[i1:], lag, horizon)
-
-
-def predict_final_loss(values: Sequence[float], target_epoch: int) -> float:
-    """Predict the metric at epoch ``target_epoch`` from a learning curve.
-
-    ``values[i]`` is the metric after epoch ``i + 1``. The curve is smoothed with an EMA
-    (span ``min(n // 3, 20)``); ``a*exp(-b*t) + c`` is fitted through three equally spaced
-    anchors of the smoothed curve (the first one span in, the last at the end) when they
-    decelerate monotonically, otherwise the recent trend is extrapolated at half its
-    slope. Either way the EMA's lag of ``(span - 1) / 2`` epochs is added to the horizon. Curves shorter than 10 points return
-    their last value; a curve that already reached ``target_epoch`` is cut there and
-    returns a smoothed estimate of its value at that epoch.
-
-    Non-finite values are ignored. Never raises and returns a finite number for any
-    non-empty finite input; an input without a finite value (e.g. empty) returns NaN.
-
-    Args:
-        values: Metric per epoch, any sign.
-        target_epoch: Epoch count of a full run (values below 1 are treated as 1).
-
-    Returns:
-        The predicted value at ``target_epoch``.
-    """
-    target = max(int(target_epoch), 1)
-    curve = [float(v) for v in values if math.isfinite(v)][:target]
-    if not curve:
-        return math.nan
-    last = curve[-1]
-    if len(curve) < MIN_POINTS_FOR_FIT:
-        return last
-    # Working on values scaled into [-1, 1] keeps differences and products finite for
-    # curves near the float range limits.
-    scale = max(abs(v) for v in curve)
-    if scale == 0:
-        return last
-    prediction = scale * _predict_scaled([v / scale for v in curve], target - len(curve))
-    return prediction if math.isfinite(prediction) else last
-
-
 def _is_worse(value: float, reference: float, direction: StudyDirection) -> bool:
     if direction == StudyDirection.MAXIMIZE:
         return value < reference
@@ -231,29 +94,6 @@ def _is_worse(value: float, reference: float, direction: StudyDirection) -> bool
 def _worst(values: Sequence[float], direction: StudyDirection) -> float:
     return min(values) if direction == StudyDirection.MAXIMIZE else max(values)
 
-
-def _running_best(values: Sequence[float], maximize: bool) -> list[float]:
-    """Best finite value of ``values[: i + 1]`` for every ``i``.
-
-    Before the first finite value the entry is the worst infinity (``inf`` when
-    minimizing), which the same-epoch ranking leaves out.
-    """
-    # Chained comparisons skip NaN (every comparison is False) and both infinities; a
-    # plain loop is about 4x faster than itertools.accumulate with min/max.
-    out = []
-    if maximize:
-        best = -math.inf
-        for v in values:
-            if best < v < math.inf:
-                best = v
-            out.append(best)
-    else:
-        best = math.inf
-        for v in values:
-            if best > v > -math.inf:
-                best = v
-            out.append(best)
-    return out
 
 
 # --------------------------------------------------------------------------- trial curve
@@ -316,13 +156,26 @@ def prefix_trial(trial: FrozenTrial, last_step: int) -> FrozenTrial:
 # --------------------------------------------------------------------------- pruner
 
 
-@dataclass(frozen=True)
+Reason = Literal[
+    "no-values",
+    "non-finite",
+    "startup",
+    "warm-up",
+    "no-reference",
+    "worse",
+    "overruled",
+    "protected",
+    "ok",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
 class PFLDecision:
     """Outcome of :meth:`PFLPruner.evaluate`.
 
-    ``reason`` is one of ``"no-values"``, ``"non-finite"`` (pruned), ``"startup"``,
-    ``"warm-up"``, ``"no-reference"``, ``"worse"`` (pruned: predicted worse than the
-    reference set and not protected by the same-epoch rank), ``"overruled"`` (pruned:
+    ``reason`` (:data:`Reason`) is one of ``"no-values"``, ``"non-finite"`` (pruned),
+    ``"startup"``, ``"warm-up"``, ``"no-reference"``, ``"worse"`` (pruned: predicted worse
+    than the reference set and not protected by the same-epoch rank), ``"overruled"`` (pruned:
     predicted within the reference set but ranked outside ``overrule_quantile`` over the
     same epochs), ``"protected"`` (kept: predicted worse, but ranked within ``quantile``
     over the same epochs) and ``"ok"`` (kept).
@@ -334,7 +187,7 @@ class PFLDecision:
     """
 
     prune: bool
-    reason: str
+    reason: Reason
     step: int | None = None
     pfl: float | None = None
     threshold: float | None = None
@@ -361,11 +214,36 @@ def _check_fraction(name: str, value: object, minimum: float, why: str = "") -> 
         raise ValueError(f"{name} must be a number in [{minimum:g}, 1]{why}, got {value!r}.")
 
 
-def _rank_bound(scores: Sequence[float], fraction: float, top_k: int) -> float | None:
-    """The ``max(top_k, ceil(fraction * n))``-th of the ``n`` best-first ``scores``, or None."""
-    # round() first: 0.55 * 100 is 55.00000000000001 in floating point.
-    k = max(top_k, math.ceil(round(fraction * len(scores), 9)))
-    return scores[k - 1] if len(scores) >= k else None
+class _DerivedCache:
+    """Numbers derived from completed trials, which never change once complete.
+
+    An entry is keyed by ``(study name, trial number, what)``, ``what`` naming the
+    derivation and its arguments (e.g. ``("pfl", target)``), and keeps the trial's final
+    value, which guards against a different study that reuses the name.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int, tuple], tuple[float | None, Any]] = {}
+
+    def lookup(
+        self,
+        study_name: str,
+        trials: list[FrozenTrial],
+        what: tuple,
+        derive: Callable[[FrozenTrial], Any],
+    ) -> list[Any]:
+        """``derive(t)`` for each of ``trials``, computed once per trial and ``what``."""
+        entries = self._entries
+        out = []
+        for t in trials:
+            key = (study_name, t.number, what)
+            hit = entries.get(key)
+            if hit is None or hit[0] != t.value:
+                hit = entries[key] = (t.value, derive(t))
+            out.append(hit[1])
+        return out
 
 
 class PFLPruner(optuna.pruners.BasePruner):
@@ -431,10 +309,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         self._target_epoch = target_epoch
         self._quantile = float(quantile)
         self._overrule_quantile = None if overrule_quantile is None else float(overrule_quantile)
-        # Completed trials never change, so their derived numbers are cached. The value
-        # stored alongside guards against a different study that reuses the name.
-        self._pfl_cache: dict[tuple[str, int, int], tuple[float, float]] = {}
-        self._best_cache: dict[tuple[str, int, bool], tuple[float, list[float]]] = {}
+        self._derived = _DerivedCache()
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         decision = self.evaluate(study, trial)
@@ -460,39 +335,47 @@ class PFLPruner(optuna.pruners.BasePruner):
             raise ValueError("PFLPruner supports single-objective studies only.")
         step = trial.last_step
         if step is None:
-            return PFLDecision(False, "no-values")
+            return PFLDecision(prune=False, reason="no-values")
         if not math.isfinite(trial.intermediate_values[step]):
-            return PFLDecision(True, "non-finite", step)
+            return PFLDecision(prune=True, reason="non-finite", step=step)
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(completed) < self._n_startup_trials:
-            return PFLDecision(False, "startup", step)
+            return PFLDecision(prune=False, reason="startup", step=step)
 
         curve = trial_curve(trial)
         epochs = epochs_of(trial)
         # A curve that holds the whole run counts even inside the warm-up, so a run of at
         # most n_warmup_epochs epochs is still decided once, at its last epoch.
         if len(curve) <= self._n_warmup_epochs and (epochs is None or len(curve) < epochs):
-            return PFLDecision(False, "warm-up", step)
+            return PFLDecision(prune=False, reason="warm-up", step=step)
 
         target = self._target_for(trial, completed, len(curve))
         pfl = predict_final_loss(curve, target)
         if math.isnan(pfl):
-            return PFLDecision(True, "non-finite", step, target_epoch=target)
+            return PFLDecision(prune=True, reason="non-finite", step=step, target_epoch=target)
         direction = directions[0]
         maximize = direction == StudyDirection.MAXIMIZE
         threshold = self._threshold(study.study_name, completed, target, direction, trial)
 
         # The last value is finite (checked above), so the best so far is too.
-        score = _running_best(curve, maximize)[-1]
+        score = running_best(curve, maximize)[-1]
         scores = self._same_epoch_scores(study.study_name, completed, len(curve), maximize, trial)
-        protected = _rank_bound(scores, self._quantile, self._top_k)
+        protected = rank_bound(scores, self._quantile, self._top_k)
         overrule = None
         if self._overrule_quantile is not None:
-            overrule = _rank_bound(scores, self._overrule_quantile, self._top_k)
+            overrule = rank_bound(scores, self._overrule_quantile, self._top_k)
 
-        def decision(prune: bool, reason: str) -> PFLDecision:
+        def decision(prune: bool, reason: Reason) -> PFLDecision:
             return PFLDecision(
-                prune, reason, step, pfl, threshold, target, score, protected, overrule
+                prune=prune,
+                reason=reason,
+                step=step,
+                pfl=pfl,
+                threshold=threshold,
+                target_epoch=target,
+                score=score,
+                protected_bound=protected,
+                overrule_bound=overrule,
             )
 
         if threshold is None or protected is None:
@@ -516,27 +399,17 @@ class PFLPruner(optuna.pruners.BasePruner):
     ) -> list[float]:
         """Completed trials' best values over their first ``n_epochs`` epochs (all of a
         shorter curve), best first; trials without a finite value there are left out."""
-        cache = self._best_cache
+        others = [t for t in completed if t.number != trial.number and t.intermediate_values]
+        running_bests = self._derived.lookup(
+            study_name, others, ("best", maximize), lambda t: running_best(trial_curve(t), maximize)
+        )
         scores = []
-        for t in completed:
-            if t.number == trial.number or not t.intermediate_values:
-                continue
-            hit = cache.get((study_name, t.number, maximize))
-            bests = hit[1] if hit is not None and hit[0] == t.value else None
-            if bests is None:
-                bests = self._store_running_bests(study_name, t, maximize)
+        for bests in running_bests:
             score = bests[min(n_epochs, len(bests)) - 1]  # ~1 us per completed trial
             if not math.isinf(score):
                 scores.append(score)
         scores.sort(reverse=maximize)
         return scores
-
-    def _store_running_bests(
-        self, study_name: str, trial: FrozenTrial, maximize: bool
-    ) -> list[float]:
-        bests = _running_best(trial_curve(trial), maximize)
-        self._best_cache[(study_name, trial.number, maximize)] = (trial.value, bests)
-        return bests
 
     def _target_for(self, trial: FrozenTrial, completed: list[FrozenTrial], length: int) -> int:
         """``target_epoch``, else the trial's ``epochs`` attr, else the longest completed
@@ -561,15 +434,8 @@ class PFLPruner(optuna.pruners.BasePruner):
         candidates = [t for t in completed if t.intermediate_values and t.number != trial.number]
         best = heapq.nlargest if direction == StudyDirection.MAXIMIZE else heapq.nsmallest
         references = best(self._top_k, candidates, key=_final_value)
-        pfls = [self._reference_pfl(study_name, t, target) for t in references]
+        pfls = self._derived.lookup(
+            study_name, references, ("pfl", target), lambda t: trial_pfl(t, target)
+        )
         pfls = [p for p in pfls if not math.isnan(p)]
         return _worst(pfls, direction) if pfls else None
-
-    def _reference_pfl(self, study_name: str, trial: FrozenTrial, target: int) -> float:
-        key = (study_name, trial.number, target)
-        hit = self._pfl_cache.get(key)
-        if hit is not None and hit[0] == trial.value:
-            return hit[1]
-        pfl = trial_pfl(trial, target)
-        self._pfl_cache[key] = (trial.value, pfl)
-        return pfl

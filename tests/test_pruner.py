@@ -15,12 +15,11 @@ from hypothesis import strategies as st
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 import lightning_hpo.pruner as pruner_module
+from lightning_hpo.pfl import predict_final_loss, rank_bound
 from lightning_hpo.pruner import (
     PFLDecision,
     PFLPruner,
-    _rank_bound,
     epochs_of,
-    predict_final_loss,
     prefix_trial,
     stored_predictions,
     trial_curve,
@@ -337,14 +336,14 @@ def test_quantile_sets_the_protected_fraction(direction: str, kwargs: dict, expe
 
 
 def test_rank_bound() -> None:
-    assert _rank_bound([float(i) for i in range(100)], 0.55, 1) == 54.0  # 0.55 * 100 > 55 in floats
+    assert rank_bound([float(i) for i in range(100)], 0.55, 1) == 54.0  # 0.55 * 100 > 55 in floats
     scores = [float(i) for i in range(20)]
-    assert _rank_bound(scores, 0.65, 1) == 12.0  # the 13th
-    assert _rank_bound(scores, 0.5, 1) == 9.0
-    assert _rank_bound(scores, 1.0, 1) == 19.0
-    assert _rank_bound(scores, 0.0, 3) == 2.0  # top_k is the floor
-    assert _rank_bound(scores, 0.5, 21) is None
-    assert _rank_bound([], 0.0, 1) is None
+    assert rank_bound(scores, 0.65, 1) == 12.0  # the 13th
+    assert rank_bound(scores, 0.5, 1) == 9.0
+    assert rank_bound(scores, 1.0, 1) == 19.0
+    assert rank_bound(scores, 0.0, 3) == 2.0  # top_k is the floor
+    assert rank_bound(scores, 0.5, 21) is None
+    assert rank_bound([], 0.0, 1) is None
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
@@ -493,16 +492,17 @@ def test_completed_predictions_are_cached(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_completed_running_bests_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = PFLPruner._store_running_bests
+    real = pruner_module.running_best
 
-    def counting(self: PFLPruner, study_name: str, trial: FrozenTrial, maximize: bool) -> list:
-        calls.append(trial.number)
-        return real(self, study_name, trial, maximize)
+    def counting(values: list[float], maximize: bool) -> list[float]:
+        calls.append(len(values))
+        return real(values, maximize)
 
-    monkeypatch.setattr(PFLPruner, "_store_running_bests", counting)
+    monkeypatch.setattr(pruner_module, "running_best", counting)
     study = _study("minimize", _pruner())
     _run(study, _good(20), 1.0)  # decides at steps 10..19, a new epoch each time
-    assert sorted(calls) == [0, 1, 2, 3, 4]
+    # Once per completed trial (whole curves), and once per decision for the running one.
+    assert sorted(calls) == list(range(11, 21)) + [N_EPOCHS] * 5
 
 
 # --------------------------------------------------------------------------- persistence
