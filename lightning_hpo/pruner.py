@@ -309,7 +309,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         self._target_epoch = target_epoch
         self._quantile = float(quantile)
         self._overrule_quantile = None if overrule_quantile is None else float(overrule_quantile)
-        self._derived = _DerivedCache()
+        self._cache = _DerivedCache()
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         decision = self.evaluate(study, trial)
@@ -400,7 +400,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         """Completed trials' best values over their first ``n_epochs`` epochs (all of a
         shorter curve), best first; trials without a finite value there are left out."""
         others = [t for t in completed if t.number != trial.number and t.intermediate_values]
-        running_bests = self._derived.lookup(
+        running_bests = self._cache.lookup(
             study_name, others, ("best", maximize), lambda t: running_best(trial_curve(t), maximize)
         )
         scores = []
@@ -434,7 +434,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         candidates = [t for t in completed if t.intermediate_values and t.number != trial.number]
         best = heapq.nlargest if direction == StudyDirection.MAXIMIZE else heapq.nsmallest
         references = best(self._top_k, candidates, key=_final_value)
-        pfls = self._derived.lookup(
+        pfls = self._cache.lookup(
             study_name, references, ("pfl", target), lambda t: trial_pfl(t, target)
         )
         pfls = [p for p in pfls if not math.isnan(p)]
