@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_hpo.config import run_config_from_dict
     from lightning_hpo.search import optimize_config_from_dict
     from lightning_hpo.training import quiet_lightning
-    from lightning_hpo.tuning import TuneSettings, tune
+    from lightning_hpo.study import TuneSettings
+    from lightning_hpo.tuning import tune
 
     quiet_lightning()  # after Lightning's import, which sets its own log levels
     quiet()

@@ -43,7 +43,8 @@ from lightning_hpo import training, tuning  # noqa: E402
 from lightning_hpo.config import load_run_config  # noqa: E402
 from lightning_hpo.data import synthetic_regression  # noqa: E402
 from lightning_hpo.search import load_optimize_config  # noqa: E402
-from lightning_hpo.tuning import TuneSettings, tune  # noqa: E402
+from lightning_hpo.study import TuneSettings  # noqa: E402
+from lightning_hpo.tuning import tune  # noqa: E402
 
 
 class GcShim:

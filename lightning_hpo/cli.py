@@ -23,7 +23,7 @@ EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
 
 def interrupted_status() -> int:
     """128 + the number of the signal that interrupted this process, as shells report it."""
-    from lightning_hpo.tuning import last_signal
+    from lightning_hpo.signals import last_signal
 
     return 128 + int(last_signal())
 
@@ -73,7 +73,7 @@ def _train(args: argparse.Namespace) -> int:
     check_components(cfg, args.config)
 
     from lightning_hpo.training import quiet_lightning, train
-    from lightning_hpo.tuning import interrupt_on_signals
+    from lightning_hpo.signals import interrupt_on_signals
 
     interrupt_on_signals()
     quiet_lightning()
@@ -147,7 +147,7 @@ def _load_tune_configs(args: argparse.Namespace):
 
 
 def _settings(args: argparse.Namespace):
-    from lightning_hpo.tuning import TuneSettings
+    from lightning_hpo.study import TuneSettings
 
     return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials)
 
@@ -157,7 +157,9 @@ def _tune(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     from lightning_hpo.training import quiet_lightning
-    from lightning_hpo.tuning import create_or_load_study, fail_dead_trials, finish, interrupt_on_signals, no_trial_completed, quiet_optuna, remaining, tune
+    from lightning_hpo.signals import interrupt_on_signals
+    from lightning_hpo.study import create_or_load_study, fail_dead_trials, no_trial_completed, remaining
+    from lightning_hpo.tuning import finish, quiet_optuna, tune
 
     interrupt_on_signals()
     quiet_lightning()
@@ -259,7 +261,7 @@ def _report(args: argparse.Namespace) -> int:
     study = open_study(url, opt.study_name)
     report = dataclasses.replace(build_report(study, opt, top_k=args.top_k), storage=redact(url))
     if not args.no_plots:
-        from lightning_hpo.tuning import report_folder
+        from lightning_hpo.study import report_folder
 
         plots = write_plots(study, opt, report, report_folder(run, opt, args.output))
         report = dataclasses.replace(report, plots=plots)

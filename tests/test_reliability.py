@@ -39,7 +39,9 @@ from services import (  # noqa: F401 - fixtures
 
 from lightning_hpo.storage import open_storage
 from lightning_hpo.training import RESULT_FILE, train
-from lightning_hpo.tuning import HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SURPLUS, TuneSettings, counted, create_or_load_study, tune
+from lightning_hpo.attrs import HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SURPLUS
+from lightning_hpo.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.tuning import tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -36,7 +36,8 @@ from services import (  # noqa: F401 - fixtures
 )
 
 from lightning_hpo.pruner import PFLPruner
-from lightning_hpo.tuning import INTERRUPTED, PID, counted
+from lightning_hpo.attrs import INTERRUPTED, PID
+from lightning_hpo.study import counted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -229,12 +230,13 @@ def test_two_separate_tune_processes_on_postgresql_reach_the_exact_total(tmp_pat
 
 def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_the_total(tmp_path, small_config, monkeypatch, quiet) -> None:
     from lightning_hpo import tuning
+    from lightning_hpo.study import TuneSettings, create_or_load_study
     from lightning_hpo.search import optimize_config_from_dict
 
     run_cfg = small_config(project="Scale", data_config={"n": 300})
     opt = optimize_config_from_dict({"study_name": STUDY, "trials": 2, "seed": 1, "pruner": None, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}}, run_cfg, "<test>")
-    settings = tuning.TuneSettings(storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None)
-    study = tuning.create_or_load_study(run_cfg, opt, settings)
+    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None)
+    study = create_or_load_study(run_cfg, opt, settings)
     study.add_trial(create_trial(value=1.0, params={"optimizer_config_lr": 1.0e-3}, distributions=opt.distributions()))
 
     real_remaining = tuning.remaining
@@ -251,7 +253,7 @@ def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_th
 
 def test_two_machines_joining_at_the_same_moment_get_different_suggestions(tmp_path, small_config) -> None:
     from lightning_hpo.search import optimize_config_from_dict
-    from lightning_hpo.tuning import TuneSettings, create_or_load_study
+    from lightning_hpo.study import TuneSettings, create_or_load_study
 
     run_cfg = small_config()
     opt = optimize_config_from_dict({"study_name": STUDY, "trials": 4, "seed": 1, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}}, run_cfg, "<test>")

@@ -25,7 +25,8 @@ from lightning_hpo.config import check_components, run_config_from_dict
 from lightning_hpo.dashboard import dashboard_argument, dashboard_command
 from lightning_hpo.retries import STALE_REASON
 from lightning_hpo.search import optimize_config_from_dict
-from lightning_hpo.tuning import TuneSettings, create_or_load_study, fail_dead_trials, tune
+from lightning_hpo.study import TuneSettings, create_or_load_study, fail_dead_trials
+from lightning_hpo.tuning import tune
 from lightning_hpo.workers import usable_cpus
 from lightning_hpo.yamlio import dump_yaml
 

@@ -24,7 +24,9 @@ from lightning_hpo.config import check_components, load_run_config, run_config_f
 from lightning_hpo.pruner import PFL_ATTR, PFLPruner, prefix_trial, stored_predictions
 from lightning_hpo.search import load_optimize_config, optimize_config_from_dict
 from lightning_hpo.training import load_result, train
-from lightning_hpo.tuning import HOST, INTERRUPTED, PID, TuneSettings, counted, create_or_load_study, finish, tune
+from lightning_hpo.attrs import HOST, INTERRUPTED, PID
+from lightning_hpo.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.tuning import finish, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

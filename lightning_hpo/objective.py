@@ -1,0 +1,96 @@
+"""The objective: each trial trains the run config with suggested parameters.
+
+The stock ``PyTorchLightningPruningCallback`` reports the metric every epoch, at step =
+epoch, and asks the study's pruner (PFL by default) whether to stop. A trial's seeds
+train fused in one Trainer, which reports their mean; a trial that cannot fuse reports
+its first seed's curve (the others train after it, unpruned). Either way every trial's
+intermediate values are one curve over epochs, so every pruner compares like with like.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, HOST, INTERRUPTED, PID, RUN_DIR, SURPLUS
+from lightning_hpo.config import RunConfig
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.search import OptimizeConfig
+from lightning_hpo.signals import ignore_further_signals, last_signal
+from lightning_hpo.study import TuneSettings, counted, study_project
+
+
+class TrialFailed(Exception):
+    """A trial's training raised: the trial ends FAIL with the reason stored, the study goes on."""
+
+
+def _system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    # Bookkeeping for this tool, kept out of the user attributes dashboards show.
+    trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, folder: Path) -> Callable[[optuna.Trial], float]:
+    """The objective: merge the trial's parameters into ``run``, train every seed into
+    ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR
+    from lightning_hpo.training import fit_run
+
+    mode = "min" if opt.direction == "minimize" else "max"
+
+    def train_trial(trial: optuna.Trial) -> float:
+        if counted(trial.study.get_trials(deepcopy=False), before=trial.number) >= opt.trials:
+            # Another worker took the last slot between our count and our ask: the
+            # lower trial numbers win, this one ends without running.
+            _system_attr(trial, SURPLUS, True)
+            trial.set_user_attr(FAIL_REASON, f"not run: the study already holds its {opt.trials} trials")
+            trial.study.stop()
+            raise TrialFailed("surplus")
+        _system_attr(trial, HOST, socket.gethostname())
+        _system_attr(trial, PID, os.getpid())
+        cfg = opt.suggest(trial, run)
+        cfg.project = study_project(run)
+        group = f"{cfg.group_name()}[{trial.number}]"
+        run_dir = folder / group
+        trial.set_user_attr(GROUP_NAME, group)
+        trial.set_user_attr(RUN_DIR, str(run_dir))
+        trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
+        trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
+        callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
+        try:
+            results = fit_run(
+                cfg, cfg.seeds, [run_dir / str(seed) for seed in cfg.seeds], monitor=opt.metric, mode=mode,
+                callbacks=[callback], progress_bar=settings.progress_bar, after_fit=callback.check_pruned,
+            )
+        except (optuna.TrialPruned, ConfigError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any training error fails this trial only
+            reason = f"{exc.__class__.__name__}: {exc}".strip()
+            trial.set_user_attr(FAIL_REASON, reason[:2000])
+            raise TrialFailed(reason) from exc
+        value = statistics.fmean(r.final for r in results)
+        if not math.isfinite(value):
+            reason = f"{opt.metric} ended at {value}"
+            trial.set_user_attr(FAIL_REASON, reason)
+            raise TrialFailed(reason)
+        return value
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return train_trial(trial)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
+            ignore_further_signals()  # a second signal must not break the writes that end the trial
+            _system_attr(trial, INTERRUPTED, True)
+            trial.set_user_attr(FAIL_REASON, f"interrupted by {signal.Signals(last_signal()).name}: not counted, the next run of the study runs it again")
+            raise KeyboardInterrupt(str(exc)) from exc
+
+    return objective

@@ -1,0 +1,272 @@
+"""The study itself: create or load it (and check it still fits the config), count its
+trials, fail the trials of dead workers, and find its run folders.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import re
+import socket
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from lightning_hpo.attrs import FAIL_REASON, HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, STUDY_UID, SURPLUS
+from lightning_hpo.config import RunConfig
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.retries import queue_retry
+from lightning_hpo.search import OptimizeConfig
+from lightning_hpo.storage import default_url, open_storage
+
+
+@dataclass
+class TuneSettings:
+    """Where and how a study runs. The command line fills these in."""
+
+    storage: str | None = None  # default: sqlite:///<project>_Opt.db
+    runs_root: str = "runs"
+    progress_bar: bool = False  # Lightning's per-batch bars
+    heartbeat: int | None = 30  # seconds; RDB storages only
+    max_trials: int | None = None  # this process's share (workers); None: until the study's total
+
+
+def study_project(run: RunConfig) -> str:
+    return f"{run.project}_Opt"
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """The configured sampler, created afresh for every trial with ``seed + trial.number``.
+
+    A seeded study stays reproducible, and processes that ask at the same moment with
+    the same history (workers, machines) still get different suggestions: the storage
+    hands each of them its own trial number.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler]):
+        self._make = make
+        self._sampler = make(0)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._sampler = self._make(trial.number)
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
+
+
+def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) -> optuna.Study:
+    """Open the storage and create the study, or load it and check it still matches the config.
+
+    A seeded sampler is reseeded from each trial's number, so a continued study or a
+    second worker does not replay the first one's suggestions.
+    """
+    url = settings.storage or default_url(run.project)
+    storage = open_storage(url, heartbeat=settings.heartbeat)
+    try:
+        study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
+        _check_compatible(study, opt)
+    except KeyError:
+        try:
+            study = optuna.create_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner(), direction=opt.direction)
+            _label(study, opt)
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+            study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
+            _check_compatible(study, opt)
+    if study_uid(study) is None:
+        _label(study, opt, wait=2.0)
+    study.sampler = TrialSeededSampler(opt.make_sampler) if opt.seed_per_trial() else opt.make_sampler()
+    return study
+
+
+def study_uid(study: optuna.Study) -> str | None:
+    # Optuna 5 keeps study system attributes out of the public Study API.
+    return study._storage.get_study_system_attrs(study._study_id).get(STUDY_UID)
+
+
+def _label(study: optuna.Study, opt: OptimizeConfig, wait: float = 0.0) -> None:
+    """Give a study its random uid (its run folder's owner mark) and its metric's name
+    (optuna-dashboard's label for the objective). ``wait``: a worker that loaded a study
+    created a moment ago first gives its creator time to label it."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and study_uid(study) is None:
+        time.sleep(0.1)
+    if study_uid(study) is None:
+        study._storage.set_study_system_attr(study._study_id, STUDY_UID, uuid.uuid4().hex)
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([opt.metric])
+
+
+def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
+    stored = study.direction.name.lower()
+    if stored != opt.direction:
+        raise ConfigError("direction", opt.study_name, f"the existing study optimizes {stored} but the config says {opt.direction}", "use the stored direction, or a new study_name")
+    new = opt.distributions()
+    for t in reversed(study.get_trials(deepcopy=False)):
+        for name, old in t.distributions.items():
+            if name in new:
+                try:
+                    optuna.distributions.check_distribution_compatibility(old, new[name])
+                except ValueError as exc:
+                    key = next(p.where for p in opt.params if p.name == name)
+                    raise ConfigError("search_space", key, f"changed incompatibly since the study began ({exc})", "restore the old definition, or use a new study_name") from None
+        if t.distributions:
+            break
+
+
+def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -> int:
+    """Trials that count toward the study's total: finished, failed and running ones
+    (only those numbered below ``before`` when given).
+
+    Interrupted, surplus or dead-worker failures do not count (they are run again), nor
+    do queued trials: a queued retry is the next trial a worker asks for, and fills a
+    free slot.
+    """
+    retried = {t.system_attrs.get(RETRIED_FROM) for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.WAITING or (before is not None and t.number >= before):
+            continue
+        if t.state == TrialState.FAIL and (t.system_attrs.get(INTERRUPTED) or t.system_attrs.get(STALE) or t.system_attrs.get(SURPLUS) or t.number in retried):
+            continue
+        n += 1
+    return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_workers(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose worker process on this host is gone as FAIL, and queue
+    their parameters once more. Trials of other hosts and live processes are never touched."""
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.system_attrs.get(PID)
+        if t.system_attrs.get(HOST) != host or pid is None or _pid_alive(pid) or pid == os.getpid():
+            continue
+        try:
+            study._storage.set_trial_system_attr(t._trial_id, STALE, True)
+            study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, f"its worker (pid {pid} on this host) died: failed, and its parameters queued once more")
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker got there first
+        failed.append(t.number)
+        queue_retry(study, t)  # once, and never a retry of a retry
+    return failed
+
+
+def fail_dead_trials(study: optuna.Study, echo: Callable[[str], None] = print) -> None:
+    """Before counting what remains: fail the trials of dead workers, so they are run again.
+
+    On this host a RUNNING trial whose process is gone is failed and queued again; on RDB
+    storages Optuna's heartbeat check fails silent trials of any host and retries them once.
+    """
+    for number in fail_dead_workers(study):
+        echo(f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again")
+    with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def no_trial_completed(study: optuna.Study) -> str | None:
+    """One line saying why no trial completed (with the commonest failure reason), or None
+    when one did."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.system_attrs.get(SURPLUS)]
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    line = f"no trial completed: {len(failed)} failed, {pruned} pruned"
+    reasons = collections.Counter(t.user_attrs.get(FAIL_REASON, "no reason recorded") for t in failed)
+    if reasons:
+        reason, n = reasons.most_common(1)[0]
+        line += f"; commonest failure ({n} of {len(failed)}): {reason.splitlines()[0][:300]}"
+    return line
+
+
+def remaining(study: optuna.Study, total: int) -> int:
+    return max(0, total - counted(study.get_trials(deepcopy=False)))
+
+
+_STUDY_MARK = ".study"  # in a study's run folder: the uid of the study that owns it
+
+
+def study_folder(run: RunConfig, opt: OptimizeConfig, study: optuna.Study, settings: TuneSettings, echo: Callable[[str], None] = print) -> Path:
+    """``runs/<project>_Opt/<study_name>``: this study's trials and ``best.yaml``, and no other's.
+
+    The folder carries the uid of the study that owns it. A folder of the same name that
+    another study owns (a database deleted to start over, another storage, another
+    machine's study on a shared disk) is never written into: the next free
+    ``<study_name>.2``, ``.3``, ... is used instead, and the command says so.
+    """
+    uid = study_uid(study)
+    base = Path(settings.runs_root) / study_project(run)
+    name = folder_name(opt.study_name)
+    for k in itertools.count(1):
+        folder = base / (name if k == 1 else f"{name}.{k}")
+        if _claim(folder, uid):
+            if k > 1:
+                note = f"{base / name} belongs to another study named {opt.study_name!r} (a deleted database, or another storage): this study writes to {folder}"
+                if note not in _said:
+                    _said.add(note)
+                    echo(f"note: {note}")
+            return folder
+    raise AssertionError("unreachable")
+
+
+_said: set[str] = set()
+
+
+def folder_name(study_name: str) -> str:
+    """A study name as a folder name: anything but letters, digits and ``.-+=_`` becomes ``-``."""
+    return re.sub(r"[^\w.\-+=]", "-", study_name)
+
+
+def report_folder(run: RunConfig, opt: OptimizeConfig, runs_root: str | Path) -> Path:
+    """Where ``tune.py report`` puts a study's plots: ``runs/<project>_Opt/reports/<study_name>``,
+    beside the trial folders, so a report never writes into a folder a study owns."""
+    return Path(runs_root) / study_project(run) / "reports" / folder_name(opt.study_name)
+
+
+def _claim(folder: Path, uid: str) -> bool:
+    """Whether ``folder`` is (now) the run folder of the study ``uid``."""
+    mark = folder / _STUDY_MARK
+    folder.mkdir(parents=True, exist_ok=True)
+    if not mark.exists() and any(p.name != _STUDY_MARK for p in folder.iterdir()):
+        return False  # someone's files, no owner mark: not ours to write into
+    try:
+        with open(mark, "x") as fh:  # exclusive: of two studies racing for it, one wins
+            fh.write(uid)
+        return True
+    except FileExistsError:
+        return mark.read_text().strip() == uid
