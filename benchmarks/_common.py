@@ -16,8 +16,8 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -43,7 +43,9 @@ def fmt_s(x: float, digits: int = 4) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None
+) -> None:
     """A plain fixed-width table (also valid Markdown)."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -126,7 +128,11 @@ def plain_fit(
     xt, yt = train.tensors[0], train.tensors[1]
     xv, yv = val.tensors[0], val.tensors[1]
     if out_features is None:
-        out_features = yt.shape[-1] if yt.ndim > 1 else (int(yt.max()) + 1 if not yt.is_floating_point() else 1)
+        out_features = (
+            yt.shape[-1]
+            if yt.ndim > 1
+            else (int(yt.max()) + 1 if not yt.is_floating_point() else 1)
+        )
     crit = criterion if criterion is not None else nn.MSELoss()
     torch.manual_seed(seed)
     random.seed(seed)
@@ -157,4 +163,6 @@ def plain_fit(
 
 
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )

@@ -53,10 +53,10 @@ quiet()
 
 import torch  # noqa: E402
 
-from lightning_hpo import data, training  # noqa: E402
-from lightning_hpo.config import RunConfig  # noqa: E402
+from lightning_hpo import components, console, data, training  # noqa: E402
 from lightning_hpo.data import synthetic_regression  # noqa: E402
 from lightning_hpo.module import RegressionModule  # noqa: E402
+from lightning_hpo.run_config import RunConfig  # noqa: E402
 
 NO_CKPT = {"save_best": False, "save_last": False}
 
@@ -132,10 +132,10 @@ class EpochStepModule(ManualOptModule):
 
 @contextlib.contextmanager
 def patched(**changes):
-    """Temporarily replace names in lightning_hpo.training / lightning_hpo.data."""
+    """Temporarily replace names in lightning_hpo.components / lightning_hpo.data."""
     saved = []
     for name, value in changes.items():
-        module = data if name == "TensorBatches" else training
+        module = data if name == "TensorBatches" else components
         saved.append((module, name, getattr(module, name)))
         setattr(module, name, value)
     try:
@@ -150,7 +150,11 @@ def _manual():
 
 
 def _epoch_step():
-    return patched(RegressionModule=EpochStepModule, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
+    return patched(
+        RegressionModule=EpochStepModule,
+        TensorBatches=EpochBatches,
+        feature_sizes=lambda dm: (1, 1),
+    )
 
 
 class EpochStepPublicModule(EpochStepModule):
@@ -166,7 +170,11 @@ class EpochStepPublicModule(EpochStepModule):
 
 
 def _epoch_step_public():
-    return patched(RegressionModule=EpochStepPublicModule, TensorBatches=EpochBatches, feature_sizes=lambda dm: (1, 1))
+    return patched(
+        RegressionModule=EpochStepPublicModule,
+        TensorBatches=EpochBatches,
+        feature_sizes=lambda dm: (1, 1),
+    )
 
 
 VARIANTS = {
@@ -244,22 +252,46 @@ def profile(runner: Runner, epochs: int, runs: int) -> None:
         ("torch/optim/adam.py", "step"): "AdamW.step, incl. the closure (training_step + backward)",
         ("lightning_hpo/model.py", "forward"): "MLP forward, train + val (torch)",
         ("optimization/automatic.py", "zero_grad_fn"): "zero_grad via Lightning",
-        ("callbacks/model_checkpoint.py", "on_train_epoch_end"): "ModelCheckpoint.on_train_epoch_end (best/last .ckpt writes)",
+        (
+            "callbacks/model_checkpoint.py",
+            "on_train_epoch_end",
+        ): "ModelCheckpoint.on_train_epoch_end (best/last .ckpt writes)",
         ("callbacks/model_checkpoint.py", "on_validation_end"): "ModelCheckpoint.on_validation_end",
-        ("callbacks/model_checkpoint.py", "_save_checkpoint"): "  ... of which Trainer.save_checkpoint (dump + torch.save)",
+        (
+            "callbacks/model_checkpoint.py",
+            "_save_checkpoint",
+        ): "  ... of which Trainer.save_checkpoint (dump + torch.save)",
         ("pytorch/core/module.py", "log"): "LightningModule.log (4 calls/epoch)",
         ("fabric/loggers/tensorboard.py", "log_metrics"): "TensorBoard log_metrics (event writes)",
         ("trainer/call.py", "_call_callback_hooks"): "callback hook dispatch (all callbacks)",
-        ("trainer/call.py", "_call_lightning_module_hook"): "module hook dispatch (incl. training_step)",
+        (
+            "trainer/call.py",
+            "_call_lightning_module_hook",
+        ): "module hook dispatch (incl. training_step)",
         ("loops/evaluation_loop.py", "run"): "validation loop (all of it)",
-        ("torch/nn/modules/module.py", "__setattr__"): "nn.Module.__setattr__ (Lightning sets _current_fx_name per hook)",
+        (
+            "torch/nn/modules/module.py",
+            "__setattr__",
+        ): "nn.Module.__setattr__ (Lightning sets _current_fx_name per hook)",
         ("strategies/strategy.py", "batch_to_device"): "batch_to_device (no-op on CPU)",
-        ("optimization/automatic.py", "run"): "automatic optimization (closure: step+backward+optimizer)",
+        (
+            "optimization/automatic.py",
+            "run",
+        ): "automatic optimization (closure: step+backward+optimizer)",
     }
     rows = []
-    for (fname, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
-        label = wanted[("", "run_backward")] if "run_backward" in func else next(
-            (lab for (frag, fn), lab in wanted.items() if fn == func and frag and frag in fname), None
+    for (fname, _line, func), (_cc, nc, _tt, ct, _callers) in stats.stats.items():
+        label = (
+            wanted[("", "run_backward")]
+            if "run_backward" in func
+            else next(
+                (
+                    lab
+                    for (frag, fn), lab in wanted.items()
+                    if fn == func and frag and frag in fname
+                ),
+                None,
+            )
         )
         if label:
             rows.append((label, nc, ct))
@@ -281,12 +313,22 @@ def profile(runner: Runner, epochs: int, runs: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--short", type=int, default=5)
     ap.add_argument("--long", type=int, default=30)
-    ap.add_argument("--threads", default="1,2", help="comma list of torch thread counts; all variants run at the first, --also at the others (default: %(default)s)")
-    ap.add_argument("--also", default="plain,project", help="variants also timed at the other thread counts (default: %(default)s)")
+    ap.add_argument(
+        "--threads",
+        default="1,2",
+        help="comma list of torch thread counts; all variants run at the first, --also at the others (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--also",
+        default="plain,project",
+        help="variants also timed at the other thread counts (default: %(default)s)",
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of paths to time")
     ap.add_argument("--profile", action="store_true", help="also profile the project path")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 2 vs 6 epochs")
@@ -300,7 +342,7 @@ def main() -> None:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     seed = 0
-    training.quiet_lightning()
+    console.quiet_lightning()
     quiet()
     root = Path(tempfile.mkdtemp(prefix="bench_epoch_"))
     runner = Runner(root, seed)
@@ -308,7 +350,13 @@ def main() -> None:
     for v in variants:
         runner.run(v, 2, threads[0])
 
-    tasks = [(v, t, e) for t in threads for v in variants if t == threads[0] or v in args.also for e in (args.short, args.long)]
+    tasks = [
+        (v, t, e)
+        for t in threads
+        for v in variants
+        if t == threads[0] or v in args.also
+        for e in (args.short, args.long)
+    ]
     wall: dict[tuple[str, int, int], dict[int, float]] = {}
     cpu: dict[tuple[str, int, int], dict[int, float]] = {}
     histories: dict[str, list[float]] = {}
@@ -326,7 +374,9 @@ def main() -> None:
     def per_epoch(times, v, t):
         """Per-repeat estimates and the estimate from the medians of the two lengths."""
         per = [(times[(v, t, args.long)][r] - times[(v, t, args.short)][r]) / span for r in R]
-        of_medians = (median(times[(v, t, args.long)].values()) - median(times[(v, t, args.short)].values())) / span
+        of_medians = (
+            median(times[(v, t, args.long)].values()) - median(times[(v, t, args.short)].values())
+        ) / span
         return per, of_medians
 
     rows = []
@@ -345,9 +395,31 @@ def main() -> None:
             summary[(v, t)] = (wm / base_wm, cm / base_cm)
             writes = runner.writes.get((v, args.long))
             wrote = "-" if writes is None else f"{writes[0]} / {writes[1]}"
-            rows.append((v, t, fmt_s(wm), f"{wm / base_wm:.2f}", f"{median(ratios):.2f} [{lo:.2f}, {hi:.2f}]", fmt_s(cm), f"{cm / base_cm:.2f}", fmt_s(setup, 3), wrote))
+            rows.append(
+                (
+                    v,
+                    t,
+                    fmt_s(wm),
+                    f"{wm / base_wm:.2f}",
+                    f"{median(ratios):.2f} [{lo:.2f}, {hi:.2f}]",
+                    fmt_s(cm),
+                    f"{cm / base_cm:.2f}",
+                    fmt_s(setup, 3),
+                    wrote,
+                )
+            )
     print_table(
-        ["path", "threads", "wall s/epoch", "x plain (wall)", "per-repeat ratios: median [IQR]", "CPU s/epoch", "x plain (CPU)", "setup s/run (wall)", f".ckpt writes / global_step ({args.long} epochs)"],
+        [
+            "path",
+            "threads",
+            "wall s/epoch",
+            "x plain (wall)",
+            "per-repeat ratios: median [IQR]",
+            "CPU s/epoch",
+            "x plain (CPU)",
+            "setup s/run (wall)",
+            f".ckpt writes / global_step ({args.long} epochs)",
+        ],
         rows,
         title=f"bench_epoch: s/epoch = (median {args.long}-epoch run - median {args.short}-epoch run) / {span}; "
         f"{args.repeats} interleaved repeats; ratios to the plain loop at the same thread count",
@@ -366,7 +438,9 @@ def main() -> None:
     for t in threads:
         if ("project", t) in summary:
             rw, rc = summary[("project", t)]
-            print(f"target (project <= 1.20x plain), {t} thread(s): {rw:.2f}x wall, {rc:.2f}x CPU -> {'met' if rw <= 1.2 else 'missed'}")
+            print(
+                f"target (project <= 1.20x plain), {t} thread(s): {rw:.2f}x wall, {rc:.2f}x CPU -> {'met' if rw <= 1.2 else 'missed'}"
+            )
     if args.profile:
         profile(runner, args.long, 2 if args.quick else 3)
     shutil.rmtree(root, ignore_errors=True)

@@ -40,12 +40,14 @@ def rss_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=100, help="trials to run (default: %(default)s)")
-    p.add_argument("--every", type=int, default=10, help="record RSS every N trials (default: %(default)s)")
+    p.add_argument(
+        "--every", type=int, default=10, help="record RSS every N trials (default: %(default)s)"
+    )
     args = p.parse_args(argv)
 
-    from lightning_hpo.config import run_config_from_dict
-    from lightning_hpo.search import optimize_config_from_dict
-    from lightning_hpo.training import quiet_lightning
+    from lightning_hpo.console import quiet_lightning
+    from lightning_hpo.optimize_config import optimize_config_from_dict
+    from lightning_hpo.run_config import run_config_from_dict
     from lightning_hpo.study import TuneSettings
     from lightning_hpo.tuning import tune
 
@@ -53,10 +55,30 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
 
     run = run_config_from_dict(
-        {"project": "Mem", "device": "cpu", "seeds": [1], "epochs": 2, "batch_size": 64, "data_config": {"n": 300}, "net_config": {"nodes": 8, "layers": 1}}
+        {
+            "project": "Mem",
+            "device": "cpu",
+            "seeds": [1],
+            "epochs": 2,
+            "batch_size": 64,
+            "data_config": {"n": 300},
+            "net_config": {"nodes": 8, "layers": 1},
+        }
     )
-    space = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}
-    opt = optimize_config_from_dict({"study_name": "mem", "trials": args.trials, "seed": 1, "pruner": None, "search_space": space}, run, "<bench_memory>")
+    space = {
+        "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}
+    }
+    opt = optimize_config_from_dict(
+        {
+            "study_name": "mem",
+            "trials": args.trials,
+            "seed": 1,
+            "pruner": None,
+            "search_space": space,
+        },
+        run,
+        "<bench_memory>",
+    )
 
     warmup = min(WARMUP, args.trials // 2)  # a short run measures growth over its second half
     rows: list[tuple[int, float, float]] = []  # (trials done, RSS MB, seconds)
@@ -71,18 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     record.lines = []
     rows.append((0, rss_mb(), 0.0))
     with tempfile.TemporaryDirectory() as tmp:
-        settings = TuneSettings(storage=f"sqlite:///{tmp}/mem.db", runs_root=f"{tmp}/runs", heartbeat=None)
+        settings = TuneSettings(
+            storage=f"sqlite:///{tmp}/mem.db", runs_root=f"{tmp}/runs", heartbeat=None
+        )
         tune(run, opt, settings, echo=record)
 
     base = next(rss for done, rss, _ in rows if done == warmup)
     print_table(
         ["trials done", "RSS MB", f"Δ since trial {warmup} MB", "elapsed s"],
-        [(done, f"{rss:.1f}", f"{rss - base:+.1f}" if done >= warmup else "-", f"{secs:.1f}") for done, rss, secs in rows],
+        [
+            (done, f"{rss:.1f}", f"{rss - base:+.1f}" if done >= warmup else "-", f"{secs:.1f}")
+            for done, rss, secs in rows
+        ],
         title=f"RSS over {args.trials} tiny trials in one process (tune(), temp SQLite)",
     )
     growth = rows[-1][1] - base
     verdict = "ok" if growth < TARGET_MB else "OVER TARGET"
-    print(f"\ngrowth after trial {warmup}: {growth:+.1f} MB over {rows[-1][0] - warmup} trials (target < {TARGET_MB:.0f} MB): {verdict}")
+    print(
+        f"\ngrowth after trial {warmup}: {growth:+.1f} MB over {rows[-1][0] - warmup} trials (target < {TARGET_MB:.0f} MB): {verdict}"
+    )
     return 0
 
 

@@ -89,7 +89,12 @@ def _sqlite_study(curves: list[list[float]], path: Path) -> optuna.Study:
         conn.execute(
             models.TrialValueModel.__table__.insert(),
             [
-                {"trial_id": trial_ids[n], "objective": 0, "value": c[-1], "value_type": finite_value}
+                {
+                    "trial_id": trial_ids[n],
+                    "objective": 0,
+                    "value": c[-1],
+                    "value_type": finite_value,
+                }
                 for n, c in enumerate(curves)
             ],
         )

@@ -47,11 +47,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_count, print_table  # noqa: E402
-from record_curves import DATA_DIR, TASKS, load_curves  # noqa: E402
-
 import optuna  # noqa: E402
+from _common import cpu_count, print_table  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from record_curves import DATA_DIR, TASKS, load_curves  # noqa: E402
 
 from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR, PFLPruner, _is_worse  # noqa: E402
 
@@ -95,7 +94,9 @@ class _SignedRank:
         n = len(d)
         absd = [abs(x) for x in d]
         ranks = self._ranks(absd)
-        r_plus = sum(r for r, x in zip(ranks, d) if x > 0) + 0.5 * sum(r for r, x in zip(ranks, d) if x == 0)
+        r_plus = sum(r for r, x in zip(ranks, d) if x > 0) + 0.5 * sum(
+            r for r, x in zip(ranks, d) if x == 0
+        )
         has_ties = len(set(absd)) < n or any(x == 0 for x in d)
         if n <= 50 and not has_ties:
             # exact distribution of R+ : counts of subsets of {1..n} by sum
@@ -125,7 +126,13 @@ class _SignedRank:
         z = (r_plus - mean) / math.sqrt(var)
         sf = 0.5 * math.erfc(z / math.sqrt(2))
         cdf = 1 - sf
-        p = sf if alternative == "greater" else cdf if alternative == "less" else min(1.0, 2 * min(sf, cdf))
+        p = (
+            sf
+            if alternative == "greater"
+            else cdf
+            if alternative == "less"
+            else min(1.0, 2 * min(sf, cdf))
+        )
         return self._Result(p)
 
 
@@ -204,17 +211,33 @@ def pruners(quick: bool) -> dict[str, callable]:
         PFL: lambda: PFLPruner(),
         REFERENCE: lambda: PFLReferenceRule(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
         MEDIAN: lambda: optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W),
-        f"Percentile(25, startup={S}, warmup={W})": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=S, n_warmup_steps=W),
-        "SuccessiveHalving(min_resource=1, rf=4)": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4),
-        "Hyperband(max_resource=50)": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=50),
-        f"Wilcoxon(p=0.1, startup_steps={W}){'*' if WILCOXON_SHIM else ''}": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=W),
-        "Patient(Median, patience=3)": lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W), patience=3),
+        f"Percentile(25, startup={S}, warmup={W})": lambda: optuna.pruners.PercentilePruner(
+            25.0, n_startup_trials=S, n_warmup_steps=W
+        ),
+        "SuccessiveHalving(min_resource=1, rf=4)": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=4
+        ),
+        "Hyperband(max_resource=50)": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=50
+        ),
+        f"Wilcoxon(p=0.1, startup_steps={W}){'*' if WILCOXON_SHIM else ''}": lambda: (
+            optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=W)
+        ),
+        "Patient(Median, patience=3)": lambda: optuna.pruners.PatientPruner(
+            optuna.pruners.MedianPruner(n_startup_trials=S, n_warmup_steps=W), patience=3
+        ),
         "-- ablations of the shipped rule --": None,
-        "PFL without overrule (overrule_quantile=None)": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, overrule_quantile=None),
-        "same-epoch rank alone, quantile=0.5 (no prediction)": lambda: SameEpochOnly(n_startup_trials=S, n_warmup_epochs=W),
+        "PFL without overrule (overrule_quantile=None)": lambda: PFLPruner(
+            n_startup_trials=S, n_warmup_epochs=W, overrule_quantile=None
+        ),
+        "same-epoch rank alone, quantile=0.5 (no prediction)": lambda: SameEpochOnly(
+            n_startup_trials=S, n_warmup_epochs=W
+        ),
         "PFL with top_k=10": lambda: PFLPruner(n_startup_trials=S, n_warmup_epochs=W, top_k=10),
         "PFL with startup=5": lambda: PFLPruner(n_startup_trials=5, n_warmup_epochs=W),
-        "Median with startup=5": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=W),
+        "Median with startup=5": lambda: optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=W
+        ),
     }
     if EXTRA_MODULE:
         table["-- --pfl-module --"] = None
@@ -234,7 +257,12 @@ class Replay:
 
 def replay(curves: list[list[float]], order: list[int], make_pruner, epochs: int) -> Replay:
     # A fixed study name: HyperbandPruner assigns brackets from a hash of it.
-    study = optuna.create_study(study_name="replay", direction="minimize", pruner=make_pruner(), sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="replay",
+        direction="minimize",
+        pruner=make_pruner(),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     epochs_run = [0] * len(curves)
     completed = [False] * len(curves)
     start = time.perf_counter()
@@ -272,7 +300,9 @@ def summarize(curves, results: list[Replay], epochs: int) -> dict:
     finals = [c[-1] for c in curves]
     best_all = min(f for f in finals if math.isfinite(f))
     best_idx = finals.index(best_all)
-    ranked = sorted((i for i in range(len(finals)) if math.isfinite(finals[i])), key=lambda i: finals[i])
+    ranked = sorted(
+        (i for i in range(len(finals)) if math.isfinite(finals[i])), key=lambda i: finals[i]
+    )
     top = ranked[: max(1, len(ranked) // 10)]
     total = epochs * len(curves)
     out = {"epochs": [], "regret": [], "kept": [], "fp": [], "sec": []}
@@ -290,7 +320,11 @@ def verdict(task: str, label: str, rule: dict, median: dict) -> str:
     """The targets: <= 50 % of the epochs, regret <= 2 % in every order, and a trade-off at
     least as good as Median's (no more epochs and no more mean regret, within TOL_EPOCHS /
     TOL_REGRET: differences below those are replay noise)."""
-    fe, fr, fw = statistics.fmean(rule["epochs"]), statistics.fmean(rule["regret"]), max(rule["regret"])
+    fe, fr, fw = (
+        statistics.fmean(rule["epochs"]),
+        statistics.fmean(rule["regret"]),
+        max(rule["regret"]),
+    )
     me, mr = statistics.fmean(median["epochs"]), statistics.fmean(median["regret"])
     ok_epochs, ok_regret = fe <= 0.5, fw <= 0.02
     dominates = fe <= me + TOL_EPOCHS and fr <= mr + TOL_REGRET
@@ -303,12 +337,21 @@ def verdict(task: str, label: str, rule: dict, median: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--orders", type=int, default=5, help="random trial orders (default: %(default)s)")
+    ap.add_argument(
+        "--orders", type=int, default=5, help="random trial orders (default: %(default)s)"
+    )
     ap.add_argument("--processes", type=int, default=cpu_count())
-    ap.add_argument("--pruners", default=None, help="comma list of name prefixes to run (default: all)")
-    ap.add_argument("--pfl-module", help="path of a patched lightning_hpo/pruner.py whose PFLPruner to replay as an extra row")
+    ap.add_argument(
+        "--pruners", default=None, help="comma list of name prefixes to run (default: all)"
+    )
+    ap.add_argument(
+        "--pfl-module",
+        help="path of a patched lightning_hpo/pruner.py whose PFLPruner to replay as an extra row",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 order, 4 pruners")
     args = ap.parse_args()
     global EXTRA_MODULE
@@ -319,8 +362,17 @@ def main() -> None:
     if not tasks:
         sys.exit(f"no recorded curves in {DATA_DIR}: run benchmarks/record_curves.py first")
     table = pruners(args.quick)
-    names = [n for n, f in table.items() if f is not None and (not args.pruners or n.startswith(tuple(args.pruners.split(","))))]
-    jobs = [(task, name, seed, args.quick) for task in tasks for name in names for seed in range(args.orders)]
+    names = [
+        n
+        for n, f in table.items()
+        if f is not None and (not args.pruners or n.startswith(tuple(args.pruners.split(","))))
+    ]
+    jobs = [
+        (task, name, seed, args.quick)
+        for task in tasks
+        for name in names
+        for seed in range(args.orders)
+    ]
     start = time.perf_counter()
     ctx = mp.get_context("fork")
     with ctx.Pool(args.processes) as pool:
@@ -328,7 +380,9 @@ def main() -> None:
     by = {}
     for task, name, _seed, r in done:
         by.setdefault((task, name), []).append(r)
-    print(f"replayed {len(jobs)} (task, pruner, order) studies in {time.perf_counter() - start:.0f} s on {args.processes} processes")
+    print(
+        f"replayed {len(jobs)} (task, pruner, order) studies in {time.perf_counter() - start:.0f} s on {args.processes} processes"
+    )
 
     verdicts = []
     for task in tasks:
@@ -359,13 +413,25 @@ def main() -> None:
             )
         finals = sorted(c[-1] for c in curves if math.isfinite(c[-1]))
         print_table(
-            ["pruner", "epochs vs none", "regret (mean)", "regret (worst order)", "best kept", "top-10% pruned", "replay s"],
+            [
+                "pruner",
+                "epochs vs none",
+                "regret (mean)",
+                "regret (worst order)",
+                "best kept",
+                "top-10% pruned",
+                "replay s",
+            ],
             rows,
             title=f"{task}: {len(curves)} configs x {E} epochs, {args.orders} trial orders; best final val_loss {finals[0]:.5g}, "
             f"top-10% cut {finals[max(0, len(finals) // 10 - 1)]:.5g}, median {finals[len(finals) // 2]:.5g}",
         )
         if MEDIAN in summary:
-            verdicts += [verdict(task, name, summary[name], summary[MEDIAN]) for name in RULES if name in summary]
+            verdicts += [
+                verdict(task, name, summary[name], summary[MEDIAN])
+                for name in RULES
+                if name in summary
+            ]
     print(
         f"\nverdicts (targets: epochs <= 50%, regret <= 2% in every order, and epochs <= Median's + "
         f"{100 * TOL_EPOCHS:.0f} pt with mean regret <= Median's + {100 * TOL_REGRET:.1f} %):"
@@ -373,7 +439,10 @@ def main() -> None:
     for v in verdicts:
         print(v)
     if WILCOXON_SHIM:
-        print("* scipy is not installed: WilcoxonPruner ran on this file's signed-rank test (exact for n <= 50 without ties).")
+        print(
+            "* scipy is not installed: WilcoxonPruner ran on this file's signed-rank test (exact for n <= 50 without ties)."
+        )
+
 
 if __name__ == "__main__":
     main()

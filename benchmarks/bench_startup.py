@@ -41,15 +41,35 @@ def cases(tmp: Path) -> dict[str, list[str]]:
     text = (ROOT / "configs" / "optimize_template.yaml").read_text()
     bad_opt.write_text(re.sub(r"(?m)^trials:\s*\d+", "trials: 0", text))
     bad_run = tmp / "bad_epochs.yaml"
-    bad_run.write_text(re.sub(r"(?m)^epochs:\s*\d+", "epochs: 0", (ROOT / "configs" / "run_template.yaml").read_text()))
+    bad_run.write_text(
+        re.sub(
+            r"(?m)^epochs:\s*\d+", "epochs: 0", (ROOT / "configs" / "run_template.yaml").read_text()
+        )
+    )
     out = str(tmp / "runs")
     return {
         "python -c pass": ["-c", "pass"],
         "python -c 'import torch'": ["-c", "import torch"],
         "python -c 'import lightning.pytorch'": ["-c", "import lightning.pytorch"],
         "tune.py --help": ["tune.py", "--help"],
-        "tune.py, optimize config trials: 0": ["tune.py", "--optimize-config", str(bad_opt), "--output", out, "--storage", f"sqlite:///{tmp}/s.db"],
-        "tune.py, run config epochs: 0": ["tune.py", "--run-config", str(bad_run), "--output", out, "--storage", f"sqlite:///{tmp}/s.db"],
+        "tune.py, optimize config trials: 0": [
+            "tune.py",
+            "--optimize-config",
+            str(bad_opt),
+            "--output",
+            out,
+            "--storage",
+            f"sqlite:///{tmp}/s.db",
+        ],
+        "tune.py, run config epochs: 0": [
+            "tune.py",
+            "--run-config",
+            str(bad_run),
+            "--output",
+            out,
+            "--storage",
+            f"sqlite:///{tmp}/s.db",
+        ],
         "train.py --help": ["train.py", "--help"],
         "train.py, run config epochs: 0": ["train.py", "--config", str(bad_run), "--output", out],
     }
@@ -58,7 +78,11 @@ def cases(tmp: Path) -> dict[str, list[str]]:
 def run(args: list[str]) -> tuple[float, int, str]:
     start = time.perf_counter()
     proc = subprocess.run([PY, *args], cwd=ROOT, capture_output=True, text=True)
-    return time.perf_counter() - start, proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
+    return (
+        time.perf_counter() - start,
+        proc.returncode,
+        (proc.stderr.strip().splitlines() or [""])[-1],
+    )
 
 
 TRACER = r"""
@@ -88,7 +112,7 @@ except SystemExit:
     pass
 sys.stdout.flush()
 print("@@" + json.dumps({"imported": sorted(m for m in HEAVY if m in sys.modules), "first": first}), file=sys.__stderr__)
-""" % (HEAVY,)
+""" % (HEAVY,)  # noqa: UP031 - the template is full of braces
 
 
 def import_trace(args: list[str]) -> dict:
@@ -103,9 +127,16 @@ def import_trace(args: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--root", type=Path, default=ROOT_DEFAULT, help="checkout whose tune.py/train.py to time (default: this one); e.g. a patched copy")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT_DEFAULT,
+        help="checkout whose tune.py/train.py to time (default: this one); e.g. a patched copy",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 repeats")
     args = ap.parse_args()
     if args.quick:
@@ -128,14 +159,32 @@ def main() -> None:
     for name in all_cases:
         m = median(times[name])
         rc, last = status[name]
-        rows.append((name, f"{m:.3f}", f"{m / torch_s:.2f}", f"{(m - base_s) / (torch_s - base_s):.2f}", rc, last[:90]))
+        rows.append(
+            (
+                name,
+                f"{m:.3f}",
+                f"{m / torch_s:.2f}",
+                f"{(m - base_s) / (torch_s - base_s):.2f}",
+                rc,
+                last[:90],
+            )
+        )
     print_table(
-        ["command", "wall s (median)", "x import torch", "(t - python) / (torch - python)", "exit", "last stderr line"],
+        [
+            "command",
+            "wall s (median)",
+            "x import torch",
+            "(t - python) / (torch - python)",
+            "exit",
+            "last stderr line",
+        ],
         rows,
         title=f"bench_startup: {args.repeats} interleaved repeats, subprocesses from {ROOT}",
     )
 
-    print("\nHeavy imports on each CLI path (sys.modules at exit; the first import of torch traced to the project's frames):")
+    print(
+        "\nHeavy imports on each CLI path (sys.modules at exit; the first import of torch traced to the project's frames):"
+    )
     rows = []
     for name, a in all_cases.items():
         if not name.startswith(("tune.py", "train.py")):
@@ -147,11 +196,19 @@ def main() -> None:
             hows.append(" -> ".join(where["via"]) + f" -> [{where['importer']}]" if where else "-")
         rows.append((name, ", ".join(trace["imported"]) or "none", *hows))
     print_table(
-        ["command", "heavy packages imported", "first import of torch: project frames (outer first) -> [importing file]", "first import of lightning"],
+        [
+            "command",
+            "heavy packages imported",
+            "first import of torch: project frames (outer first) -> [importing file]",
+            "first import of lightning",
+        ],
         rows,
     )
     verdict = [r[0] for r in rows if "torch" in r[1].split(", ")]
-    print("\ntarget: no torch/Lightning on --help and config-error paths -> " + ("met" if not verdict else "missed on: " + "; ".join(verdict)))
+    print(
+        "\ntarget: no torch/Lightning on --help and config-error paths -> "
+        + ("met" if not verdict else "missed on: " + "; ".join(verdict))
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR  # noqa: E402
 def nop_config(tmp: Path) -> Path:
     text = (ROOT / "configs" / "optimize_template.yaml").read_text()
     # Replace the whole pruner block (name + kwargs) with NopPruner.
-    text, n = re.subn(r"(?ms)^pruner:.*?(?=^\S)", "pruner:\n  name: optuna.pruners.NopPruner\n\n", text)
+    text, n = re.subn(
+        r"(?ms)^pruner:.*?(?=^\S)", "pruner:\n  name: optuna.pruners.NopPruner\n\n", text
+    )
     assert n == 1, "pruner block not found in optimize_template.yaml"
     path = tmp / "optimize_nop.yaml"
     path.write_text(text)
@@ -53,11 +55,27 @@ def seed_epochs(trial) -> int:
     return len(trial.intermediate_values) * trial.user_attrs.get(N_SEEDS_ATTR, 1)
 
 
-def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: str | None = None, root: Path = ROOT) -> dict:
+def run_study(
+    label: str,
+    optimize_config: Path,
+    tmp: Path,
+    args,
+    fuse_seeds: str | None = None,
+    root: Path = ROOT,
+) -> dict:
     """One study by ``root``'s tune.py on ``root``'s run config (``fuse_seeds`` set when given)."""
     work = Path(tempfile.mkdtemp(prefix=f"{label}_", dir=tmp))
     db = work / "study.db"
-    cmd = [sys.executable, str(root / "tune.py"), "--optimize-config", str(optimize_config), "--storage", f"sqlite:///{db}", "--output", str(work / "runs")]
+    cmd = [
+        sys.executable,
+        str(root / "tune.py"),
+        "--optimize-config",
+        str(optimize_config),
+        "--storage",
+        f"sqlite:///{db}",
+        "--output",
+        str(work / "runs"),
+    ]
     run_config = root / "configs" / "run_template.yaml"
     if args.seeds or args.epochs or fuse_seeds:
         text = run_config.read_text()
@@ -65,7 +83,11 @@ def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: st
             text, n = re.subn(r"(?m)^fuse_seeds:\s*\w+", f"fuse_seeds: {fuse_seeds}", text)
             assert n == 1, "fuse_seeds not found in run_template.yaml"
         if args.seeds:
-            text = re.sub(r"(?m)^seeds:.*?(#|$)", f"seeds: [{', '.join(str(s) for s in [89, 231, 928][: args.seeds])}]  \\1", text)
+            text = re.sub(
+                r"(?m)^seeds:.*?(#|$)",
+                f"seeds: [{', '.join(str(s) for s in [89, 231, 928][: args.seeds])}]  \\1",
+                text,
+            )
         run_config = work / "run.yaml"
         run_config.write_text(text)
     cmd += ["--run-config", str(run_config)]
@@ -79,7 +101,9 @@ def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: st
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{label} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{label} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -88,7 +112,9 @@ def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: st
     trials = study.get_trials(deepcopy=False)
     epochs = sum(seed_epochs(t) for t in trials)
     n_seeds = trials[0].user_attrs.get(N_SEEDS_ATTR, 1)
-    per_seed = trials[0].user_attrs.get(EPOCHS_ATTR) or trials[0].user_attrs.get("epochs_per_seed", 0)
+    per_seed = trials[0].user_attrs.get(EPOCHS_ATTR) or trials[0].user_attrs.get(
+        "epochs_per_seed", 0
+    )
     out = {
         "wall": wall,
         "epochs": epochs,
@@ -106,15 +132,35 @@ def run_study(label: str, optimize_config: Path, tmp: Path, args, fuse_seeds: st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, help="override the study's trials (default: the config's 20)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--trials", type=int, help="override the study's trials (default: the config's 20)"
+    )
     ap.add_argument("--epochs", type=int, help="override the run config's epochs (default: 50)")
-    ap.add_argument("--seeds", type=int, help="use the first N of the run template's seeds (default: all 3)")
+    ap.add_argument(
+        "--seeds", type=int, help="use the first N of the run template's seeds (default: all 3)"
+    )
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for tune.py; 0 = torch's default (default: %(default)s)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for tune.py; 0 = torch's default (default: %(default)s)",
+    )
     ap.add_argument("--show-log", action="store_true", help="print tune.py's per-trial lines")
-    ap.add_argument("--versus", choices=("nop", "sequential"), default="nop", help="nop: the shipped study vs NopPruner; sequential: vs fuse_seeds: false (default: %(default)s)")
-    ap.add_argument("--baseline", type=Path, help="instead: vs the same study run by the tune.py and configs of another checkout (e.g. `git worktree add /tmp/old <commit>`)")
+    ap.add_argument(
+        "--versus",
+        choices=("nop", "sequential"),
+        default="nop",
+        help="nop: the shipped study vs NopPruner; sequential: vs fuse_seeds: false (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="instead: vs the same study run by the tune.py and configs of another checkout (e.g. `git worktree add /tmp/old <commit>`)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 trials x 1 seed x 12 epochs")
     args = ap.parse_args()
     if args.quick:
@@ -124,7 +170,10 @@ def main() -> None:
     # label -> (optimize config, the run config's fuse_seeds, the checkout whose tune.py runs)
     if args.baseline:
         other = f"baseline {args.baseline}"
-        configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (args.baseline / "configs" / "optimize_template.yaml", None, args.baseline)}
+        configs = {
+            "PFL (as shipped)": (shipped, None, ROOT),
+            other: (args.baseline / "configs" / "optimize_template.yaml", None, args.baseline),
+        }
     elif args.versus == "nop":
         other = "NopPruner"
         configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (nop_config(tmp), None, ROOT)}
@@ -136,23 +185,58 @@ def main() -> None:
         order = list(configs) if rep % 2 == 0 else list(configs)[::-1]
         for label in order:
             optimize_config, fuse_seeds, root = configs[label]
-            r = run_study(label.split()[0], optimize_config, tmp, args, fuse_seeds=fuse_seeds, root=root)
+            r = run_study(
+                label.split()[0], optimize_config, tmp, args, fuse_seeds=fuse_seeds, root=root
+            )
             results[label].append(r)
-            print(f"  repeat {rep + 1}: {label}: {r['wall']:.1f} s, {r['epochs']} epochs, {r['pruned']} pruned, best {r['best']:.5g}", flush=True)
+            print(
+                f"  repeat {rep + 1}: {label}: {r['wall']:.1f} s, {r['epochs']} epochs, {r['pruned']} pruned, best {r['best']:.5g}",
+                flush=True,
+            )
             if args.show_log:
                 print(r["log"])
     rows = []
     agg = {}
     for label, rs in results.items():
-        agg[label] = {k: median(r[k] for r in rs) for k in ("wall", "epochs", "best", "pruned", "full")}
+        agg[label] = {
+            k: median(r[k] for r in rs) for k in ("wall", "epochs", "best", "pruned", "full")
+        }
         a = agg[label]
-        rows.append((label, f"{a['wall']:.1f}", int(a["epochs"]), f"{100 * a['epochs'] / a['full']:.1f}%", int(a["pruned"]), f"{a['best']:.5g}", rs[-1]["best_trial"]))
+        rows.append(
+            (
+                label,
+                f"{a['wall']:.1f}",
+                int(a["epochs"]),
+                f"{100 * a['epochs'] / a['full']:.1f}%",
+                int(a["pruned"]),
+                f"{a['best']:.5g}",
+                rs[-1]["best_trial"],
+            )
+        )
     p, n = agg["PFL (as shipped)"], agg[other]
-    rows.append((f"ratio shipped / {other}", f"{p['wall'] / n['wall']:.2f}", f"{p['epochs'] / n['epochs']:.2f}", "", "", f"{p['best'] / n['best']:.3f}", ""))
+    rows.append(
+        (
+            f"ratio shipped / {other}",
+            f"{p['wall'] / n['wall']:.2f}",
+            f"{p['epochs'] / n['epochs']:.2f}",
+            "",
+            "",
+            f"{p['best'] / n['best']:.3f}",
+            "",
+        )
+    )
     nop = results[other][0]
     shape = f"{nop['trials']} trials, {int(n['full']) // max(1, nop['trials'])} seed-epochs per trial ({nop['seeds']} seed(s) each)"
     print_table(
-        ["study", "wall s", "seed-epochs trained", "of full", "pruned trials", "best val_loss", "best trial"],
+        [
+            "study",
+            "wall s",
+            "seed-epochs trained",
+            "of full",
+            "pruned trials",
+            "best val_loss",
+            "best trial",
+        ],
         rows,
         title=f"bench_study: tune.py, default configs, {shape}, threads={args.threads or 'torch default'}, medians of {args.repeats} repeat(s)",
     )

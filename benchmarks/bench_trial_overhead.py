@@ -38,11 +38,10 @@ quiet()
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-
-from lightning_hpo import training, tuning  # noqa: E402
-from lightning_hpo.config import load_run_config  # noqa: E402
+from lightning_hpo import console, training, tuning  # noqa: E402
 from lightning_hpo.data import synthetic_regression  # noqa: E402
-from lightning_hpo.search import load_optimize_config  # noqa: E402
+from lightning_hpo.optimize_config import load_optimize_config  # noqa: E402
+from lightning_hpo.run_config import load_run_config  # noqa: E402
 from lightning_hpo.study import TuneSettings  # noqa: E402
 from lightning_hpo.tuning import tune  # noqa: E402
 
@@ -69,7 +68,12 @@ _create_or_load_study = tuning.create_or_load_study
 
 
 def in_memory_study(run, opt, settings):
-    return optuna.create_study(study_name=opt.study_name, sampler=opt.make_sampler(), pruner=opt.make_pruner(), direction=opt.direction)
+    return optuna.create_study(
+        study_name=opt.study_name,
+        sampler=opt.make_sampler(),
+        pruner=opt.make_pruner(),
+        direction=opt.direction,
+    )
 
 
 # name -> (gc mode, create_or_load_study)
@@ -125,11 +129,15 @@ class Timers:
         training.fit_seed = fit_seed
 
 
-def run_study(root: Path, variant: str, epochs: int, trials: int, timers: Timers) -> tuple[float, float, dict]:
+def run_study(
+    root: Path, variant: str, epochs: int, trials: int, timers: Timers
+) -> tuple[float, float, dict]:
     """(wall s, CPU s, breakdown) of one tune() call of ``trials`` trials of ``epochs`` epochs."""
     gc_mode, create_or_load = VARIANTS[variant]
     work = Path(tempfile.mkdtemp(prefix="study_", dir=root))
-    run = load_run_config(ROOT / "configs" / "run_template.yaml", {"epochs": epochs, "device": "cpu"})
+    run = load_run_config(
+        ROOT / "configs" / "run_template.yaml", {"epochs": epochs, "device": "cpu"}
+    )
     run.seeds = run.seeds[:1]
     opt = load_optimize_config(ROOT / "configs" / "optimize_template.yaml", run, trials=trials)
     opt.pruner = {"name": "optuna.pruners.NopPruner", "kwargs": {}}
@@ -140,7 +148,11 @@ def run_study(root: Path, variant: str, epochs: int, trials: int, timers: Timers
     start = time.perf_counter()
     try:
         # Progress echoes one line per finished trial: its calls mark the trial ends.
-        wall, cpu, study = timed2(lambda: tune(run, opt, settings, echo=lambda line: timers.trial_end.append(time.perf_counter())))
+        wall, cpu, study = timed2(
+            lambda: tune(
+                run, opt, settings, echo=lambda line: timers.trial_end.append(time.perf_counter())
+            )
+        )
     finally:
         tuning.create_or_load_study = _create_or_load_study
         gc.unfreeze()  # the next run starts from the same heap state whatever this one did
@@ -160,19 +172,35 @@ def run_study(root: Path, variant: str, epochs: int, trials: int, timers: Timers
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=4, help="E (default: %(default)s); the long studies run 2E")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=4, help="E (default: %(default)s); the long studies run 2E"
+    )
     ap.add_argument("--trials", type=int, default=6, help="trials per study (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; 2 threads are erratic on a shared 2-core machine)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list (default: %(default)s): " + "; ".join(f"{k}: {v}" for k, v in LEGEND.items()))
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 repeats of 3-trial studies, E=2")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default: %(default)s; 2 threads are erratic on a shared 2-core machine)",
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma list (default: %(default)s): "
+        + "; ".join(f"{k}: {v}" for k, v in LEGEND.items()),
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 repeats of 3-trial studies, E=2"
+    )
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.trials, args.repeats = 2, 3, 2
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
     torch.set_num_threads(args.threads)
-    training.quiet_lightning()
+    console.quiet_lightning()
     quiet()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     root = Path(tempfile.mkdtemp(prefix="bench_trial_"))
@@ -186,10 +214,12 @@ def main() -> None:
     wall: dict = {}
     cpu: dict = {}
     parts: dict = {}
-    for rep, (v, e) in interleaved(tasks, args.repeats, seed=2):
+    for _, (v, e) in interleaved(tasks, args.repeats, seed=2):
         if v == "plain":
             # n plain runs, so both kinds train the same number of epochs
-            w, c, _ = timed2(lambda: [plain_fit(train, val, epochs=e, seed=s) for s in range(n)])
+            w, c, _ = timed2(
+                lambda e=e: [plain_fit(train, val, epochs=e, seed=s) for s in range(n)]
+            )
         else:
             w, c, b = run_study(root, v, e, n, timers)
             parts.setdefault((v, e), []).append(b)
@@ -263,7 +293,9 @@ def main() -> None:
     print("\ntarget: overhead <= 0.3 s/trial (E-vs-2E estimate / direct estimate)")
     for v in variants:
         a, b = overheads[v], direct[v]
-        print(f"  {v}: {a:.3f} / {b:.3f} s ({'met' if max(a, b) <= 0.3 else 'met by one estimate' if min(a, b) <= 0.3 else 'missed'})")
+        print(
+            f"  {v}: {a:.3f} / {b:.3f} s ({'met' if max(a, b) <= 0.3 else 'met by one estimate' if min(a, b) <= 0.3 else 'missed'})"
+        )
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -34,7 +34,9 @@ from _common import ROOT, cpu_count, print_table, quiet  # noqa: E402
 TARGET_RATIO = 1.7
 
 
-def run_study(workers: int, trials: int, epochs: int | None, folder: Path, threads: int | None = None) -> tuple[float, float, int]:
+def run_study(
+    workers: int, trials: int, epochs: int | None, folder: Path, threads: int | None = None
+) -> tuple[float, float, int]:
     """(wall seconds, first-start-to-last-end seconds, finished trials) of one ``tune.py`` run."""
     import optuna
 
@@ -45,8 +47,26 @@ def run_study(workers: int, trials: int, epochs: int | None, folder: Path, threa
     opt_path = folder / "optimize.yaml"
     dump_yaml(opt, opt_path)
     url = f"sqlite:///{folder}/study.db"
-    cmd = [sys.executable, str(ROOT / "tune.py"), "--run-config", str(ROOT / "configs" / "run_template.yaml"), "--optimize-config", str(opt_path)]
-    cmd += ["--storage", url, "--output", str(folder / "runs"), "--device", "cpu", "--trials", str(trials), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tune.py"),
+        "--run-config",
+        str(ROOT / "configs" / "run_template.yaml"),
+        "--optimize-config",
+        str(opt_path),
+    ]
+    cmd += [
+        "--storage",
+        url,
+        "--output",
+        str(folder / "runs"),
+        "--device",
+        "cpu",
+        "--trials",
+        str(trials),
+        "--workers",
+        str(workers),
+    ]
     if epochs:
         cmd += ["--epochs", str(epochs)]
     if threads:
@@ -55,17 +75,27 @@ def run_study(workers: int, trials: int, epochs: int | None, folder: Path, threa
     proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"tune.py --workers {workers} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    done = optuna.load_study(study_name=opt["study_name"], storage=url).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+        raise SystemExit(
+            f"tune.py --workers {workers} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    done = optuna.load_study(study_name=opt["study_name"], storage=url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
+    span = (
+        max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    ).total_seconds()
     return wall, span, len(done)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8, help="trials per run (default: %(default)s)")
-    p.add_argument("--epochs", type=int, help="override the run template's epochs (default: the template's)")
-    p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default: %(default)s)")
+    p.add_argument(
+        "--epochs", type=int, help="override the run template's epochs (default: the template's)"
+    )
+    p.add_argument(
+        "--workers", default="1,2", help="comma-separated worker counts (default: %(default)s)"
+    )
     p.add_argument(
         "--one-thread-baseline",
         action="store_true",
@@ -79,13 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         runs.insert(1, ("1 (1 thread)", 1, 1))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{cpu_count()} CPUs, load average {load:.2f} before the runs; {args.trials} trials per run, pruning off")
+    print(
+        f"{cpu_count()} CPUs, load average {load:.2f} before the runs; {args.trials} trials per run, pruning off"
+    )
     results = {}
     for label, workers, threads in runs:
         with tempfile.TemporaryDirectory() as tmp:
             wall, span, done = run_study(workers, args.trials, args.epochs, Path(tmp), threads)
         results[label] = (60 * done / wall, 60 * done / span, wall, span, done)
-        print(f"  workers {label}: {done} trials in {wall:.1f} s wall ({span:.1f} s from first start to last end)", flush=True)
+        print(
+            f"  workers {label}: {done} trials in {wall:.1f} s wall ({span:.1f} s from first start to last end)",
+            flush=True,
+        )
 
     print_table(
         ["workers", "trials", "wall s", "trials/min (wall)", "trials/min (trials)"],
@@ -99,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         for base in baselines:
             wall_ratio = results[label][0] / results[base][0]
             trial_ratio = results[label][1] / results[base][1]
-            verdict = f"; target >= {TARGET_RATIO}x: {'ok' if trial_ratio >= TARGET_RATIO else 'BELOW TARGET'}" if base == "1" else ""
-            print(f"\n{label} workers vs {base} worker: {trial_ratio:.2f}x trials/min ({wall_ratio:.2f}x by wall time){verdict}")
+            verdict = (
+                f"; target >= {TARGET_RATIO}x: {'ok' if trial_ratio >= TARGET_RATIO else 'BELOW TARGET'}"
+                if base == "1"
+                else ""
+            )
+            print(
+                f"\n{label} workers vs {base} worker: {trial_ratio:.2f}x trials/min ({wall_ratio:.2f}x by wall time){verdict}"
+            )
     if hasattr(os, "getloadavg"):
         print(f"load average after the runs: {os.getloadavg()[0]:.2f}")
     return 0

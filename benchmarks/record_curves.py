@@ -42,7 +42,9 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 TASKS = ("synthetic", "spirals")
 
 
-def spirals(n: int = 6000, classes: int = 3, noise: float = 0.3, val_fraction: float = 0.2, seed: int = 42):
+def spirals(
+    n: int = 6000, classes: int = 3, noise: float = 0.3, val_fraction: float = 0.2, seed: int = 42
+):
     """Points on ``classes`` interleaved spiral arms with angular noise, as (train, val) TensorDatasets."""
     import torch
     from torch.utils.data import TensorDataset
@@ -50,7 +52,11 @@ def spirals(n: int = 6000, classes: int = 3, noise: float = 0.3, val_fraction: f
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, classes, (n,), generator=g)
     t = torch.rand(n, generator=g)
-    theta = y.float() * (2 * math.pi / classes) + 3.0 * math.pi * t + noise * torch.randn(n, generator=g)
+    theta = (
+        y.float() * (2 * math.pi / classes)
+        + 3.0 * math.pi * t
+        + noise * torch.randn(n, generator=g)
+    )
     r = 0.1 + t
     x = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1)
     n_val = int(round(n * val_fraction))
@@ -109,8 +115,8 @@ def sample_configs(n: int, seed: int) -> list[dict]:
     """``n`` parameter sets from the default optimize config's search space, RandomSampler(seed)."""
     import optuna
 
-    from lightning_hpo.config import load_run_config
-    from lightning_hpo.search import load_optimize_config
+    from lightning_hpo.optimize_config import load_optimize_config
+    from lightning_hpo.run_config import load_run_config
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     run = load_run_config(ROOT / "configs" / "run_template.yaml")
@@ -124,7 +130,15 @@ def sample_configs(n: int, seed: int) -> list[dict]:
     return out
 
 
-def record(task: str, configs: list[dict], epochs: int, seed: int, processes: int, out_dir: Path, sampler_seed: int) -> Path:
+def record(
+    task: str,
+    configs: list[dict],
+    epochs: int,
+    seed: int,
+    processes: int,
+    out_dir: Path,
+    sampler_seed: int,
+) -> Path:
     jobs = [(task, i, p, epochs, seed) for i, p in enumerate(configs)]
     curves: list = [None] * len(jobs)
     seconds = [0.0] * len(jobs)
@@ -134,7 +148,10 @@ def record(task: str, configs: list[dict], epochs: int, seed: int, processes: in
         for done, (i, values, s) in enumerate(pool.imap_unordered(_train_one, jobs), 1):
             curves[i], seconds[i] = values, s
             if done % 25 == 0 or done == len(jobs):
-                print(f"  {task}: {done}/{len(jobs)} configs, {time.perf_counter() - start:.0f} s", flush=True)
+                print(
+                    f"  {task}: {done}/{len(jobs)} configs, {time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
     payload = {
         "task": task,
         "description": __doc__.split("Tasks:")[1].split("Output:")[0].strip(),
@@ -143,9 +160,17 @@ def record(task: str, configs: list[dict], epochs: int, seed: int, processes: in
         "epochs": epochs,
         "seed": seed,
         "sampler": f"optuna.samplers.RandomSampler(seed={sampler_seed}) over configs/optimize_template.yaml search_space",
-        "fixed": {"optimizer": "AdamW", "scheduler": "CosineAnnealingLR(T_max=epochs, eta_min=1e-5)", "batch_size": 256, "activation": "GELU"},
+        "fixed": {
+            "optimizer": "AdamW",
+            "scheduler": "CosineAnnealingLR(T_max=epochs, eta_min=1e-5)",
+            "batch_size": 256,
+            "activation": "GELU",
+        },
         "record_seconds": round(time.perf_counter() - start, 1),
-        "configs": [{"params": p, "values": c, "train_seconds": round(s, 3)} for p, c, s in zip(configs, curves, seconds)],
+        "configs": [
+            {"params": p, "values": c, "train_seconds": round(s, 3)}
+            for p, c, s in zip(configs, curves, seconds)
+        ],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"curves_{task}.json.gz"
@@ -160,22 +185,35 @@ def load_curves(task: str, data_dir: Path = DATA_DIR) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--configs", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=89, help="training seed (default: the run template's first seed, %(default)s)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=89,
+        help="training seed (default: the run template's first seed, %(default)s)",
+    )
     ap.add_argument("--sampler-seed", type=int, default=0)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--processes", type=int, default=cpu_count())
     ap.add_argument("--out", type=Path, default=DATA_DIR)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 6 configs x 5 epochs into a temporary folder")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 6 configs x 5 epochs into a temporary folder",
+    )
     args = ap.parse_args()
     if args.quick:
         args.configs, args.epochs, args.out = 6, 5, Path(tempfile.mkdtemp(prefix="curves_"))
     configs = sample_configs(args.configs, args.sampler_seed)
     for task in args.tasks.split(","):
         start = time.perf_counter()
-        path = record(task, configs, args.epochs, args.seed, args.processes, args.out, args.sampler_seed)
+        path = record(
+            task, configs, args.epochs, args.seed, args.processes, args.out, args.sampler_seed
+        )
         data = load_curves(task, args.out)
         finals = [c["values"][-1] for c in data["configs"] if c["values"][-1] is not None]
         print(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -36,8 +37,19 @@ class RunRecorder(Callback):
     copies also apply ``quiet_lightning`` when the main process did.
     """
 
-    def __init__(self, results: Sequence[SeedResult], monitor: str, hparams: dict[str, Any], states: SeedStates | None = None):
-        self.results, self.monitor, self.hparams, self.states = list(results), monitor, hparams, states
+    def __init__(
+        self,
+        results: Sequence[SeedResult],
+        monitor: str,
+        hparams: dict[str, Any],
+        states: SeedStates | None = None,
+    ):
+        self.results, self.monitor, self.hparams, self.states = (
+            list(results),
+            monitor,
+            hparams,
+            states,
+        )
 
     def _key(self, seed: int) -> str:
         return self.monitor if self.states is None else seed_metric(self.monitor, seed)
@@ -58,7 +70,12 @@ class RunRecorder(Callback):
         if self.monitor not in metrics:
             if self.monitor.startswith("val") or trainer.current_epoch > 0:
                 logged = sorted({k for k in metrics if "/" not in k} | set(LOGGED_METRICS))
-                raise ConfigError("metric", self.monitor, "is never logged by the LightningModule", f"use one of: {', '.join(logged)}")
+                raise ConfigError(
+                    "metric",
+                    self.monitor,
+                    "is never logged by the LightningModule",
+                    f"use one of: {', '.join(logged)}",
+                )
             return
         for result in self.results:
             if self.states is None or self.states.training(result.seed, trainer.current_epoch):
@@ -80,7 +97,10 @@ class RunRecorder(Callback):
         for r in self.results:
             final = {f"final_{self.monitor}": r.final, f"best_{self.monitor}": r.best}
             logger = for_seed(r.seed) if for_seed else trainer.logger
-            logger.log_hyperparams(self.hparams | {"seed": r.seed}, {k: v for k, v in final.items() if math.isfinite(v)})
+            logger.log_hyperparams(
+                self.hparams | {"seed": r.seed},
+                {k: v for k, v in final.items() if math.isfinite(v)},
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_hparams(trainer)
@@ -88,9 +108,13 @@ class RunRecorder(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_fit_end also runs when a resumed run had no epoch left to train.
         for r in self.results:
-            trainer.callback_metrics[f"{HISTORY_KEY}/{r.seed}"] = torch.tensor(r.history, dtype=torch.float64)
+            trainer.callback_metrics[f"{HISTORY_KEY}/{r.seed}"] = torch.tensor(
+                r.history, dtype=torch.float64
+            )
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._log_hparams(trainer)
 
     def collect(self, trainer: pl.Trainer) -> None:
@@ -111,7 +135,13 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: Path):
-        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -129,7 +159,9 @@ class SeedEarlyStopping(Callback):
     one, or a non-finite value, stop the seed.
     """
 
-    def __init__(self, states: SeedStates, monitor: str, patience: int, min_delta: float, mode: str):
+    def __init__(
+        self, states: SeedStates, monitor: str, patience: int, min_delta: float, mode: str
+    ):
         self.states, self.monitor, self.patience, self.mode = states, monitor, patience, mode
         self.min_delta = abs(min_delta) * (1 if mode == "max" else -1)
         worst = -math.inf if mode == "max" else math.inf
@@ -158,7 +190,11 @@ class SeedEarlyStopping(Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": {s: float(v) for s, v in self.best.items()}, "wait": dict(self.wait), "stopped_at": dict(self.states.stopped_at)}
+        return {
+            "best": {s: float(v) for s, v in self.best.items()},
+            "wait": dict(self.wait),
+            "stopped_at": dict(self.states.stopped_at),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = {s: torch.tensor(v) for s, v in state_dict["best"].items()}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from lightning_hpo.errors import ConfigError
 
@@ -50,45 +50,77 @@ def check_writable(folder: str | Path, source: str) -> None:
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(source, None, f"cannot write to {existing}", "choose a writable folder or fix its permissions")
+        raise ConfigError(
+            source,
+            None,
+            f"cannot write to {existing}",
+            "choose a writable folder or fix its permissions",
+        )
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description="Train the model a run config describes, once per seed.")
-    p.add_argument("--config", default="configs/run_template.yaml", help="run config YAML (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="train.py", description="Train the model a run config describes, once per seed."
+    )
+    p.add_argument(
+        "--config",
+        default="configs/run_template.yaml",
+        help="run config YAML (default: %(default)s)",
+    )
     p.add_argument("--device", help="override the config's device: auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
-    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue interrupted runs from their last checkpoint"
+    )
     p.add_argument("--output", default="runs", help="root folder for runs (default: %(default)s)")
-    p.add_argument("--progress", action="store_true", help="show Lightning's per-batch progress bar")
+    p.add_argument(
+        "--progress", action="store_true", help="show Lightning's per-batch progress bar"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lightning_hpo.config import check_components, load_run_config
+    from lightning_hpo.run_config import check_components, load_run_config
 
-    cfg = load_run_config(args.config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False)
+    cfg = load_run_config(
+        args.config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
+    )
     check_writable(args.output, "--output")
     check_components(cfg, args.config)
 
-    from lightning_hpo.training import quiet_lightning, train
+    from lightning_hpo.console import quiet_lightning
     from lightning_hpo.signals import interrupt_on_signals
+    from lightning_hpo.training import train
 
     interrupt_on_signals()
     quiet_lightning()
 
     def report(r) -> None:
-        took = f"{r.seconds:.1f} s" + (f" for {r.together} seeds together" if r.together > 1 else "")
-        print(f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {took}", flush=True)
+        took = f"{r.seconds:.1f} s" + (
+            f" for {r.together} seeds together" if r.together > 1 else ""
+        )
+        print(
+            f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {took}",
+            flush=True,
+        )
 
     try:
-        result = train(cfg, args.output, resume=args.resume, progress_bar=args.progress, on_seed=report, source=args.config)
+        result = train(
+            cfg,
+            args.output,
+            resume=args.resume,
+            progress_bar=args.progress,
+            on_seed=report,
+            source=args.config,
+        )
     except KeyboardInterrupt:
         print("interrupted: continue with the same command plus --resume", file=sys.stderr)
         return interrupted_status()
     where = result.results[0].run_dir.parent
-    print(f"final val_loss over {len(result.results)} seed(s): {result.mean:.5g} ± {result.std:.2g}")
+    print(
+        f"final val_loss over {len(result.results)} seed(s): {result.mean:.5g} ± {result.std:.2g}"
+    )
     print(f"runs and checkpoints: {where}")
     print(f"TensorBoard: tensorboard --logdir {where.parent}")
     return 0
@@ -99,24 +131,56 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return run_command(_train, args)
 
 
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    """The two config files, as tune.py and tune.py report both take them."""
+    p.add_argument(
+        "--run-config",
+        "--run_config",
+        default="configs/run_template.yaml",
+        help="run config YAML (default: %(default)s)",
+    )
+    p.add_argument(
+        "--optimize-config",
+        "--optimize_config",
+        default="configs/optimize_template.yaml",
+        help="optimize config YAML (default: %(default)s)",
+    )
+
+
 def tune_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tune.py",
         description="Run (or continue) an Optuna study over a run config. `tune.py report` summarises a study.",
     )
-    p.add_argument("--run-config", "--run_config", default="configs/run_template.yaml", help="run config YAML (default: %(default)s)")
-    p.add_argument("--optimize-config", "--optimize_config", default="configs/optimize_template.yaml", help="optimize config YAML (default: %(default)s)")
-    p.add_argument("--storage", help="Optuna storage URL: sqlite:///f.db, postgresql://..., journal:f.log, journal+redis://host:6379 (default: sqlite:///<project>_Opt.db)")
+    _config_arguments(p)
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL: sqlite:///f.db, postgresql://..., journal:f.log, journal+redis://host:6379 (default: sqlite:///<project>_Opt.db)",
+    )
     p.add_argument("--study-name", help="override the config's study_name")
     p.add_argument("--trials", type=int, help="override the study's total number of trials")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study (default: 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes sharing the study (default: 1)",
+    )
     p.add_argument("--device", help="override the run config's device")
     p.add_argument("--epochs", type=int, help="override the run config's epochs")
     p.add_argument("--output", default="runs", help="root folder for runs (default: %(default)s)")
-    p.add_argument("--heartbeat", type=int, default=30, help="seconds between RDB heartbeats; 0 turns them off (default: %(default)s)")
-    p.add_argument("--progress", action="store_true", help="show Lightning's per-batch progress bars")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between RDB heartbeats; 0 turns them off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--progress", action="store_true", help="show Lightning's per-batch progress bars"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
-    p.add_argument("--max-trials", type=int, help=argparse.SUPPRESS)  # a worker's share, set by --workers
+    p.add_argument(
+        "--max-trials", type=int, help=argparse.SUPPRESS
+    )  # a worker's share, set by --workers
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # torch threads per worker
     return p
 
@@ -124,12 +188,16 @@ def tune_parser() -> argparse.ArgumentParser:
 def _load_tune_configs(args: argparse.Namespace):
     """Both configs, validated together before any storage is opened: first everything that
     needs no import (fast), then the import paths (which load torch)."""
-    from lightning_hpo.config import check_components, load_run_config
-    from lightning_hpo.search import check_optimize_components, load_optimize_config
+    from lightning_hpo.optimize_config import check_optimize_components, load_optimize_config
+    from lightning_hpo.run_config import check_components, load_run_config
 
     if args.workers < 1:
-        raise ConfigError("--workers", None, f"must be >= 1, got {args.workers}", "e.g. --workers 2")
-    run = load_run_config(args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False)
+        raise ConfigError(
+            "--workers", None, f"must be >= 1, got {args.workers}", "e.g. --workers 2"
+        )
+    run = load_run_config(
+        args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
+    )
     opt = load_optimize_config(args.optimize_config, run, trials=args.trials, resolve_imports=False)
     if args.study_name:
         opt.study_name = args.study_name
@@ -149,16 +217,27 @@ def _load_tune_configs(args: argparse.Namespace):
 def _settings(args: argparse.Namespace):
     from lightning_hpo.study import TuneSettings
 
-    return TuneSettings(storage=args.storage, runs_root=args.output, progress_bar=args.progress, heartbeat=args.heartbeat or None, max_trials=args.max_trials)
+    return TuneSettings(
+        storage=args.storage,
+        runs_root=args.output,
+        progress_bar=args.progress,
+        heartbeat=args.heartbeat or None,
+        max_trials=args.max_trials,
+    )
 
 
 def _tune(args: argparse.Namespace) -> int:
     run, opt = _load_tune_configs(args)
     settings = _settings(args)
 
-    from lightning_hpo.training import quiet_lightning
+    from lightning_hpo.console import quiet_lightning
     from lightning_hpo.signals import interrupt_on_signals
-    from lightning_hpo.study import create_or_load_study, fail_dead_trials, no_trial_completed, remaining
+    from lightning_hpo.study import (
+        create_or_load_study,
+        fail_dead_trials,
+        no_trial_completed,
+        remaining,
+    )
     from lightning_hpo.tuning import finish, quiet_optuna, tune
 
     interrupt_on_signals()
@@ -174,7 +253,11 @@ def _tune(args: argparse.Namespace) -> int:
         fail_dead_trials(study)  # their retries fill slots the workers' shares must cover
         from lightning_hpo.workers import run_workers
 
-        run_workers(sys.argv[1:] if args.argv is None else args.argv, args.workers, remaining(study, opt.trials))
+        run_workers(
+            args.argv,
+            args.workers,
+            remaining(study, opt.trials),
+        )
     else:
         study = tune(run, opt, settings)
     if args.max_trials is not None:
@@ -196,18 +279,7 @@ def report_parser() -> argparse.ArgumentParser:
         description="Summarise a study: best trials, importances, range edges, a pruning audit "
         "and plots. Read-only.",
     )
-    p.add_argument(
-        "--run-config",
-        "--run_config",
-        default="configs/run_template.yaml",
-        help="run config YAML (default: %(default)s)",
-    )
-    p.add_argument(
-        "--optimize-config",
-        "--optimize_config",
-        default="configs/optimize_template.yaml",
-        help="optimize config YAML (default: %(default)s)",
-    )
+    _config_arguments(p)
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<project>_Opt.db)")
     p.add_argument("--study-name", help="override the config's study_name")
     p.add_argument(
@@ -243,9 +315,9 @@ def _report(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from lightning_hpo.config import load_run_config
+    from lightning_hpo.optimize_config import load_optimize_config
     from lightning_hpo.report import build_report, format_text, write_plots
-    from lightning_hpo.search import load_optimize_config
+    from lightning_hpo.run_config import load_run_config
     from lightning_hpo.storage import default_url, open_study, redact
 
     run = load_run_config(args.run_config)

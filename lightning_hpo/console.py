@@ -6,7 +6,9 @@ import logging
 import sys
 import warnings
 
-_state = {"quiet": False}  # set by quiet_lightning(); spawned DDP ranks inherit it through the callbacks
+_state = {
+    "quiet": False
+}  # set by quiet_lightning(); spawned DDP ranks inherit it through the callbacks
 _noted: set[str] = set()
 
 

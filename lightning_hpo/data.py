@@ -7,7 +7,8 @@ slicing. Per-sample DataLoader collation costs more than the MLP's forward pass.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,7 +17,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from lightning_hpo.imports import accepted_kwargs
 
 
-def synthetic_regression(n: int = 10_000, noise: float = 0.05, val_fraction: float = 0.2, seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
+def synthetic_regression(
+    n: int = 10_000, noise: float = 0.05, val_fraction: float = 0.2, seed: int = 42
+) -> tuple[TensorDataset, TensorDataset]:
     """The reference task: y = sin(4πx) + 0.5·sin(10πx) + 1.5x² + N(0, noise²), x ~ U(0, 1).
 
     The generator seed is fixed so every run and trial sees the same split.
@@ -40,7 +43,14 @@ class TensorBatches:
     """
 
     def __init__(
-        self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, epoch: Callable[[], int] | None = None
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: Callable[[], int] | None = None,
     ):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.rank, self.world_size = rank, world_size
@@ -99,9 +109,17 @@ class SeedBatches(TensorBatches):
     """
 
     def __init__(
-        self, tensors: tuple[torch.Tensor, ...], batch_size: int, seeds: list[int], rank: int = 0, world_size: int = 1, epoch: Callable[[], int] | None = None
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        batch_size: int,
+        seeds: list[int],
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: Callable[[], int] | None = None,
     ):
-        super().__init__(tensors, batch_size, shuffle=True, rank=rank, world_size=world_size, epoch=epoch)
+        super().__init__(
+            tensors, batch_size, shuffle=True, rank=rank, world_size=world_size, epoch=epoch
+        )
         self.shuffles = [_Shuffle(seed, len(tensors[0])) for seed in seeds]
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
@@ -152,7 +170,12 @@ class RegressionData(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return torch.device("cpu"), 0, 1, None
-        return trainer.strategy.root_device, trainer.global_rank, trainer.world_size, lambda: trainer.current_epoch
+        return (
+            trainer.strategy.root_device,
+            trainer.global_rank,
+            trainer.world_size,
+            lambda: trainer.current_epoch,
+        )
 
     def _loader(self, dataset: Dataset, shuffle: bool):
         device, rank, world, epoch = self._placement()
@@ -165,7 +188,9 @@ class RegressionData(pl.LightningDataModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # In-memory batches are already on the device (TensorBatches): skip Lightning's
         # recursive walk over the batch, which costs more per step than a small MLP's forward.
-        if isinstance(batch, list) and all(torch.is_tensor(t) and t.device == device for t in batch):
+        if isinstance(batch, list) and all(
+            torch.is_tensor(t) and t.device == device for t in batch
+        ):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
@@ -177,14 +202,24 @@ class RegressionData(pl.LightningDataModule):
             tensors = tuple(t.to(device) for t in self.train.tensors)
             return SeedBatches(tensors, self.batch_size, self.fused_seeds, rank, world, epoch)
         # Single device only (fused.blocker): each loader shuffles as that seed's run alone would.
-        loaders = [DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(s)) for s in self.fused_seeds]
+        loaders = [
+            DataLoader(
+                self.train,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(s),
+            )
+            for s in self.fused_seeds
+        ]
         return StackedLoaders(loaders)
 
     def val_dataloader(self):
         return self._loader(self.val, shuffle=False)
 
 
-def build_datamodule(factory: Any, kwargs: dict, batch_size: int, seed: int) -> pl.LightningDataModule:
+def build_datamodule(
+    factory: Any, kwargs: dict, batch_size: int, seed: int
+) -> pl.LightningDataModule:
     """Build the DataModule a config's ``data:`` names: a DataModule class or a (train, val) factory."""
     if isinstance(factory, type) and issubclass(factory, pl.LightningDataModule):
         params = dict(kwargs)
@@ -194,7 +229,9 @@ def build_datamodule(factory: Any, kwargs: dict, batch_size: int, seed: int) -> 
         return factory(**params)
     result = factory(**kwargs)
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise TypeError(f"{getattr(factory, '__qualname__', factory)} must return (train_dataset, val_dataset), got {type(result).__name__}")
+        raise TypeError(
+            f"{getattr(factory, '__qualname__', factory)} must return (train_dataset, val_dataset), got {type(result).__name__}"
+        )
     train, val = result
     return RegressionData(train, val, batch_size, seed)
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -71,13 +72,17 @@ class FusedModule(RegressionModule):
         x, y = batch[0], batch[1]
         shared = stage == "val"  # validation: one batch that every seed sees
         pred = self(x, shared=shared)
-        losses = torch.stack([self.criterion(pred[i], y if shared else y[i]) for i in range(pred.shape[0])])
+        losses = torch.stack(
+            [self.criterion(pred[i], y if shared else y[i]) for i in range(pred.shape[0])]
+        )
         n = x.shape[0] if shared else x.shape[1]
         self._accumulate(f"{stage}_loss", losses.detach() * n)
         self._accumulate(f"{stage}_n", torch.tensor(float(n), device=losses.device))
         if shared and y.is_floating_point() and pred.shape[1:] == y.shape:
             y2 = y.reshape(n, -1)
-            self._accumulate("val_sse", (pred.detach().reshape(pred.shape[0], n, -1) - y2).pow(2).sum(1))
+            self._accumulate(
+                "val_sse", (pred.detach().reshape(pred.shape[0], n, -1) - y2).pow(2).sum(1)
+            )
             self._accumulate("val_sy", y2.sum(0))
             self._accumulate("val_syy", y2.pow(2).sum(0))
         return losses.sum()
@@ -125,7 +130,9 @@ class SeedLoggers(Logger):
     as if it had trained alone, plus their mean.
     """
 
-    def __init__(self, mean: TensorBoardLogger, per_seed: dict[int, TensorBoardLogger], states: SeedStates):
+    def __init__(
+        self, mean: TensorBoardLogger, per_seed: dict[int, TensorBoardLogger], states: SeedStates
+    ):
         super().__init__()
         self.mean, self.per_seed, self.states = mean, per_seed, states
 
@@ -160,7 +167,9 @@ class SeedLoggers(Logger):
                 plain[key] = value
         self.mean.log_metrics(plain, step)
         # What has no per-seed values (lr, epoch) is every seed's too.
-        shared = {k: v for k, v in plain.items() if not any(k in values for values in by_seed.values())}
+        shared = {
+            k: v for k, v in plain.items() if not any(k in values for values in by_seed.values())
+        }
         epoch = metrics.get("epoch")
         for seed, values in by_seed.items():
             if epoch is None or self.states.training(seed, int(epoch)):
@@ -201,27 +210,49 @@ class SeedCheckpointIO(TorchCheckpointIO):
                 return index
         return None
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         index = self._index(path)
         if index is None:
             return super().save_checkpoint(checkpoint, path, storage_options)
         one = dict(checkpoint)
         one["state_dict"] = split_state(checkpoint["state_dict"], index)
-        split = [split_optimizer_state(s, index, self.shapes) for s in checkpoint.get("optimizer_states", [])]
+        split = [
+            split_optimizer_state(s, index, self.shapes)
+            for s in checkpoint.get("optimizer_states", [])
+        ]
         one["optimizer_states"] = [state for state, _ in split]
-        one[FUSED_KEY] = {"index": index, "seeds": len(self.run_dirs), "sliced": [sliced for _, sliced in split]}
+        one[FUSED_KEY] = {
+            "index": index,
+            "seeds": len(self.run_dirs),
+            "sliced": [sliced for _, sliced in split],
+        }
         super().save_checkpoint(one, path, storage_options)
 
-    def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self,
+        path: Any,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
         index = self._index(path)
         if index is None:
             return super().load_checkpoint(path, map_location, weights_only)
         relative = Path(path).resolve().relative_to(self.run_dirs[index])
-        parts = [super(SeedCheckpointIO, self).load_checkpoint(d / relative, map_location, weights_only=False) for d in self.run_dirs]
+        parts = [
+            super(SeedCheckpointIO, self).load_checkpoint(
+                d / relative, map_location, weights_only=False
+            )
+            for d in self.run_dirs
+        ]
         merged = dict(parts[0])
         merged["state_dict"] = merge_states([p["state_dict"] for p in parts])
         sliced = parts[0][FUSED_KEY]["sliced"]
-        merged["optimizer_states"] = [merge_optimizer_states([p["optimizer_states"][i] for p in parts], sliced[i]) for i in range(len(sliced))]
+        merged["optimizer_states"] = [
+            merge_optimizer_states([p["optimizer_states"][i] for p in parts], sliced[i])
+            for i in range(len(sliced))
+        ]
         merged.pop(FUSED_KEY)
         return merged
 
@@ -236,8 +267,21 @@ class SeedCheckpoints(Callback):
     "Improved" is ``ModelCheckpoint``'s rule: strictly better, and never a NaN or inf.
     """
 
-    def __init__(self, states: SeedStates, run_dirs: Sequence[Path], monitor: str, mode: str, save_best: bool, save_last: bool):
-        self.states, self.run_dirs, self.monitor, self.mode = states, [Path(d) for d in run_dirs], monitor, mode
+    def __init__(
+        self,
+        states: SeedStates,
+        run_dirs: Sequence[Path],
+        monitor: str,
+        mode: str,
+        save_best: bool,
+        save_last: bool,
+    ):
+        self.states, self.run_dirs, self.monitor, self.mode = (
+            states,
+            [Path(d) for d in run_dirs],
+            monitor,
+            mode,
+        )
         self.save_best, self.save_last = save_best, save_last
         self.best: dict[int, float] = {}
 
@@ -249,7 +293,9 @@ class SeedCheckpoints(Callback):
                 continue
             current = float(value)
             best = self.best.get(seed)
-            if math.isfinite(current) and (best is None or (current > best if self.mode == "max" else current < best)):
+            if math.isfinite(current) and (
+                best is None or (current > best if self.mode == "max" else current < best)
+            ):
                 self.best[seed] = current
                 improved.append(seed)
         return improved
@@ -300,7 +346,11 @@ def resumable(paths: Sequence[Path]) -> bool:
 
 
 def blocker(
-    dm: pl.LightningDataModule, nets: Sequence[nn.Module], optimizer: Callable, optimizer_config: dict[str, Any], devices: int | str
+    dm: pl.LightningDataModule,
+    nets: Sequence[nn.Module],
+    optimizer: Callable,
+    optimizer_config: dict[str, Any],
+    devices: int | str,
 ) -> tuple[Mode | None, str | None]:
     """How the seeds' ``nets`` can train fused (``(mode, None)``), or why not (``(None, reason)``).
 
@@ -308,9 +358,15 @@ def blocker(
     network's own, and the optimizer must update stacked tensors element by element.
     """
     if not isinstance(dm, RegressionData):
-        return None, "the data is a LightningDataModule, which draws its own batches; fusing needs a (train, val) dataset factory"
+        return (
+            None,
+            "the data is a LightningDataModule, which draws its own batches; fusing needs a (train, val) dataset factory",
+        )
     if devices != 1 and not isinstance(dm.train, TensorDataset):
-        return None, "on several devices fusing needs TensorDatasets (each seed's shard must come from its own shuffle)"
+        return (
+            None,
+            "on several devices fusing needs TensorDatasets (each seed's shard must come from its own shuffle)",
+        )
     x = next(iter(dm.train_dataloader()))[0]
     mode, reason = vectorise(nets, x)
     if mode is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lightning_hpo.errors import ConfigError
 
@@ -21,7 +22,12 @@ def resolve(path: str, source: str = "<config>", key: str = "?") -> Any:
         ConfigError: when the path does not resolve, with the nearest valid name.
     """
     if not isinstance(path, str) or not path.strip():
-        raise ConfigError(source, key, f"expected an import path such as 'torch.optim.AdamW', got {path!r}", "write the full dotted path")
+        raise ConfigError(
+            source,
+            key,
+            f"expected an import path such as 'torch.optim.AdamW', got {path!r}",
+            "write the full dotted path",
+        )
     parts = path.split(".")
     # Import the longest importable module prefix, then walk attributes.
     for cut in range(len(parts), 0, -1):
@@ -29,21 +35,44 @@ def resolve(path: str, source: str = "<config>", key: str = "?") -> Any:
         try:
             obj = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and not module_name.startswith(exc.name) and not exc.name.startswith(module_name):
+            if (
+                exc.name
+                and not module_name.startswith(exc.name)
+                and not exc.name.startswith(module_name)
+            ):
                 # The module exists but one of *its* imports is missing.
-                raise ConfigError(source, key, f"'{module_name}' failed to import: {exc}", "install the missing package") from None
+                raise ConfigError(
+                    source,
+                    key,
+                    f"'{module_name}' failed to import: {exc}",
+                    "install the missing package",
+                ) from None
             continue
         except Exception as exc:  # noqa: BLE001 - user code may raise anything on import
-            raise ConfigError(source, key, f"importing '{module_name}' raised {exc.__class__.__name__}: {exc}", "fix that module") from None
+            raise ConfigError(
+                source,
+                key,
+                f"importing '{module_name}' raised {exc.__class__.__name__}: {exc}",
+                "fix that module",
+            ) from None
         break
     else:
-        raise ConfigError(source, key, f"cannot import '{path}': no module '{parts[0]}'", "check the spelling, or install the package")
+        raise ConfigError(
+            source,
+            key,
+            f"cannot import '{path}': no module '{parts[0]}'",
+            "check the spelling, or install the package",
+        )
     for i, attr in enumerate(parts[cut:], start=cut):
         if not hasattr(obj, attr):
             owner = ".".join(parts[:i])
             names = [n for n in dir(obj) if not n.startswith("_")]
             near = difflib.get_close_matches(attr, names, n=1)
-            fix = f"did you mean '{owner}.{near[0]}'?" if near else f"check the names defined in '{owner}'"
+            fix = (
+                f"did you mean '{owner}.{near[0]}'?"
+                if near
+                else f"check the names defined in '{owner}'"
+            )
             raise ConfigError(source, key, f"'{owner}' has no attribute '{attr}'", fix)
         obj = getattr(obj, attr)
     return obj
@@ -66,20 +95,45 @@ def required_kwargs(fn: Callable) -> set[str]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return set()
-    return {p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
-def check_kwargs(fn: Callable, kwargs: dict, source: str, key: str, skip: tuple[str, ...] = (), require: bool = True) -> None:
+def check_kwargs(
+    fn: Callable,
+    kwargs: dict,
+    source: str,
+    key: str,
+    skip: tuple[str, ...] = (),
+    require: bool = True,
+) -> None:
     """Raise ConfigError for a keyword ``fn`` does not accept (naming the nearest one) or a
     required one that is missing. ``skip``: arguments the caller supplies itself."""
     missing = sorted(required_kwargs(fn) - set(kwargs) - set(skip)) if require else []
     if missing:
-        raise ConfigError(source, f"{key}.{missing[0]}", f"{getattr(fn, '__qualname__', fn)} requires '{missing[0]}'", f"add {missing[0]} to {key}")
+        raise ConfigError(
+            source,
+            f"{key}.{missing[0]}",
+            f"{getattr(fn, '__qualname__', fn)} requires '{missing[0]}'",
+            f"add {missing[0]} to {key}",
+        )
     accepted = accepted_kwargs(fn)
     if accepted is None:
         return
     for name in kwargs:
         if name not in accepted:
             near = difflib.get_close_matches(name, sorted(accepted - set(skip)), n=1)
-            fix = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(sorted(accepted - set(skip))) or 'none'}"
-            raise ConfigError(source, f"{key}.{name}", f"{getattr(fn, '__qualname__', fn)} takes no argument '{name}'", fix)
+            fix = (
+                f"did you mean '{near[0]}'?"
+                if near
+                else f"valid keys: {', '.join(sorted(accepted - set(skip))) or 'none'}"
+            )
+            raise ConfigError(
+                source,
+                f"{key}.{name}",
+                f"{getattr(fn, '__qualname__', fn)} takes no argument '{name}'",
+                fix,
+            )

@@ -15,13 +15,22 @@ class MLP(nn.Module):
         activation: name of a ``torch.nn`` activation class, e.g. ``GELU`` or ``ReLU``.
     """
 
-    def __init__(self, in_features: int, out_features: int, nodes: int = 64, layers: int = 4, activation: str = "GELU"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nodes: int = 64,
+        layers: int = 4,
+        activation: str = "GELU",
+    ):
         super().__init__()
         if nodes < 1 or layers < 1:
             raise ValueError(f"nodes and layers must be >= 1, got nodes={nodes}, layers={layers}")
         act = getattr(nn, activation, None)
         if not (isinstance(act, type) and issubclass(act, nn.Module)):
-            raise ValueError(f"activation {activation!r} is not a torch.nn module (try GELU, ReLU, SiLU, Tanh)")
+            raise ValueError(
+                f"activation {activation!r} is not a torch.nn module (try GELU, ReLU, SiLU, Tanh)"
+            )
         blocks: list[nn.Module] = []
         width = in_features
         for _ in range(layers):

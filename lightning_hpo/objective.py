@@ -14,15 +14,16 @@ import os
 import signal
 import socket
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
 from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, HOST, INTERRUPTED, PID, RUN_DIR, SURPLUS
-from lightning_hpo.config import RunConfig
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.search import OptimizeConfig
+from lightning_hpo.optimize_config import OptimizeConfig
+from lightning_hpo.run_config import RunConfig
 from lightning_hpo.signals import ignore_further_signals, last_signal
 from lightning_hpo.study import TuneSettings, counted, study_project
 
@@ -36,7 +37,9 @@ def _system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     trial.storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
-def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, folder: Path) -> Callable[[optuna.Trial], float]:
+def make_objective(
+    run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, folder: Path
+) -> Callable[[optuna.Trial], float]:
     """The objective: merge the trial's parameters into ``run``, train every seed into
     ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
     from optuna_integration import PyTorchLightningPruningCallback
@@ -51,7 +54,9 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, 
             # Another worker took the last slot between our count and our ask: the
             # lower trial numbers win, this one ends without running.
             _system_attr(trial, SURPLUS, True)
-            trial.set_user_attr(FAIL_REASON, f"not run: the study already holds its {opt.trials} trials")
+            trial.set_user_attr(
+                FAIL_REASON, f"not run: the study already holds its {opt.trials} trials"
+            )
             trial.study.stop()
             raise TrialFailed("surplus")
         _system_attr(trial, HOST, socket.gethostname())
@@ -67,8 +72,14 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, 
         callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
         try:
             results = fit_run(
-                cfg, cfg.seeds, [run_dir / str(seed) for seed in cfg.seeds], monitor=opt.metric, mode=mode,
-                callbacks=[callback], progress_bar=settings.progress_bar, after_fit=callback.check_pruned,
+                cfg,
+                cfg.seeds,
+                [run_dir / str(seed) for seed in cfg.seeds],
+                monitor=opt.metric,
+                mode=mode,
+                callbacks=[callback],
+                progress_bar=settings.progress_bar,
+                after_fit=callback.check_pruned,
             )
         except (optuna.TrialPruned, ConfigError):
             raise
@@ -90,7 +101,10 @@ def make_objective(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, 
             # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
             ignore_further_signals()  # a second signal must not break the writes that end the trial
             _system_attr(trial, INTERRUPTED, True)
-            trial.set_user_attr(FAIL_REASON, f"interrupted by {signal.Signals(last_signal()).name}: not counted, the next run of the study runs it again")
+            trial.set_user_attr(
+                FAIL_REASON,
+                f"interrupted by {signal.Signals(last_signal()).name}: not counted, the next run of the study runs it again",
+            )
             raise KeyboardInterrupt(str(exc)) from exc
 
     return objective

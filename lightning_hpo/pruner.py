@@ -1,4 +1,8 @@
-"""Predicted-Final-Loss (PFL) pruner.
+"""Predicted-Final-Loss (PFL) pruner: its decisions, from what the study stores.
+
+(About 440 lines, most of them this docstring and ``evaluate``'s explained steps: the
+rule's parts, reference set, same-epoch bands and cache, read one another's state, and
+stay together; the curve arithmetic is apart, in :mod:`lightning_hpo.pfl`.)
 
 The pruner extrapolates each learning curve to the end of training
 (:func:`lightning_hpo.pfl.predict_final_loss`; the arithmetic lives in
@@ -85,6 +89,7 @@ EPOCHS_ATTR = "epochs"
 N_SEEDS_ATTR = "n_seeds"
 PFL_ATTR = "pfl"  # trial user attr: the latest decision and every prediction (decision_record)
 
+
 def _is_worse(value: float, reference: float, direction: StudyDirection) -> bool:
     if direction == StudyDirection.MAXIMIZE:
         return value < reference
@@ -93,7 +98,6 @@ def _is_worse(value: float, reference: float, direction: StudyDirection) -> bool
 
 def _worst(values: Sequence[float], direction: StudyDirection) -> float:
     return min(values) if direction == StudyDirection.MAXIMIZE else max(values)
-
 
 
 # --------------------------------------------------------------------------- trial curve

@@ -35,7 +35,13 @@ class SeedResult:
         return min(finite) if self.mode == "min" else max(finite)
 
     def to_json(self) -> dict[str, Any]:
-        return {"seed": self.seed, "history": self.history, "mode": self.mode, "seconds": self.seconds, "together": self.together}
+        return {
+            "seed": self.seed,
+            "history": self.history,
+            "mode": self.mode,
+            "seconds": self.seconds,
+            "together": self.together,
+        }
 
     def save(self) -> None:
         (self.run_dir / RESULT_FILE).write_text(json.dumps(self.to_json()))
@@ -64,4 +70,11 @@ def load_result(run_dir: Path) -> SeedResult | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return SeedResult(data["seed"], run_dir, data["history"], data["mode"], data["seconds"], data.get("together", 1))
+    return SeedResult(
+        data["seed"],
+        run_dir,
+        data["history"],
+        data["mode"],
+        data["seconds"],
+        data.get("together", 1),
+    )

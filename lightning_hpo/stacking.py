@@ -22,7 +22,8 @@ couples elements of a tensor (LBFGS, LAMB's trust ratio).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -110,13 +111,20 @@ def vectorise(nets: Sequence[nn.Module], x: torch.Tensor) -> tuple[Mode | None, 
     """
     buffers = [name for name, _ in nets[0].named_buffers()]
     if buffers:
-        return None, f"the network has buffers it may update in place ({', '.join(buffers[:3])}), e.g. BatchNorm running statistics"
+        return (
+            None,
+            f"the network has buffers it may update in place ({', '.join(buffers[:3])}), e.g. BatchNorm running statistics",
+        )
     if not any(True for _ in nets[0].parameters()):
         return None, "the network has no parameters"
     with torch.no_grad():
         alone = torch.stack([net(x) for net in nets])
     modes: list[Mode] = ["vmap"]
-    if all(type(m) is nn.Linear for m in nets[0].modules() if any(True for _ in m.parameters(recurse=False))):
+    if all(
+        type(m) is nn.Linear
+        for m in nets[0].modules()
+        if any(True for _ in m.parameters(recurse=False))
+    ):
         modes.insert(0, "bmm")
     reason = None
     for mode in modes:
@@ -132,7 +140,13 @@ def vectorise(nets: Sequence[nn.Module], x: torch.Tensor) -> tuple[Mode | None, 
     return None, reason
 
 
-def _run_optimizer(factory: Callable, config: dict[str, Any], params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], steps: int) -> list[torch.Tensor]:
+def _run_optimizer(
+    factory: Callable,
+    config: dict[str, Any],
+    params: list[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    steps: int,
+) -> list[torch.Tensor]:
     """``steps`` steps of a fresh ``factory`` optimizer on ``params`` (with a closure, as LBFGS needs)."""
     opt = factory(params, **config)
 
@@ -147,24 +161,47 @@ def _run_optimizer(factory: Callable, config: dict[str, Any], params: list[torch
     return [p.detach() for p in params]
 
 
-def _stacking_agrees(factory: Callable, config: dict[str, Any], elementwise: Callable, shapes: Sequence[torch.Size], steps: int) -> bool:
+def _stacking_agrees(
+    factory: Callable,
+    config: dict[str, Any],
+    elementwise: Callable,
+    shapes: Sequence[torch.Size],
+    steps: int,
+) -> bool:
     """Whether two seeds (at scales 1 and 7) end where they end alone when one optimizer
     steps their stacked tensors, the loss being ``elementwise(param, target, scale)`` summed."""
     g = torch.Generator().manual_seed(0)
     scales = torch.tensor([1.0, 7.0])
-    starts = [torch.randn(len(scales), *shape, generator=g) * scales.reshape(-1, *[1] * len(shape)) for shape in shapes]
-    targets = [torch.randn(len(scales), *shape, generator=g) * scales.reshape(-1, *[1] * len(shape)) for shape in shapes]
+    starts = [
+        torch.randn(len(scales), *shape, generator=g) * scales.reshape(-1, *[1] * len(shape))
+        for shape in shapes
+    ]
+    targets = [
+        torch.randn(len(scales), *shape, generator=g) * scales.reshape(-1, *[1] * len(shape))
+        for shape in shapes
+    ]
     alone = []
     for seed in range(len(scales)):
         params = [start[seed].clone().requires_grad_() for start in starts]
         ends = [target[seed] for target in targets]
         scale = scales[seed]
-        loss = lambda params=params, ends=ends, scale=scale: sum(elementwise(p, t, scale).sum() for p, t in zip(params, ends))  # noqa: E731
+
+        def loss(params=params, ends=ends, scale=scale):  # bound now: called in this iteration
+            return sum(elementwise(p, t, scale).sum() for p, t in zip(params, ends))
+
         alone.append(_run_optimizer(factory, config, params, loss, steps))
     stacked = [start.clone().requires_grad_() for start in starts]
     per_seed = [scales.reshape(-1, *[1] * len(shape)) for shape in shapes]
-    together = _run_optimizer(factory, config, stacked, lambda: sum(elementwise(p, t, w).sum() for p, t, w in zip(stacked, targets, per_seed)), steps)
-    return all(_close(p[seed], ref) for seed in range(len(scales)) for p, ref in zip(together, alone[seed]))
+    together = _run_optimizer(
+        factory,
+        config,
+        stacked,
+        lambda: sum(elementwise(p, t, w).sum() for p, t, w in zip(stacked, targets, per_seed)),
+        steps,
+    )
+    return all(
+        _close(p[seed], ref) for seed in range(len(scales)) for p, ref in zip(together, alone[seed])
+    )
 
 
 # Two losses: a quadratic, and a linear one no optimizer finishes in a few steps (LBFGS
@@ -172,7 +209,9 @@ def _stacking_agrees(factory: Callable, config: dict[str, Any], elementwise: Cal
 _PROBE_LOSSES = (lambda p, t, scale: scale * (p - t).pow(2), lambda p, t, scale: scale * p * t)
 
 
-def optimizer_blocker(factory: Callable, config: dict[str, Any], shapes: Sequence[torch.Size], steps: int = 3) -> str | None:
+def optimizer_blocker(
+    factory: Callable, config: dict[str, Any], shapes: Sequence[torch.Size], steps: int = 3
+) -> str | None:
     """Why one ``factory`` optimizer over stacked tensors would not update each seed as
     its own optimizer would; None when it does.
 
@@ -200,7 +239,9 @@ def merge_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return {k: torch.stack([s[k] for s in states]) for k in states[0]}
 
 
-def split_optimizer_state(state: dict[str, Any], index: int, shapes: Sequence[torch.Size]) -> tuple[dict[str, Any], dict[int, list[str]]]:
+def split_optimizer_state(
+    state: dict[str, Any], index: int, shapes: Sequence[torch.Size]
+) -> tuple[dict[str, Any], dict[int, list[str]]]:
     """Seed ``index``'s optimizer state dict from one over stacked parameters, and which
     entries were sliced (``merge_optimizer_states`` needs to know).
 
@@ -216,10 +257,15 @@ def split_optimizer_state(state: dict[str, Any], index: int, shapes: Sequence[to
     return out, sliced
 
 
-def merge_optimizer_states(states: Sequence[dict[str, Any]], sliced: dict[int, list[str]]) -> dict[str, Any]:
+def merge_optimizer_states(
+    states: Sequence[dict[str, Any]], sliced: dict[int, list[str]]
+) -> dict[str, Any]:
     """The optimizer state dict over stacked parameters from per-seed ones."""
     merged: dict[str, Any] = {"param_groups": copy.deepcopy(states[0]["param_groups"]), "state": {}}
     for i, entry in states[0]["state"].items():
         keys = sliced.get(i, [])
-        merged["state"][i] = {k: torch.stack([s["state"][i][k] for s in states]) if k in keys else v for k, v in entry.items()}
+        merged["state"][i] = {
+            k: torch.stack([s["state"][i][k] for s in states]) if k in keys else v
+            for k, v in entry.items()
+        }
     return merged

@@ -47,8 +47,16 @@ def storage_file(url: str) -> Path | None:
 
 def check_url(url: str, source: str = "--storage") -> None:
     """Cheap checks that need no connection: known scheme, file writable, not corrupt."""
-    if not re.match(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+\w+)?://|^journal(\+redis)?:", url):
-        raise ConfigError(source, redact(url), "unknown storage URL", "use sqlite:///file.db, postgresql://user@host/db, journal:file.log or journal+redis://host:6379/0")
+    if not re.match(
+        r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+\w+)?://|^journal(\+redis)?:",
+        url,
+    ):
+        raise ConfigError(
+            source,
+            redact(url),
+            "unknown storage URL",
+            "use sqlite:///file.db, postgresql://user@host/db, journal:file.log or journal+redis://host:6379/0",
+        )
     path = storage_file(url)
     if path is None:
         return
@@ -57,17 +65,29 @@ def check_url(url: str, source: str = "--storage") -> None:
             with open(path, "rb") as fh:
                 header = fh.read(len(SQLITE_HEADER))
             if header and header != SQLITE_HEADER:
-                raise ConfigError(source, str(path), "is not an SQLite database (corrupt or another format); it was left untouched", "restore it from a backup or choose another --storage")
+                raise ConfigError(
+                    source,
+                    str(path),
+                    "is not an SQLite database (corrupt or another format); it was left untouched",
+                    "restore it from a backup or choose another --storage",
+                )
         return
     parent = path.absolute().parent
     import os
 
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(source, str(path), f"cannot create the study file: {existing} is not writable", "choose a writable location with --storage")
+        raise ConfigError(
+            source,
+            str(path),
+            f"cannot create the study file: {existing} is not writable",
+            "choose a writable location with --storage",
+        )
 
 
-def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--storage", read_only: bool = False):
+def open_storage(
+    url: str, *, heartbeat: int | None = 30, source: str = "--storage", read_only: bool = False
+):
     """Open ``url`` as an Optuna storage, turning connection failures into ConfigError.
 
     Args:
@@ -118,8 +138,15 @@ def open_storage(url: str, *, heartbeat: int | None = 30, source: str = "--stora
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - drivers raise many kinds; all mean "cannot open"
-        reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else exc.__class__.__name__
-        raise ConfigError(source, redact(url), f"cannot open the storage ({reason})", "check the URL, that the server is running, and that the driver is installed") from None
+        reason = (
+            redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else exc.__class__.__name__
+        )
+        raise ConfigError(
+            source,
+            redact(url),
+            f"cannot open the storage ({reason})",
+            "check the URL, that the server is running, and that the driver is installed",
+        ) from None
 
 
 def open_study(url: str, study_name: str):
@@ -137,7 +164,10 @@ def open_study(url: str, study_name: str):
     if study_name not in names:
         held = f"studies there: {', '.join(names)}" if names else "it holds no studies"
         raise ConfigError(
-            "--study-name", study_name, f"no such study in {redact(url)}", f"{held}; pass --study-name"
+            "--study-name",
+            study_name,
+            f"no such study in {redact(url)}",
+            f"{held}; pass --study-name",
         )
     return optuna.load_study(
         study_name=study_name,
@@ -157,7 +187,12 @@ def _require_file(url: str, source: str) -> None:
     """Refuse a SQLite or journal-file URL whose file is missing: opening would create it."""
     path = storage_file(url)
     if path is not None and not path.exists():
-        raise ConfigError(source, redact(url), f"no study file at {path}", "run tune.py first, or pass the --storage the study was created with")
+        raise ConfigError(
+            source,
+            redact(url),
+            f"no study file at {path}",
+            "run tune.py first, or pass the --storage the study was created with",
+        )
 
 
 def require_optuna_tables(url: str, source: str = "--storage") -> None:
@@ -185,7 +220,11 @@ def missing_optuna_tables(url: str) -> list[str]:
         with engine.connect() as conn:
             tables = set(sqlalchemy.inspect(conn).get_table_names())
             missing = [name for name in OPTUNA_TABLES if name not in tables]
-            missing += [f"a row in {name}" for name in STAMPED_TABLES if name in tables and not _has_row(conn, name)]
+            missing += [
+                f"a row in {name}"
+                for name in STAMPED_TABLES
+                if name in tables and not _has_row(conn, name)
+            ]
             conn.rollback()  # the look opened a transaction; end it without a commit
     finally:
         engine.dispose()
@@ -195,7 +234,12 @@ def missing_optuna_tables(url: str) -> list[str]:
 def _has_row(conn, table: str) -> bool:
     import sqlalchemy
 
-    return conn.execute(sqlalchemy.select(sqlalchemy.literal(1)).select_from(sqlalchemy.table(table)).limit(1)).first() is not None
+    return (
+        conn.execute(
+            sqlalchemy.select(sqlalchemy.literal(1)).select_from(sqlalchemy.table(table)).limit(1)
+        ).first()
+        is not None
+    )
 
 
 def _inspection_engine(url: str):
@@ -209,7 +253,9 @@ def _inspection_engine(url: str):
     if path is None:
         return sqlalchemy.create_engine(url)
     uri = path.absolute().as_uri() + "?mode=ro"
-    return sqlalchemy.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=60))
+    return sqlalchemy.create_engine(
+        "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=60)
+    )
 
 
 def _with_retries(open_fn, attempts: int = 5):
@@ -221,6 +267,11 @@ def _with_retries(open_fn, attempts: int = 5):
         try:
             return open_fn()
         except (IntegrityError, ProgrammingError, OperationalError) as exc:
-            if attempt == attempts - 1 or "could not connect" in str(exc) or "Connection refused" in str(exc) or "unable to open" in str(exc):
+            if (
+                attempt == attempts - 1
+                or "could not connect" in str(exc)
+                or "Connection refused" in str(exc)
+                or "unable to open" in str(exc)
+            ):
                 raise
             time.sleep(0.2 * (attempt + 1))

@@ -12,18 +12,27 @@ import socket
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from lightning_hpo.attrs import FAIL_REASON, HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, STUDY_UID, SURPLUS
-from lightning_hpo.config import RunConfig
+from lightning_hpo.attrs import (
+    FAIL_REASON,
+    HOST,
+    INTERRUPTED,
+    PID,
+    RETRIED_FROM,
+    STALE,
+    STUDY_UID,
+    SURPLUS,
+)
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.optimize_config import OptimizeConfig
 from lightning_hpo.retries import queue_retry
-from lightning_hpo.search import OptimizeConfig
+from lightning_hpo.run_config import RunConfig
 from lightning_hpo.storage import default_url, open_storage
 
 
@@ -74,7 +83,9 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler.reseed_rng()
 
 
-def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings) -> optuna.Study:
+def create_or_load_study(
+    run: RunConfig, opt: OptimizeConfig, settings: TuneSettings
+) -> optuna.Study:
     """Open the storage and create the study, or load it and check it still matches the config.
 
     A seeded sampler is reseeded from each trial's number, so a continued study or a
@@ -83,18 +94,29 @@ def create_or_load_study(run: RunConfig, opt: OptimizeConfig, settings: TuneSett
     url = settings.storage or default_url(run.project)
     storage = open_storage(url, heartbeat=settings.heartbeat)
     try:
-        study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
+        study = optuna.load_study(
+            study_name=opt.study_name, storage=storage, pruner=opt.make_pruner()
+        )
         _check_compatible(study, opt)
     except KeyError:
         try:
-            study = optuna.create_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner(), direction=opt.direction)
+            study = optuna.create_study(
+                study_name=opt.study_name,
+                storage=storage,
+                pruner=opt.make_pruner(),
+                direction=opt.direction,
+            )
             _label(study, opt)
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
-            study = optuna.load_study(study_name=opt.study_name, storage=storage, pruner=opt.make_pruner())
+            study = optuna.load_study(
+                study_name=opt.study_name, storage=storage, pruner=opt.make_pruner()
+            )
             _check_compatible(study, opt)
     if study_uid(study) is None:
         _label(study, opt, wait=2.0)
-    study.sampler = TrialSeededSampler(opt.make_sampler) if opt.seed_per_trial() else opt.make_sampler()
+    study.sampler = (
+        TrialSeededSampler(opt.make_sampler) if opt.seed_per_trial() else opt.make_sampler()
+    )
     return study
 
 
@@ -121,7 +143,12 @@ def _label(study: optuna.Study, opt: OptimizeConfig, wait: float = 0.0) -> None:
 def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
     stored = study.direction.name.lower()
     if stored != opt.direction:
-        raise ConfigError("direction", opt.study_name, f"the existing study optimizes {stored} but the config says {opt.direction}", "use the stored direction, or a new study_name")
+        raise ConfigError(
+            "direction",
+            opt.study_name,
+            f"the existing study optimizes {stored} but the config says {opt.direction}",
+            "use the stored direction, or a new study_name",
+        )
     new = opt.distributions()
     for t in reversed(study.get_trials(deepcopy=False)):
         for name, old in t.distributions.items():
@@ -130,7 +157,12 @@ def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
                     optuna.distributions.check_distribution_compatibility(old, new[name])
                 except ValueError as exc:
                     key = next(p.where for p in opt.params if p.name == name)
-                    raise ConfigError("search_space", key, f"changed incompatibly since the study began ({exc})", "restore the old definition, or use a new study_name") from None
+                    raise ConfigError(
+                        "search_space",
+                        key,
+                        f"changed incompatibly since the study began ({exc})",
+                        "restore the old definition, or use a new study_name",
+                    ) from None
         if t.distributions:
             break
 
@@ -148,7 +180,12 @@ def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -
     for t in trials:
         if t.state == TrialState.WAITING or (before is not None and t.number >= before):
             continue
-        if t.state == TrialState.FAIL and (t.system_attrs.get(INTERRUPTED) or t.system_attrs.get(STALE) or t.system_attrs.get(SURPLUS) or t.number in retried):
+        if t.state == TrialState.FAIL and (
+            t.system_attrs.get(INTERRUPTED)
+            or t.system_attrs.get(STALE)
+            or t.system_attrs.get(SURPLUS)
+            or t.number in retried
+        ):
             continue
         n += 1
     return n
@@ -175,7 +212,11 @@ def fail_dead_workers(study: optuna.Study) -> list[int]:
             continue
         try:
             study._storage.set_trial_system_attr(t._trial_id, STALE, True)
-            study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, f"its worker (pid {pid} on this host) died: failed, and its parameters queued once more")
+            study._storage.set_trial_user_attr(
+                t._trial_id,
+                FAIL_REASON,
+                f"its worker (pid {pid} on this host) died: failed, and its parameters queued once more",
+            )
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
@@ -192,7 +233,9 @@ def fail_dead_trials(study: optuna.Study, echo: Callable[[str], None] = print) -
     storages Optuna's heartbeat check fails silent trials of any host and retries them once.
     """
     for number in fail_dead_workers(study):
-        echo(f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again")
+        echo(
+            f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again"
+        )
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -207,7 +250,9 @@ def no_trial_completed(study: optuna.Study) -> str | None:
     failed = [t for t in trials if t.state == TrialState.FAIL and not t.system_attrs.get(SURPLUS)]
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     line = f"no trial completed: {len(failed)} failed, {pruned} pruned"
-    reasons = collections.Counter(t.user_attrs.get(FAIL_REASON, "no reason recorded") for t in failed)
+    reasons = collections.Counter(
+        t.user_attrs.get(FAIL_REASON, "no reason recorded") for t in failed
+    )
     if reasons:
         reason, n = reasons.most_common(1)[0]
         line += f"; commonest failure ({n} of {len(failed)}): {reason.splitlines()[0][:300]}"
@@ -221,7 +266,13 @@ def remaining(study: optuna.Study, total: int) -> int:
 _STUDY_MARK = ".study"  # in a study's run folder: the uid of the study that owns it
 
 
-def study_folder(run: RunConfig, opt: OptimizeConfig, study: optuna.Study, settings: TuneSettings, echo: Callable[[str], None] = print) -> Path:
+def study_folder(
+    run: RunConfig,
+    opt: OptimizeConfig,
+    study: optuna.Study,
+    settings: TuneSettings,
+    echo: Callable[[str], None] = print,
+) -> Path:
     """``runs/<project>_Opt/<study_name>``: this study's trials and ``best.yaml``, and no other's.
 
     The folder carries the uid of the study that owns it. A folder of the same name that

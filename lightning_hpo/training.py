@@ -7,183 +7,59 @@ chooses; ``train`` (train.py) and the tuner's objective both call it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
 
 from lightning_hpo.callbacks import LastCheckpoint, RunRecorder, SeedEarlyStopping
-from lightning_hpo.config import RunConfig
-from lightning_hpo.console import note_once, quiet_lightning  # noqa: F401 - quiet_lightning: the commands' import
-from lightning_hpo.data import build_datamodule, feature_sizes
+from lightning_hpo.components import (
+    build_components,
+    build_data,
+    build_net,
+    config_errors,
+    hparams_of,
+    module_kwargs,
+)
+from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import accepted_kwargs, resolve
+from lightning_hpo.imports import resolve
 from lightning_hpo.metrics import VAL_LOSS
-from lightning_hpo.module import RegressionModule
-from lightning_hpo.results import RESULT_FILE, SeedResult, TrainResult, load_result  # noqa: F401 - RESULT_FILE, load_result: re-exported
+from lightning_hpo.results import SeedResult, TrainResult, load_result
+from lightning_hpo.run_config import RunConfig
 from lightning_hpo.seeds import SeedStates
+from lightning_hpo.trainer import build_trainer, stop_spawned_ranks
 from lightning_hpo.yamlio import dump_yaml
-
-# Strategies that start extra devices' processes by re-running the command line ("auto" picks
-# "ddp" for several devices), and their spawn-based equivalents: see build_trainer.
-_SPAWNED_EQUIVALENT = {
-    "auto": "ddp_spawn",
-    "ddp": "ddp_spawn",
-    "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
-    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
-}
-
-
-def accelerator_and_devices(cfg: RunConfig) -> tuple[str, Any]:
-    """Map the config's ``device``/``devices`` onto Lightning's accelerator and devices."""
-    if cfg.device == "auto":
-        return ("gpu" if torch.cuda.is_available() else "cpu"), cfg.devices
-    if cfg.device == "cpu":
-        return "cpu", cfg.devices
-    if cfg.device == "mps":
-        return "mps", cfg.devices
-    if ":" in cfg.device:
-        return "gpu", [int(cfg.device.split(":")[1])]
-    return "gpu", cfg.devices
-
-
-def _relaunches_the_script(trainer: pl.Trainer) -> bool:
-    """Whether ``trainer.fit`` would start the other ranks by re-running ``sys.argv`` (Lightning's
-    ``ddp``): a second train.py or tune.py, not a training rank."""
-    launcher = trainer.strategy.launcher
-    return (
-        isinstance(launcher, _SubprocessScriptLauncher)
-        and not launcher.cluster_environment.creates_processes_externally
-        and launcher.num_processes * launcher.num_nodes > 1
-    )
-
-
-def build_trainer(cfg: RunConfig, *, progress_bar: bool = False, checkpointing: bool = True, **kwargs: Any) -> pl.Trainer:
-    """A Trainer for ``cfg``'s device, devices and strategy.
-
-    Several devices run as ``ddp_spawn``: Lightning's ``ddp`` (also what ``auto`` picks) starts
-    the other ranks by re-running the command line, which here would start another training
-    or tuning run instead of a rank.
-    """
-    accelerator, devices = accelerator_and_devices(cfg)
-    kwargs |= {
-        "max_epochs": cfg.epochs,
-        "enable_progress_bar": progress_bar,
-        "enable_model_summary": False,
-        "enable_checkpointing": checkpointing,
-        "log_every_n_steps": 1,
-        "deterministic": False,
-    }
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=cfg.strategy, **kwargs)
-    if not _relaunches_the_script(trainer):
-        return trainer
-    spawned = _SPAWNED_EQUIVALENT.get(cfg.strategy)
-    if spawned is None:
-        raise ConfigError(
-            "<run config>", "strategy", f"{cfg.strategy!r} on several devices starts its processes by re-running the command line, which train.py and tune.py cannot do", "use strategy: ddp_spawn, or devices: 1"
-        )
-    if cfg.strategy != "auto":
-        note_once(f"strategy {cfg.strategy!r} runs as {spawned!r}: {cfg.strategy!r} would re-run the command line for each extra device")
-    return pl.Trainer(accelerator=accelerator, devices=devices, strategy=spawned, **kwargs)
-
-
-def stop_spawned_ranks(trainer: pl.Trainer, grace: float = 10.0) -> None:
-    """Terminate the rank processes a spawn-based strategy started, if any are still alive."""
-    procs = [p for p in getattr(trainer.strategy.launcher, "procs", None) or () if p.is_alive()]
-    for p in procs:
-        p.terminate()
-    deadline = time.monotonic() + grace
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-
-
-def build_net(cfg: RunConfig, dm: pl.LightningDataModule, seed: int) -> nn.Module:
-    """The network of one seed: ``seed_everything(seed)``, then the constructor, so its
-    initial weights are the same whether the seed trains alone or fused."""
-    net_cls = resolve(cfg.net)
-    net_kwargs = dict(cfg.net_config)
-    accepted = accepted_kwargs(net_cls)
-    if accepted is None or {"in_features", "out_features"} <= accepted:
-        net_kwargs["in_features"], net_kwargs["out_features"] = feature_sizes(dm)
-    pl.seed_everything(seed, workers=True, verbose=False)
-    return net_cls(**net_kwargs)
-
-
-def _module_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    criterion = resolve(cfg.criterion)
-    if isinstance(criterion, type):
-        criterion = criterion(**cfg.criterion_config)
-    return {
-        "criterion": criterion,
-        "optimizer": resolve(cfg.optimizer),
-        "optimizer_config": cfg.optimizer_config,
-        "scheduler": resolve(cfg.scheduler) if cfg.scheduler else None,
-        "scheduler_config": cfg.scheduler_config,
-        "epochs": cfg.epochs,
-    }
-
-
-def build_module(cfg: RunConfig, dm: pl.LightningDataModule, seed: int = 0) -> RegressionModule:
-    """The LightningModule of one seed, with the network sized from the data."""
-    return RegressionModule(net=build_net(cfg, dm, seed), **_module_kwargs(cfg))
-
-
-@contextlib.contextmanager
-def _config_errors(cfg: RunConfig, stage: str) -> Iterator[None]:
-    """A constructor rejecting its config is a ConfigError, raised before anything is written."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("<run config>", f"{stage}_config", f"{getattr(cfg, stage)} rejected its arguments: {exc}", f"fix {stage}_config") from None
-
-
-def build_data(cfg: RunConfig, seed: int) -> pl.LightningDataModule:
-    """The data of a run whose (first) seed is ``seed``, built after ``seed_everything(seed)``
-    so a factory drawing from the global RNG is reproducible too. Fused seeds share it."""
-    pl.seed_everything(seed, workers=True, verbose=False)
-    with _config_errors(cfg, "data"):
-        return build_datamodule(resolve(cfg.data), cfg.data_config, cfg.batch_size, seed)
-
-
-def build_components(cfg: RunConfig, seed: int) -> tuple[pl.LightningDataModule, RegressionModule]:
-    """The data and the module of one seed."""
-    dm = build_data(cfg, seed)
-    with _config_errors(cfg, "net"):
-        return dm, build_module(cfg, dm, seed)
-
-
-def hparams_of(cfg: RunConfig) -> dict[str, Any]:
-    """The config flattened for TensorBoard's HParams tab (``net_config.nodes`` etc.)."""
-    flat: dict[str, Any] = {}
-    for key, value in cfg.to_dict().items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def _logger(run_dir: Path) -> TensorBoardLogger:
     """The TensorBoard run ``<group>/<version>`` of one seed (or of the seeds' mean)."""
-    return TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False)
+    return TensorBoardLogger(
+        save_dir=str(run_dir.parent.parent),
+        name=run_dir.parent.name,
+        version=run_dir.name,
+        default_hp_metric=False,
+    )
 
 
 def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list[Callback]:
     callbacks: list[Callback] = []
     if cfg.checkpoint_config["save_best"]:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
     if cfg.checkpoint_config["save_last"]:
         # After the best one, so last.ckpt holds this epoch's best-checkpoint state for --resume.
         callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
@@ -206,8 +82,12 @@ def _fit(
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
-            if ckpt_path:  # --resume continues in its own checkpoint folder: expected, not worth a warning
-                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            if (
+                ckpt_path
+            ):  # --resume continues in its own checkpoint folder: expected, not worth a warning
+                warnings.filterwarnings(
+                    "ignore", message=r"Checkpoint directory .* exists and is not empty"
+                )
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         recorder.collect(trainer)  # this process's histories, or under ddp_spawn rank 0's
         if after_fit is not None:
@@ -257,8 +137,18 @@ def fit_seed(
     own: list[Callback] = [recorder, *_checkpoints(cfg, run_dir, monitor, mode)]
     stopping = cfg.early_stopping_config
     if stopping["enabled"]:
-        own.append(EarlyStopping(monitor, patience=stopping["patience"], min_delta=stopping["min_delta"], mode=mode))
-    trainer = build_trainer(cfg, logger=_logger(run_dir), callbacks=[*own, *callbacks], progress_bar=progress_bar, checkpointing=len(own) > 1)
+        own.append(
+            EarlyStopping(
+                monitor, patience=stopping["patience"], min_delta=stopping["min_delta"], mode=mode
+            )
+        )
+    trainer = build_trainer(
+        cfg,
+        logger=_logger(run_dir),
+        callbacks=[*own, *callbacks],
+        progress_bar=progress_bar,
+        checkpointing=len(own) > 1,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     _fit(cfg, trainer, module, dm, recorder, last if resume and last.exists() else None, after_fit)
     return result
@@ -286,45 +176,86 @@ def fit_fused(
     ``nets`` are the seeds' networks (``build_net``) and ``stacking`` how they run
     together, both as ``fused.blocker`` checked them.
     """
-    from lightning_hpo.fused import FusedModule, SeedCheckpointIO, SeedCheckpoints, SeedLoggers, resumable
+    from lightning_hpo.fused import (
+        FusedModule,
+        SeedCheckpointIO,
+        SeedCheckpoints,
+        SeedLoggers,
+        resumable,
+    )
     from lightning_hpo.stacking import stack
 
     states = SeedStates(seeds)
-    module = FusedModule(net=stack(nets, stacking), mode=stacking, states=states, **_module_kwargs(cfg))
-    results = [SeedResult(seed, run_dir, mode=mode, together=len(seeds)) for seed, run_dir in zip(seeds, run_dirs)]
+    module = FusedModule(
+        net=stack(nets, stacking), mode=stacking, states=states, **module_kwargs(cfg)
+    )
+    results = [
+        SeedResult(seed, run_dir, mode=mode, together=len(seeds))
+        for seed, run_dir in zip(seeds, run_dirs)
+    ]
     recorder = RunRecorder(results, monitor, hparams_of(cfg), states)
     own: list[Callback] = [recorder]
     saving = cfg.checkpoint_config
     if saving["save_best"] or saving["save_last"]:
-        own.append(SeedCheckpoints(states, run_dirs, monitor, mode, saving["save_best"], saving["save_last"]))
+        own.append(
+            SeedCheckpoints(
+                states, run_dirs, monitor, mode, saving["save_best"], saving["save_last"]
+            )
+        )
     stopping = cfg.early_stopping_config
     if stopping["enabled"]:
-        own.append(SeedEarlyStopping(states, monitor, stopping["patience"], stopping["min_delta"], mode))
+        own.append(
+            SeedEarlyStopping(states, monitor, stopping["patience"], stopping["min_delta"], mode)
+        )
     group = Path(run_dirs[0]).parent
-    loggers = SeedLoggers(_logger(group / "mean"), {seed: _logger(d) for seed, d in zip(seeds, run_dirs)}, states)
+    loggers = SeedLoggers(
+        _logger(group / "mean"), {seed: _logger(d) for seed, d in zip(seeds, run_dirs)}, states
+    )
     io = SeedCheckpointIO(run_dirs, [p.shape for p in module.net.parameters()])
     # enable_checkpointing=False: no default ModelCheckpoint; SeedCheckpoints saves through the io plugin.
-    trainer = build_trainer(cfg, logger=loggers, callbacks=[*own, *callbacks], progress_bar=progress_bar, checkpointing=False, plugins=[io])
+    trainer = build_trainer(
+        cfg,
+        logger=loggers,
+        callbacks=[*own, *callbacks],
+        progress_bar=progress_bar,
+        checkpointing=False,
+        plugins=[io],
+    )
     last = [Path(d) / "checkpoints" / "last.ckpt" for d in run_dirs]
     dm.fuse(list(seeds))
-    _fit(cfg, trainer, module, dm, recorder, last[0] if resume and resumable(last) else None, after_fit)
+    _fit(
+        cfg,
+        trainer,
+        module,
+        dm,
+        recorder,
+        last[0] if resume and resumable(last) else None,
+        after_fit,
+    )
     return results
 
 
-def plan_fusion(cfg: RunConfig, seeds: Sequence[int]) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
+def plan_fusion(
+    cfg: RunConfig, seeds: Sequence[int]
+) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
     """The data, each seed's network, and how they train fused (``fused.blocker``): a
     stacking mode, or None and the reason they cannot."""
     from lightning_hpo.fused import blocker
 
     dm = build_data(cfg, seeds[0])
-    with _config_errors(cfg, "net"):
+    with config_errors(cfg, "net"):
         nets = [build_net(cfg, dm, seed) for seed in seeds]
     stacking, reason = blocker(dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices)
     return dm, nets, stacking, reason
 
 
 def _cannot_fuse(source: str, reason: str | None) -> ConfigError:
-    return ConfigError(source, "fuse_seeds", f"true, but this run cannot be fused: {reason}", "set fuse_seeds: auto (seeds then train one after another) or false")
+    return ConfigError(
+        source,
+        "fuse_seeds",
+        f"true, but this run cannot be fused: {reason}",
+        "set fuse_seeds: auto (seeds then train one after another) or false",
+    )
 
 
 def check_fusion(cfg: RunConfig, source: str = "<run config>") -> None:
@@ -360,7 +291,17 @@ def fit_run(
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
         dm, nets, stacking, reason = plan_fusion(cfg, seeds)
         if stacking is not None:
-            results = fit_fused(cfg, seeds, run_dirs, dm, nets, stacking, callbacks=callbacks, after_fit=after_fit, **kwargs)
+            results = fit_fused(
+                cfg,
+                seeds,
+                run_dirs,
+                dm,
+                nets,
+                stacking,
+                callbacks=callbacks,
+                after_fit=after_fit,
+                **kwargs,
+            )
             for r in results:
                 if on_seed is not None:
                     on_seed(r)
@@ -371,7 +312,14 @@ def fit_run(
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
         first = index == 0
-        result = fit_seed(cfg, seed, run_dir, callbacks=callbacks if first else (), after_fit=after_fit if first else None, **kwargs)
+        result = fit_seed(
+            cfg,
+            seed,
+            run_dir,
+            callbacks=callbacks if first else (),
+            after_fit=after_fit if first else None,
+            **kwargs,
+        )
         results.append(result)
         if on_seed is not None:
             on_seed(result)
@@ -402,12 +350,29 @@ def train(
     if not resume:
         existing = [d for d in dirs if d.exists()]
         if existing:
-            raise ConfigError(str(existing[0]), None, "this run already exists", "pass --resume to continue it, or move the folder away to start over")
+            raise ConfigError(
+                str(existing[0]),
+                None,
+                "this run already exists",
+                "pass --resume to continue it, or move the folder away to start over",
+            )
     done = {d: load_result(d) for d in dirs} if resume else {}
     for result in done.values():
         if result is not None and on_seed is not None:
             on_seed(result)
     todo = [(seed, d) for seed, d in zip(cfg.seeds, dirs) if done.get(d) is None]
-    trained = fit_run(cfg, [s for s, _ in todo], [d for _, d in todo], resume=resume, progress_bar=progress_bar, on_seed=on_seed, source=source) if todo else []
+    trained = (
+        fit_run(
+            cfg,
+            [s for s, _ in todo],
+            [d for _, d in todo],
+            resume=resume,
+            progress_bar=progress_bar,
+            on_seed=on_seed,
+            source=source,
+        )
+        if todo
+        else []
+    )
     by_dir = {r.run_dir: r for r in trained} | {d: r for d, r in done.items() if r is not None}
     return TrainResult([by_dir[d] for d in dirs])

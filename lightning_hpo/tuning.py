@@ -7,20 +7,28 @@ from __future__ import annotations
 import gc
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RUN_DIR, SURPLUS
-from lightning_hpo.config import RunConfig
 from lightning_hpo.dashboard import dashboard_command
 from lightning_hpo.objective import TrialFailed, make_objective
-from lightning_hpo.search import OptimizeConfig
+from lightning_hpo.optimize_config import OptimizeConfig
+from lightning_hpo.run_config import RunConfig
 from lightning_hpo.signals import restored_signal_handlers
 from lightning_hpo.storage import default_url, redact
-from lightning_hpo.study import TuneSettings, counted, create_or_load_study, fail_dead_trials, remaining, study_folder
+from lightning_hpo.study import (
+    TuneSettings,
+    counted,
+    create_or_load_study,
+    fail_dead_trials,
+    remaining,
+    study_folder,
+)
 from lightning_hpo.yamlio import dump_yaml
 
 
@@ -47,12 +55,17 @@ class Progress:
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at step {trial.last_step} ({self.opt.metric} {_fmt(trial.intermediate_values.get(trial.last_step))})"
         else:
-            outcome = "FAILED: " + (trial.user_attrs.get(FAIL_REASON) or ("interrupted" if trial.system_attrs.get(INTERRUPTED) else "unknown"))
+            outcome = "FAILED: " + (
+                trial.user_attrs.get(FAIL_REASON)
+                or ("interrupted" if trial.system_attrs.get(INTERRUPTED) else "unknown")
+            )
         try:
             best = f"best {study.best_value:.5g} (trial {study.best_trial.number})"
         except ValueError:
             best = "best -"
-        self.echo(f"[{counted(trials)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}")
+        self.echo(
+            f"[{counted(trials)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
+        )
 
 
 def _fmt(value: Any) -> str:
@@ -81,7 +94,12 @@ def collect_and_freeze(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> 
     gc.freeze()
 
 
-def tune(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings | None = None, echo: Callable[[str], None] = print) -> optuna.Study:
+def tune(
+    run: RunConfig,
+    opt: OptimizeConfig,
+    settings: TuneSettings | None = None,
+    echo: Callable[[str], None] = print,
+) -> optuna.Study:
     """Run (or continue) the study until it holds ``opt.trials`` trials; return it.
 
     Rerunning continues: only missing trials run. Trials interrupted by Ctrl-C/SIGTERM or
@@ -105,7 +123,13 @@ def tune(run: RunConfig, opt: OptimizeConfig, settings: TuneSettings | None = No
     return study
 
 
-def finish(run: RunConfig, opt: OptimizeConfig, study: optuna.Study, settings: TuneSettings, echo: Callable[[str], None] = print) -> Path | None:
+def finish(
+    run: RunConfig,
+    opt: OptimizeConfig,
+    study: optuna.Study,
+    settings: TuneSettings,
+    echo: Callable[[str], None] = print,
+) -> Path | None:
     """Print the reference's "Best trial" block and write best.yaml. None when no trial completed."""
     try:
         best = study.best_trial

@@ -59,7 +59,16 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
     try:
         for share in shares(todo, workers):
             if share > 0:
-                cmd = [sys.executable, "-m", "lightning_hpo.cli", *base, "--max-trials", str(share), "--threads", str(threads)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "lightning_hpo.cli",
+                    *base,
+                    "--max-trials",
+                    str(share),
+                    "--threads",
+                    str(threads),
+                ]
                 procs.append(subprocess.Popen(cmd))
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

@@ -57,7 +57,12 @@ def _check_nodes(node: yaml.Node, path: str, source: str, visited: set[int] | No
         key = f"{path}.{key_node.value}" if path else str(key_node.value)
         line = key_node.start_mark.line + 1
         if (key_node.tag, key) in seen:
-            raise ConfigError(source, key, f"duplicate key (lines {seen[key_node.tag, key]} and {line})", "keep only one of them")
+            raise ConfigError(
+                source,
+                key,
+                f"duplicate key (lines {seen[key_node.tag, key]} and {line})",
+                "keep only one of them",
+            )
         seen[key_node.tag, key] = line
         _refuse_ambiguous_bools(source, key, value_node)
         _check_nodes(value_node, key, source, visited)
@@ -67,7 +72,11 @@ def _refuse_ambiguous_bools(source: str, key: str, node: yaml.Node) -> None:
     """Name the key whose value (or list item) is a YAML 1.1 boolean such as ``yes``."""
     items = node.value if isinstance(node, yaml.SequenceNode) else [node]
     for item in items:
-        if isinstance(item, yaml.ScalarNode) and item.tag == "tag:yaml.org,2002:bool" and item.value.lower() in _AMBIGUOUS_BOOLS:
+        if (
+            isinstance(item, yaml.ScalarNode)
+            and item.tag == "tag:yaml.org,2002:bool"
+            and item.value.lower() in _AMBIGUOUS_BOOLS
+        ):
             raise ConfigError(
                 source,
                 key,
@@ -89,7 +98,9 @@ def _construct_float(loader, node):
     value = node.value.replace("_", "")
     if re.fullmatch(r"[-+]?\d+", value):
         return int(value)
-    return float(value) if _FLOAT.match(value) else yaml.SafeLoader.construct_yaml_float(loader, node)
+    return (
+        float(value) if _FLOAT.match(value) else yaml.SafeLoader.construct_yaml_float(loader, node)
+    )
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
@@ -103,7 +114,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(source, None, "file not found", "check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, None, f"cannot read the file ({exc.__class__.__name__})", "check its permissions and encoding") from None
+        raise ConfigError(
+            source,
+            None,
+            f"cannot read the file ({exc.__class__.__name__})",
+            "check its permissions and encoding",
+        ) from None
     loader = _StrictLoader(text)
     loader.source = source
     try:
@@ -121,7 +137,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise ConfigError(source, None, "the file is empty", "start from the template in configs/")
     if not isinstance(data, dict):
-        raise ConfigError(source, None, f"expected a mapping of keys, got a {type(data).__name__}", "start from the template in configs/")
+        raise ConfigError(
+            source,
+            None,
+            f"expected a mapping of keys, got a {type(data).__name__}",
+            "start from the template in configs/",
+        )
     return data
 
 

@@ -8,8 +8,9 @@ takes well under a second.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ def small_config_dict() -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def small_config(small_config_dict):
     """``make(**overrides)``: a validated, resolved RunConfig for a sub-second CPU run."""
-    from lightning_hpo.config import check_components, run_config_from_dict
+    from lightning_hpo.run_config import check_components, run_config_from_dict
 
     def make(**overrides: Any):
         cfg = run_config_from_dict(small_config_dict(**overrides), "<small config>")
@@ -90,6 +91,6 @@ def user_components(monkeypatch):
 @pytest.fixture(scope="session")
 def quiet():
     """Lightning's banners off, as the command line does."""
-    from lightning_hpo.training import quiet_lightning
+    from lightning_hpo.console import quiet_lightning
 
     quiet_lightning()

@@ -25,7 +25,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def _permitted_caps() -> int:
@@ -67,7 +71,9 @@ def obey_permissions() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in _PERMISSION_CAPS:
         _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), libc, f"prctl(PR_CAPBSET_DROP, {cap})")
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL before Linux 4.3: nothing ambient then
+    libc.prctl(
+        PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0
+    )  # EINVAL before Linux 4.3: nothing ambient then
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(libc.capget(ctypes.byref(header), data), libc, "capget")

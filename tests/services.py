@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -32,9 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 TUNE = REPO / "tune.py"
 TRAIN = REPO / "train.py"
 
-PG_HOST, PG_PORT = os.environ.get("LIGHTNING_HPO_PG_HOST", "127.0.0.1"), int(os.environ.get("LIGHTNING_HPO_PG_PORT", "5432"))
-MYSQL_HOST, MYSQL_PORT = os.environ.get("LIGHTNING_HPO_MYSQL_HOST", "127.0.0.1"), int(os.environ.get("LIGHTNING_HPO_MYSQL_PORT", "3306"))
-REDIS_HOST, REDIS_PORT = os.environ.get("LIGHTNING_HPO_REDIS_HOST", "127.0.0.1"), int(os.environ.get("LIGHTNING_HPO_REDIS_PORT", "6379"))
+PG_HOST, PG_PORT = (
+    os.environ.get("LIGHTNING_HPO_PG_HOST", "127.0.0.1"),
+    int(os.environ.get("LIGHTNING_HPO_PG_PORT", "5432")),
+)
+MYSQL_HOST, MYSQL_PORT = (
+    os.environ.get("LIGHTNING_HPO_MYSQL_HOST", "127.0.0.1"),
+    int(os.environ.get("LIGHTNING_HPO_MYSQL_PORT", "3306")),
+)
+REDIS_HOST, REDIS_PORT = (
+    os.environ.get("LIGHTNING_HPO_REDIS_HOST", "127.0.0.1"),
+    int(os.environ.get("LIGHTNING_HPO_REDIS_PORT", "6379")),
+)
 
 
 def services_required() -> bool:
@@ -98,9 +107,13 @@ def postgres_url() -> Iterator[str]:
     driver, scheme = _postgres_driver()
     name = _unique("lhpo_test")
     try:
-        admin = driver.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres", connect_timeout=5)
+        admin = driver.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres", connect_timeout=5
+        )
     except driver.Error as exc:
-        unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} refused user postgres ({str(exc).strip().splitlines()[0]})")
+        unavailable(
+            f"PostgreSQL at {PG_HOST}:{PG_PORT} refused user postgres ({str(exc).strip().splitlines()[0]})"
+        )
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     try:
@@ -118,7 +131,14 @@ def mysql_url() -> Iterator[str]:
     pymysql = _driver("pymysql", "MariaDB/MySQL")
     name = _unique("lhpo_test")
     try:
-        admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", autocommit=True, connect_timeout=5)
+        admin = pymysql.connect(
+            host=MYSQL_HOST,
+            port=MYSQL_PORT,
+            user="root",
+            password="",
+            autocommit=True,
+            connect_timeout=5,
+        )
     except pymysql.MySQLError as exc:
         unavailable(f"MariaDB/MySQL at {MYSQL_HOST}:{MYSQL_PORT} refused user root ({exc})")
     with admin.cursor() as cur:
@@ -164,7 +184,9 @@ def redis_url() -> Iterator[str]:
 # --------------------------------------------------------------------------- tune.py helpers
 
 
-def optimize_yaml(study_name: str = "s", trials: int = 3, pruner: str | None = None, extra: str = "") -> str:
+def optimize_yaml(
+    study_name: str = "s", trials: int = 3, pruner: str | None = None, extra: str = ""
+) -> str:
     """A small optimize config searching the learning rate only."""
     return (
         f"study_name: {study_name}\n"
@@ -179,16 +201,32 @@ def optimize_yaml(study_name: str = "s", trials: int = 3, pruner: str | None = N
 
 
 def tune_args(run: Path, opt: Path, storage: str, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(TUNE), "--run-config", str(run), "--optimize-config", str(opt), "--storage", storage, "--output", str(output), *extra]
+    return [
+        sys.executable,
+        str(TUNE),
+        "--run-config",
+        str(run),
+        "--optimize-config",
+        str(opt),
+        "--storage",
+        storage,
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def subprocess_env(*paths: Path) -> dict[str, str]:
     """The environment with ``paths`` (user modules written by a test) on PYTHONPATH."""
-    pythonpath = os.pathsep.join([*(str(p) for p in paths), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    pythonpath = os.pathsep.join(
+        [*(str(p) for p in paths), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     return {**os.environ, "PYTHONPATH": pythonpath}
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -198,13 +236,23 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(
+    cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``cmd`` in the background, stdout and stderr into ``log`` (a pipe could fill up)."""
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_default_sigint)
+        return subprocess.Popen(
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_default_sigint
+        )
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> object:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise.
 
     When ``proc`` ends first, the test fails at once with its log.

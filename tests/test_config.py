@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main
-from lightning_hpo.config import RunConfig, load_run_config
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.run_config import RunConfig, load_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "bad_inputs" / "run"
@@ -58,7 +58,9 @@ def assert_refused(code: int, err: str, out: str, source: str, expects: list[str
 
 def assert_nothing_written(cwd: Path, output: Path) -> None:
     assert not output.exists(), f"{output} was created"
-    assert list(cwd.iterdir()) == [], f"files appeared in the working directory: {list(cwd.iterdir())}"
+    assert list(cwd.iterdir()) == [], (
+        f"files appeared in the working directory: {list(cwd.iterdir())}"
+    )
 
 
 def refuse(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> tuple[int, str, str, Path]:
@@ -83,7 +85,9 @@ def test_corpus_has_every_case_and_every_case_says_what_to_expect() -> None:
 
 
 @pytest.mark.parametrize(("path", "expects", "requires"), list(_corpus_cases()))
-def test_bad_run_config_is_refused_on_one_line_and_nothing_is_written(path, expects, requires, tmp_path, monkeypatch, capsys) -> None:
+def test_bad_run_config_is_refused_on_one_line_and_nothing_is_written(
+    path, expects, requires, tmp_path, monkeypatch, capsys
+) -> None:
     if "no-cuda" in requires:
         import torch
 
@@ -133,19 +137,27 @@ def test_a_folder_given_as_config_is_refused(tmp_path, monkeypatch, capsys) -> N
 
 def test_bad_command_line_override_is_refused(tmp_path, monkeypatch, capsys, write_config) -> None:
     path = write_config()
-    code, err, out, output = refuse(["--config", str(path), "--epochs", "0"], tmp_path, monkeypatch, capsys)
+    code, err, out, output = refuse(
+        ["--config", str(path), "--epochs", "0"], tmp_path, monkeypatch, capsys
+    )
     assert_refused(code, err, out, "epochs", ["must be > 0"])
     assert_nothing_written(tmp_path / "cwd", output)
 
 
-def test_bad_command_line_override_names_the_option(tmp_path, monkeypatch, capsys, write_config) -> None:
+def test_bad_command_line_override_names_the_option(
+    tmp_path, monkeypatch, capsys, write_config
+) -> None:
     path = write_config()
-    code, err, out, output = refuse(["--config", str(path), "--epochs", "0"], tmp_path, monkeypatch, capsys)
+    code, err, out, output = refuse(
+        ["--config", str(path), "--epochs", "0"], tmp_path, monkeypatch, capsys
+    )
     assert code == EXIT_BAD_INPUT
     assert "--epochs" in err
 
 
-def test_missing_required_component_argument_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, write_config) -> None:
+def test_missing_required_component_argument_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, write_config
+) -> None:
     path = write_config(scheduler="torch.optim.lr_scheduler.StepLR", scheduler_config={})
     code, err, out, output = refuse(["--config", str(path)], tmp_path, monkeypatch, capsys)
     assert_refused(code, err, out, str(path), ["scheduler_config", "step_size"])
@@ -156,7 +168,13 @@ def test_missing_required_component_argument_is_refused_before_anything_is_writt
 
 
 def _train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_train_py_exits_2_with_one_line_and_no_traceback(tmp_path) -> None:
@@ -173,7 +191,9 @@ def test_train_py_exits_2_with_one_line_and_no_traceback(tmp_path) -> None:
 
 def test_train_py_debug_shows_the_traceback(tmp_path) -> None:
     config = CORPUS / "unknown_top_level_key.yaml"
-    proc = _train_py(["--config", str(config), "--output", str(tmp_path / "out"), "--debug"], tmp_path)
+    proc = _train_py(
+        ["--config", str(config), "--output", str(tmp_path / "out"), "--debug"], tmp_path
+    )
     assert proc.returncode not in (0, 2)
     assert "Traceback" in proc.stderr
     assert "ConfigError" in proc.stderr and "did you mean 'epochs'?" in proc.stderr
@@ -195,7 +215,10 @@ def test_template_is_the_defaults() -> None:
 
 
 def test_float_without_a_dot_loads_as_a_float(tmp_path) -> None:
-    path = _write(tmp_path, "optimizer_config: {lr: 1e-3}\nscheduler_config: {eta_min: 5E-6}\ndata_config: {noise: 1e-1, n: 1_000}\n")
+    path = _write(
+        tmp_path,
+        "optimizer_config: {lr: 1e-3}\nscheduler_config: {eta_min: 5E-6}\ndata_config: {noise: 1e-1, n: 1_000}\n",
+    )
     cfg = load_run_config(path)
     assert cfg.optimizer_config == {"lr": 0.001}
     assert type(cfg.optimizer_config["lr"]) is float
@@ -216,7 +239,12 @@ def test_integral_float_is_not_an_epoch_count(tmp_path) -> None:
 
 
 def test_true_false_and_quoted_yes_are_accepted(tmp_path) -> None:
-    cfg = load_run_config(_write(tmp_path, "project: 'yes'\nearly_stopping_config: {enabled: true}\ncheckpoint_config: {save_best: false}\n"))
+    cfg = load_run_config(
+        _write(
+            tmp_path,
+            "project: 'yes'\nearly_stopping_config: {enabled: true}\ncheckpoint_config: {save_best: false}\n",
+        )
+    )
     assert cfg.project == "yes"
     assert cfg.early_stopping_config == {"enabled": True, "patience": 10, "min_delta": 0.0}
     assert cfg.checkpoint_config == {"save_best": False, "save_last": True}
@@ -234,7 +262,9 @@ def test_min_delta_accepts_an_int_as_float(tmp_path) -> None:
 
 
 def test_overrides_replace_file_values_and_none_keeps_them(tmp_path) -> None:
-    cfg = load_run_config(_write(tmp_path, "epochs: 5\ndevice: cpu\n"), {"epochs": 3, "device": None})
+    cfg = load_run_config(
+        _write(tmp_path, "epochs: 5\ndevice: cpu\n"), {"epochs": 3, "device": None}
+    )
     assert (cfg.epochs, cfg.device) == (3, "cpu")
 
 

@@ -15,12 +15,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main
-from lightning_hpo.config import load_run_config
+from lightning_hpo.components import build_components, build_data, build_net
 from lightning_hpo.data import SeedBatches, TensorBatches
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.fused import blocker
+from lightning_hpo.run_config import load_run_config
 from lightning_hpo.stacking import optimizer_blocker, stack
-from lightning_hpo.training import build_components, build_data, build_net, fit_run, seed_dirs, train
+from lightning_hpo.training import fit_run, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -29,7 +30,9 @@ SEEDS = [89, 231, 928]  # the template's
 
 def default_task(**overrides):
     """The template run config on the CPU: the default task."""
-    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "run_template.yaml", {"device": "cpu"})
+    cfg = load_run_config(
+        Path(__file__).resolve().parents[1] / "configs" / "run_template.yaml", {"device": "cpu"}
+    )
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -39,7 +42,9 @@ def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
     events = EventAccumulator(str(run))
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
 
 
 def load_ckpt(path: Path) -> dict:
@@ -79,7 +84,9 @@ def test_each_seed_draws_its_own_batches_in_its_own_order() -> None:
             assert len(batches) == len(together) == 7
             for (xs, ys), (xa, ya) in zip(together, batches):
                 assert torch.equal(xs[index], xa) and torch.equal(ys[index], ya)
-    assert not torch.equal(together[0][0][0], together[0][0][1])  # different seeds, different orders
+    assert not torch.equal(
+        together[0][0][0], together[0][0][1]
+    )  # different seeds, different orders
 
 
 # --------------------------------------------------------------------------- what is close
@@ -99,21 +106,33 @@ def test_each_seeds_checkpoints_load_as_that_seed_alone(side_by_side) -> None:
     cfg = default_task(epochs=4)
     for f, a in zip(fused.results, alone.results):
         for name in ("best.ckpt", "last.ckpt"):
-            mine, theirs = load_ckpt(f.run_dir / "checkpoints" / name), load_ckpt(a.run_dir / "checkpoints" / name)
+            mine, theirs = (
+                load_ckpt(f.run_dir / "checkpoints" / name),
+                load_ckpt(a.run_dir / "checkpoints" / name),
+            )
             assert mine["state_dict"].keys() == theirs["state_dict"].keys()
             for key, value in mine["state_dict"].items():
                 assert value.shape == theirs["state_dict"][key].shape
-                assert torch.allclose(value, theirs["state_dict"][key], rtol=1e-3, atol=1e-4), (f.seed, name, key)
+                assert torch.allclose(value, theirs["state_dict"][key], rtol=1e-3, atol=1e-4), (
+                    f.seed,
+                    name,
+                    key,
+                )
             assert (mine["epoch"], mine["global_step"]) == (theirs["epoch"], theirs["global_step"])
-            state, own = mine["optimizer_states"][0]["state"], theirs["optimizer_states"][0]["state"]
-            assert {i: {k: getattr(v, "shape", None) for k, v in s.items()} for i, s in state.items()} == {
-                i: {k: getattr(v, "shape", None) for k, v in s.items()} for i, s in own.items()
-            }
+            state, own = (
+                mine["optimizer_states"][0]["state"],
+                theirs["optimizer_states"][0]["state"],
+            )
+            assert {
+                i: {k: getattr(v, "shape", None) for k, v in s.items()} for i, s in state.items()
+            } == {i: {k: getattr(v, "shape", None) for k, v in s.items()} for i, s in own.items()}
             # The usual Lightning way back: a one-seed module, load_state_dict, strict.
             _, module = build_components(cfg, f.seed)
             module.load_state_dict(mine["state_dict"])
         best = load_ckpt(f.run_dir / "checkpoints" / "best.ckpt")
-        assert best["callbacks"]["SeedCheckpoints"]["best"][f.seed] == pytest.approx(f.best, rel=1e-6)
+        assert best["callbacks"]["SeedCheckpoints"]["best"][f.seed] == pytest.approx(
+            f.best, rel=1e-6
+        )
         assert best["epoch"] == f.history.index(f.best)  # the best epoch's state, counted from 0
 
 
@@ -127,7 +146,9 @@ def test_tensorboard_shows_each_seed_as_alone_plus_their_mean(side_by_side) -> N
         assert [step for step, _ in mine["val_loss"]] == [step for step, _ in theirs["val_loss"]]
         assert [v for _, v in mine["val_loss"]] == pytest.approx(f.history, rel=1e-6)
     per_epoch = zip(*(r.history for r in fused.results))
-    assert [v for _, v in means["val_loss"]] == pytest.approx([sum(vs) / 3 for vs in per_epoch], rel=1e-5)
+    assert [v for _, v in means["val_loss"]] == pytest.approx(
+        [sum(vs) / 3 for vs in per_epoch], rel=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- resume and early stopping
@@ -166,9 +187,13 @@ def test_resume_continues_a_fused_run_from_its_last_epoch(tmp_path: Path, small_
         assert len(r.history) == 5
 
 
-def test_each_seed_stops_early_on_its_own_and_keeps_its_weights(tmp_path: Path, small_config) -> None:
+def test_each_seed_stops_early_on_its_own_and_keeps_its_weights(
+    tmp_path: Path, small_config
+) -> None:
     stopping = {"enabled": True, "patience": 1, "min_delta": 0.0}
-    cfg = small_config(seeds=[1, 2, 3, 4], epochs=12, early_stopping_config=stopping, optimizer_config={"lr": 0.01})
+    cfg = small_config(
+        seeds=[1, 2, 3, 4], epochs=12, early_stopping_config=stopping, optimizer_config={"lr": 0.01}
+    )
     fused = train(dataclasses.replace(cfg, fuse_seeds=True, project="fused"), tmp_path)
     alone = train(dataclasses.replace(cfg, fuse_seeds=False, project="alone"), tmp_path)
     lengths = [len(r.history) for r in alone.results]
@@ -176,16 +201,33 @@ def test_each_seed_stops_early_on_its_own_and_keeps_its_weights(tmp_path: Path, 
     assert len(set(lengths)) > 1 and min(lengths) < 12  # the seeds stopped at different epochs
     for f, a in zip(fused.results, alone.results):
         assert f.history == pytest.approx(a.history, rel=5e-3)
-        last_f, last_a = load_ckpt(f.run_dir / "checkpoints" / "last.ckpt"), load_ckpt(a.run_dir / "checkpoints" / "last.ckpt")
+        last_f, last_a = (
+            load_ckpt(f.run_dir / "checkpoints" / "last.ckpt"),
+            load_ckpt(a.run_dir / "checkpoints" / "last.ckpt"),
+        )
         # A seed that stopped kept its weights while the others trained on.
         for key, value in last_f["state_dict"].items():
-            assert torch.allclose(value, last_a["state_dict"][key], rtol=1e-3, atol=1e-4), (f.seed, key)
+            assert torch.allclose(value, last_a["state_dict"][key], rtol=1e-3, atol=1e-4), (
+                f.seed,
+                key,
+            )
 
 
-def test_a_network_beyond_linear_layers_fuses_through_vmap(tmp_path: Path, small_config, user_components, capfd) -> None:
-    cfg = small_config(seeds=[1, 2, 3], epochs=3, net="user_components.LayerNormNet", net_config={}, data="user_components.three_to_two", data_config={})
+def test_a_network_beyond_linear_layers_fuses_through_vmap(
+    tmp_path: Path, small_config, user_components, capfd
+) -> None:
+    cfg = small_config(
+        seeds=[1, 2, 3],
+        epochs=3,
+        net="user_components.LayerNormNet",
+        net_config={},
+        data="user_components.three_to_two",
+        data_config={},
+    )
     dm = build_data(cfg, 1)
-    assert blocker(dm, [build_net(cfg, dm, s) for s in cfg.seeds], torch.optim.AdamW, {"lr": 1e-3}, 1) == ("vmap", None)
+    assert blocker(
+        dm, [build_net(cfg, dm, s) for s in cfg.seeds], torch.optim.AdamW, {"lr": 1e-3}, 1
+    ) == ("vmap", None)
     fused = train(dataclasses.replace(cfg, fuse_seeds=True, project="fused"), tmp_path)
     alone = train(dataclasses.replace(cfg, fuse_seeds=False, project="alone"), tmp_path)
     assert "not fused" not in capfd.readouterr().err
@@ -197,8 +239,16 @@ def test_a_network_beyond_linear_layers_fuses_through_vmap(tmp_path: Path, small
 
 
 @pytest.mark.parametrize("net", ["BatchNormNet", "BranchyNet"])
-def test_a_network_that_cannot_be_vectorised_trains_seed_after_seed(net, tmp_path: Path, small_config, user_components, capfd) -> None:
-    cfg = small_config(seeds=[1, 2], net=f"user_components.{net}", net_config={}, data="user_components.three_to_two", data_config={})
+def test_a_network_that_cannot_be_vectorised_trains_seed_after_seed(
+    net, tmp_path: Path, small_config, user_components, capfd
+) -> None:
+    cfg = small_config(
+        seeds=[1, 2],
+        net=f"user_components.{net}",
+        net_config={},
+        data="user_components.three_to_two",
+        data_config={},
+    )
     result = train(cfg, tmp_path)
     assert "seeds train one after another, not fused" in capfd.readouterr().err
     alone = train(dataclasses.replace(cfg, fuse_seeds=False, project="alone"), tmp_path)
@@ -209,12 +259,18 @@ def test_a_network_that_cannot_be_vectorised_trains_seed_after_seed(net, tmp_pat
     assert not (tmp_path / "forced").exists()
 
 
-def test_fuse_seeds_true_on_a_run_that_cannot_fuse_is_a_config_error(write_config, tmp_path: Path, user_components, capsys) -> None:
-    path = write_config(seeds=[1, 2], net="user_components.BatchNormNet", net_config={}, fuse_seeds=True)
+def test_fuse_seeds_true_on_a_run_that_cannot_fuse_is_a_config_error(
+    write_config, tmp_path: Path, user_components, capsys
+) -> None:
+    path = write_config(
+        seeds=[1, 2], net="user_components.BatchNormNet", net_config={}, fuse_seeds=True
+    )
     code = train_main(["--config", str(path), "--output", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
-    assert err.count("\n") == 1 and "fuse_seeds" in err and "buffers" in err and "Traceback" not in err
+    assert (
+        err.count("\n") == 1 and "fuse_seeds" in err and "buffers" in err and "Traceback" not in err
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -243,7 +299,9 @@ def test_element_wise_optimizers_update_stacked_seeds_as_alone(optimizer, config
 def test_optimizers_that_couple_elements_are_refused(user_components) -> None:
     shapes = [torch.Size([8, 3]), torch.Size([8])]
     assert "not element-wise" in optimizer_blocker(torch.optim.LBFGS, {"lr": 0.5}, shapes)
-    assert "not element-wise" in optimizer_blocker(user_components.TrustRatioSGD, {"lr": 0.1}, shapes)
+    assert "not element-wise" in optimizer_blocker(
+        user_components.TrustRatioSGD, {"lr": 0.1}, shapes
+    )
 
 
 # --------------------------------------------------------------------------- the full default task
@@ -258,14 +316,41 @@ def test_the_default_task_fused_matches_each_seed_alone(tmp_path: Path) -> None:
         assert f.final == pytest.approx(a.final, rel=5e-3), f.seed
 
 
-def test_tune_refuses_fuse_seeds_true_before_the_study_opens(write_config, tmp_path: Path, user_components, capsys) -> None:
+def test_tune_refuses_fuse_seeds_true_before_the_study_opens(
+    write_config, tmp_path: Path, user_components, capsys
+) -> None:
     from lightning_hpo.cli import tune_main
     from lightning_hpo.yamlio import dump_yaml
 
-    run = write_config(seeds=[1, 2], net="user_components.BatchNormNet", net_config={}, fuse_seeds=True)
+    run = write_config(
+        seeds=[1, 2], net="user_components.BatchNormNet", net_config={}, fuse_seeds=True
+    )
     opt = tmp_path / "optimize.yaml"
-    dump_yaml({"study_name": "s", "trials": 2, "pruner": None, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2, "log": True}}}}, opt)
-    code = tune_main(["--run-config", str(run), "--optimize-config", str(opt), "--storage", f"sqlite:///{tmp_path}/s.db", "--output", str(tmp_path / "runs")])
+    dump_yaml(
+        {
+            "study_name": "s",
+            "trials": 2,
+            "pruner": None,
+            "search_space": {
+                "optimizer_config": {
+                    "lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2, "log": True}
+                }
+            },
+        },
+        opt,
+    )
+    code = tune_main(
+        [
+            "--run-config",
+            str(run),
+            "--optimize-config",
+            str(opt),
+            "--storage",
+            f"sqlite:///{tmp_path}/s.db",
+            "--output",
+            str(tmp_path / "runs"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT and "fuse_seeds" in err and err.count("\n") == 1
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()

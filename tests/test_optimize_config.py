@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
-import re
 import textwrap
 from pathlib import Path
 
@@ -22,10 +22,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import create_trial
 
-from lightning_hpo.config import RunConfig, run_config_from_dict
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.optimize_config import load_optimize_config, optimize_config_from_dict
 from lightning_hpo.pruner import PFLPruner
-from lightning_hpo.search import load_optimize_config, optimize_config_from_dict
+from lightning_hpo.run_config import RunConfig, run_config_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -138,7 +138,14 @@ def tiny_configs(tmp_path: Path) -> tuple[Path, Path]:
 
 def small_run() -> RunConfig:
     return run_config_from_dict(
-        {"project": "Tiny", "device": "cpu", "seeds": [1], "epochs": 2, "data_config": {"n": 500}, "net_config": {"nodes": 16, "layers": 2}}
+        {
+            "project": "Tiny",
+            "device": "cpu",
+            "seeds": [1],
+            "epochs": 2,
+            "data_config": {"n": 500},
+            "net_config": {"nodes": 16, "layers": 2},
+        }
     )
 
 
@@ -163,11 +170,15 @@ def _corpus() -> list:
     cases = []
     for path in sorted(BAD_INPUTS.glob("*.yaml")):
         lines = path.read_text().splitlines()
-        assert lines and lines[0].startswith("# expect: "), f"{path.name} must start with '# expect: <key fragment>'"
+        assert lines and lines[0].startswith("# expect: "), (
+            f"{path.name} must start with '# expect: <key fragment>'"
+        )
         marks = []
         for line in lines[1:]:
             if line.startswith("# xfail: "):
-                marks.append(pytest.mark.xfail(reason="BUG: " + line[len("# xfail: ") :], strict=True))
+                marks.append(
+                    pytest.mark.xfail(reason="BUG: " + line[len("# xfail: ") :], strict=True)
+                )
         cases.append(pytest.param(path, id=path.stem, marks=marks))
     return cases
 
@@ -222,9 +233,19 @@ def test_reference_chapter_optimize_yaml_loads(tmp_path: Path) -> None:
     path = tmp_path / "optimize_template.yaml"
     path.write_text(REFERENCE_CHAPTER_OPTIMIZE)
     opt = load_optimize_config(path, RunConfig())
-    assert (opt.study_name, opt.trials, opt.seed, opt.metric, opt.direction) == ("Optimize_MLP_Example", 20, 42, "val_loss", "minimize")
+    assert (opt.study_name, opt.trials, opt.seed, opt.metric, opt.direction) == (
+        "Optimize_MLP_Example",
+        20,
+        42,
+        "val_loss",
+        "minimize",
+    )
     # The reference's parameter names, e.g. 'net_config_nodes' in its sample output.
-    assert [p.name for p in opt.params] == ["net_config_nodes", "net_config_layers", "optimizer_config_lr"]
+    assert [p.name for p in opt.params] == [
+        "net_config_nodes",
+        "net_config_layers",
+        "optimizer_config_lr",
+    ]
     lr = opt.params[2]
     assert (lr.min, lr.max, lr.log) == (1e-4, 1e-2, True)
     assert isinstance(opt.make_sampler(), optuna.samplers.TPESampler)
@@ -239,13 +260,20 @@ def test_reference_yaml_above_is_the_chapters_block() -> None:
     # Guards the copy: the chapter's first optimize YAML block, with only pruner.name changed.
     blocks = re.findall(r"```yaml\n(.*?)```", CHAPTER.read_text(), re.S)
     block = next(textwrap.dedent(b) for b in blocks if "search_space:" in b and "study_name:" in b)
-    assert block.replace("name: pruner.PFLPruner", "name: lightning_hpo.PFLPruner") == REFERENCE_CHAPTER_OPTIMIZE
+    assert (
+        block.replace("name: pruner.PFLPruner", "name: lightning_hpo.PFLPruner")
+        == REFERENCE_CHAPTER_OPTIMIZE
+    )
 
 
 def test_reference_chapter_pruner_path_is_rejected_naming_the_key(tmp_path: Path) -> None:
     # Unchanged, the chapter names its own module 'pruner', which this package does not have.
     path = tmp_path / "optimize_template.yaml"
-    path.write_text(REFERENCE_CHAPTER_OPTIMIZE.replace("name: lightning_hpo.PFLPruner", "name: pruner.PFLPruner"))
+    path.write_text(
+        REFERENCE_CHAPTER_OPTIMIZE.replace(
+            "name: lightning_hpo.PFLPruner", "name: pruner.PFLPruner"
+        )
+    )
     with pytest.raises(ConfigError) as info:
         load_optimize_config(path, RunConfig())
     assert info.value.key == "pruner.name"
@@ -254,7 +282,7 @@ def test_reference_chapter_pruner_path_is_rejected_naming_the_key(tmp_path: Path
 
 def test_good_tiny_configs_load(tiny_configs) -> None:
     # The configs the error tests start from are themselves valid.
-    from lightning_hpo.config import load_run_config
+    from lightning_hpo.run_config import load_run_config
 
     run_path, opt_path = tiny_configs
     run = load_run_config(run_path)
@@ -268,7 +296,10 @@ def test_good_tiny_configs_load(tiny_configs) -> None:
 @pytest.mark.parametrize("sampler", ["optuna.samplers.RandomSampler", "optuna.samplers.TPESampler"])
 def test_seed_reaches_the_sampler(sampler: str) -> None:
     run = small_run()
-    space = {"optimizer_config": {"lr": {"type": "float", "min": 1e-5, "max": 1e-1, "log": True}}, "net_config": {"layers": {"type": "int", "min": 1, "max": 100}}}
+    space = {
+        "optimizer_config": {"lr": {"type": "float", "min": 1e-5, "max": 1e-1, "log": True}},
+        "net_config": {"layers": {"type": "int", "min": 1, "max": 100}},
+    }
     same_a = first_params(opt_from(run, sampler={"name": sampler}, seed=7, search_space=space), run)
     same_b = first_params(opt_from(run, sampler={"name": sampler}, seed=7, search_space=space), run)
     other = first_params(opt_from(run, sampler={"name": sampler}, seed=8, search_space=space), run)
@@ -279,8 +310,15 @@ def test_seed_reaches_the_sampler(sampler: str) -> None:
 def test_explicit_sampler_seed_kwarg_wins_over_config_seed() -> None:
     run = small_run()
     space = {"optimizer_config": {"lr": {"type": "float", "min": 1e-5, "max": 1e-1, "log": True}}}
-    explicit = opt_from(run, sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}}, seed=99, search_space=space)
-    plain = opt_from(run, sampler={"name": "optuna.samplers.RandomSampler"}, seed=3, search_space=space)
+    explicit = opt_from(
+        run,
+        sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}},
+        seed=99,
+        search_space=space,
+    )
+    plain = opt_from(
+        run, sampler={"name": "optuna.samplers.RandomSampler"}, seed=3, search_space=space
+    )
     assert first_params(explicit, run) == first_params(plain, run)
 
 
@@ -294,7 +332,9 @@ def test_grid_sampler_gets_its_grid_from_the_search_space() -> None:
                 "layers": {"type": "int", "min": 1, "max": 5, "step": 2},
                 "activation": {"type": "categorical", "choices": ["ReLU", "GELU"]},
             },
-            "optimizer_config": {"lr": {"type": "float", "min": 0.001, "max": 0.003, "step": 0.001}},
+            "optimizer_config": {
+                "lr": {"type": "float", "min": 0.001, "max": 0.003, "step": 0.001}
+            },
         },
     )
     study = optuna.create_study(sampler=opt.make_sampler())
@@ -302,7 +342,13 @@ def test_grid_sampler_gets_its_grid_from_the_search_space() -> None:
 
     def objective(trial):
         cfg = opt.suggest(trial, run)
-        seen.append((cfg.net_config["layers"], cfg.net_config["activation"], round(cfg.optimizer_config["lr"], 9)))
+        seen.append(
+            (
+                cfg.net_config["layers"],
+                cfg.net_config["activation"],
+                round(cfg.optimizer_config["lr"], 9),
+            )
+        )
         return 0.0
 
     study.optimize(objective, n_trials=50)  # GridSampler stops the study when the grid is done
@@ -327,7 +373,10 @@ def test_any_sampler_and_pruner_by_import_path() -> None:
     opt = opt_from(
         run,
         sampler={"name": "optuna.samplers.RandomSampler"},
-        pruner={"name": "optuna.pruners.MedianPruner", "kwargs": {"n_startup_trials": 3, "n_warmup_steps": 2}},
+        pruner={
+            "name": "optuna.pruners.MedianPruner",
+            "kwargs": {"n_startup_trials": 3, "n_warmup_steps": 2},
+        },
         search_space=space,
     )
     assert isinstance(opt.make_sampler(), optuna.samplers.RandomSampler)
@@ -335,14 +384,22 @@ def test_any_sampler_and_pruner_by_import_path() -> None:
     assert isinstance(median, optuna.pruners.MedianPruner)
     assert (median._n_startup_trials, median._n_warmup_steps) == (3, 2)
 
-    own = opt_from(run, pruner={"name": f"{__name__}.RecordingPruner", "kwargs": {"patience": 4, "label": "mine"}}, search_space=space)
+    own = opt_from(
+        run,
+        pruner={"name": f"{__name__}.RecordingPruner", "kwargs": {"patience": 4, "label": "mine"}},
+        search_space=space,
+    )
     pruner = own.make_pruner()
     assert type(pruner).__name__ == "RecordingPruner"
     assert (pruner.patience, pruner.label) == (4, "mine")
 
 
 def test_pruner_null_means_no_pruning() -> None:
-    opt = opt_from(small_run(), pruner=None, search_space={"batch_size": {"type": "categorical", "choices": [32]}})
+    opt = opt_from(
+        small_run(),
+        pruner=None,
+        search_space={"batch_size": {"type": "categorical", "choices": [32]}},
+    )
     assert isinstance(opt.make_pruner(), optuna.pruners.NopPruner)
 
 
@@ -373,12 +430,20 @@ def test_parameter_names_are_group_underscore_param() -> None:
     opt = opt_from(
         run,
         search_space={
-            "net_config": {"nodes": {"type": "categorical", "choices": [8, 16]}, "layers": {"type": "int", "min": 1, "max": 3}},
+            "net_config": {
+                "nodes": {"type": "categorical", "choices": [8, 16]},
+                "layers": {"type": "int", "min": 1, "max": 3},
+            },
             "optimizer_config": {"weight_decay": {"type": "float", "min": 0.0, "max": 0.1}},
             "data_config": {"noise": {"type": "float", "min": 0.01, "max": 0.1}},
         },
     )
-    names = ["net_config_nodes", "net_config_layers", "optimizer_config_weight_decay", "data_config_noise"]
+    names = [
+        "net_config_nodes",
+        "net_config_layers",
+        "optimizer_config_weight_decay",
+        "data_config_noise",
+    ]
     assert [p.name for p in opt.params] == names
     assert set(opt.distributions()) == set(names)
     study = optuna.create_study(sampler=opt.make_sampler())
@@ -388,7 +453,9 @@ def test_parameter_names_are_group_underscore_param() -> None:
     assert cfg.net_config["nodes"] == trial.params["net_config_nodes"]
     assert cfg.net_config["layers"] == trial.params["net_config_layers"]
     assert cfg.optimizer_config["weight_decay"] == trial.params["optimizer_config_weight_decay"]
-    assert cfg.optimizer_config["lr"] == run.optimizer_config["lr"]  # unsearched keys keep their value
+    assert (
+        cfg.optimizer_config["lr"] == run.optimizer_config["lr"]
+    )  # unsearched keys keep their value
     assert cfg.data_config == {"n": 500, "noise": trial.params["data_config_noise"]}
     # merge() reads the same names back.
     merged = opt.merge(run, trial.params)
@@ -400,7 +467,16 @@ def test_parameter_names_are_group_underscore_param() -> None:
 
 def _tune_args(tmp_path: Path, tiny_configs, storage: str, output: str | None = None) -> list[str]:
     run, opt = tiny_configs
-    return ["--run-config", str(run), "--optimize-config", str(opt), "--storage", storage, "--output", output or str(tmp_path / "runs")]
+    return [
+        "--run-config",
+        str(run),
+        "--optimize-config",
+        str(opt),
+        "--storage",
+        storage,
+        "--output",
+        output or str(tmp_path / "runs"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -412,7 +488,9 @@ def _tune_args(tmp_path: Path, tiny_configs, storage: str, output: str | None = 
     ],
     ids=["postgresql", "mysql", "redis"],
 )
-def test_unreachable_storage_is_one_line_without_password(url: str, tmp_path: Path, tiny_configs) -> None:
+def test_unreachable_storage_is_one_line_without_password(
+    url: str, tmp_path: Path, tiny_configs
+) -> None:
     before = listing(tmp_path)
     proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, url))
     line = assert_one_line_error(proc)
@@ -433,21 +511,30 @@ def _without(tmp_path: Path, module: str) -> dict[str, str]:
     name first on PYTHONPATH whose import fails."""
     folder = tmp_path / f"without_{module}"
     (folder / module).mkdir(parents=True)
-    (folder / module / "__init__.py").write_text(f"raise ImportError('{module} is hidden by the test')\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    (folder / module / "__init__.py").write_text(
+        f"raise ImportError('{module} is hidden by the test')\n"
+    )
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def _assert_reached_the_server(proc: subprocess.CompletedProcess) -> None:
     """The driver loaded and tried to connect (nothing listens on port 1)."""
     line = assert_one_line_error(proc)
     assert "Failed to import" not in line and "No module named" not in line, line
-    assert "Connection refused" in line or "could not connect" in line or "connection failed" in line, line
+    assert (
+        "Connection refused" in line or "could not connect" in line or "connection failed" in line
+    ), line
 
 
 def test_postgresql_url_uses_the_installed_postgres_driver(tmp_path: Path, tiny_configs) -> None:
     # The postgres and test extras install psycopg 3, which a plain postgresql:// means.
     assert _has("psycopg"), "psycopg 3 is not installed (pip install -e '.[test]')"
-    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, "postgresql://nobody:secret@127.0.0.1:1/x"))
+    proc = run_tune(
+        tmp_path, *_tune_args(tmp_path, tiny_configs, "postgresql://nobody:secret@127.0.0.1:1/x")
+    )
     _assert_reached_the_server(proc)
 
 
@@ -456,13 +543,18 @@ def test_psycopg2_alone_is_used_through_its_url(tmp_path: Path, tiny_configs) ->
     if not _has("psycopg2"):
         pytest.skip("psycopg2 is not installed (the test extra installs psycopg 3)")
     url = "postgresql+psycopg2://nobody:secret@127.0.0.1:1/x"
-    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, url), env=_without(tmp_path, "psycopg"))
+    proc = run_tune(
+        tmp_path, *_tune_args(tmp_path, tiny_configs, url), env=_without(tmp_path, "psycopg")
+    )
     _assert_reached_the_server(proc)
 
 
 def test_password_with_slash_is_not_printed(tmp_path: Path, tiny_configs) -> None:
     before = listing(tmp_path)
-    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, "mysql+pymysql://nobody:se/cret@127.0.0.1:1/x"))
+    proc = run_tune(
+        tmp_path,
+        *_tune_args(tmp_path, tiny_configs, "mysql+pymysql://nobody:se/cret@127.0.0.1:1/x"),
+    )
     assert_one_line_error(proc)
     assert listing(tmp_path) == before
     assert "cret" not in proc.stdout + proc.stderr
@@ -480,7 +572,9 @@ def test_corrupt_sqlite_file_is_refused_and_left_untouched(tmp_path: Path, tiny_
     assert listing(tmp_path) == before
 
 
-def test_sqlite_file_with_valid_header_but_corrupt_body_is_refused_and_left_untouched(tmp_path: Path, tiny_configs) -> None:
+def test_sqlite_file_with_valid_header_but_corrupt_body_is_refused_and_left_untouched(
+    tmp_path: Path, tiny_configs
+) -> None:
     content = b"SQLite format 3\x00" + bytes(range(256)) * 20
     db = tmp_path / "x.db"
     db.write_bytes(content)
@@ -496,7 +590,12 @@ def test_output_folder_that_cannot_be_created(tmp_path: Path, tiny_configs) -> N
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder\n")
     before = listing(tmp_path)
-    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, f"sqlite:///{tmp_path}/s.db", output=str(blocker / "runs")))
+    proc = run_tune(
+        tmp_path,
+        *_tune_args(
+            tmp_path, tiny_configs, f"sqlite:///{tmp_path}/s.db", output=str(blocker / "runs")
+        ),
+    )
     line = assert_one_line_error(proc)
     assert "--output" in line and "blocker" in line
     assert listing(tmp_path) == before
@@ -510,7 +609,13 @@ def test_read_only_output_folder(tmp_path: Path, tiny_configs) -> None:
     locked.chmod(0o555)
     try:
         before = listing(tmp_path)
-        proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, f"sqlite:///{tmp_path}/s.db", output=str(locked / "runs")), preexec_fn=obey_permissions)
+        proc = run_tune(
+            tmp_path,
+            *_tune_args(
+                tmp_path, tiny_configs, f"sqlite:///{tmp_path}/s.db", output=str(locked / "runs")
+            ),
+            preexec_fn=obey_permissions,
+        )
         line = assert_one_line_error(proc)
         assert "--output" in line and "locked" in line
         assert listing(tmp_path) == before
@@ -552,7 +657,9 @@ def test_existing_study_with_incompatible_search_space(tmp_path: Path, tiny_conf
             params={"optimizer_config_lr": 1e-3, "net_config_nodes": 16},
             distributions={
                 "optimizer_config_lr": FloatDistribution(1e-4, 1e-2, log=True),
-                "net_config_nodes": CategoricalDistribution([16, 64]),  # the config now says [16, 32]
+                "net_config_nodes": CategoricalDistribution(
+                    [16, 64]
+                ),  # the config now says [16, 32]
             },
         )
     )
@@ -570,10 +677,18 @@ def test_existing_study_with_compatible_config_is_accepted_in_process(tmp_path: 
     from lightning_hpo.study import TuneSettings, create_or_load_study
 
     run = small_run()
-    opt = opt_from(run, study_name="tiny_study", search_space={"net_config": {"nodes": {"type": "categorical", "choices": [16, 32]}}})
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=None)
+    opt = opt_from(
+        run,
+        study_name="tiny_study",
+        search_space={"net_config": {"nodes": {"type": "categorical", "choices": [16, 32]}}},
+    )
+    settings = TuneSettings(
+        storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=None
+    )
     first = create_or_load_study(run, opt, settings)
-    first.add_trial(create_trial(value=1.0, params={"net_config_nodes": 32}, distributions=opt.distributions()))
+    first.add_trial(
+        create_trial(value=1.0, params={"net_config_nodes": 32}, distributions=opt.distributions())
+    )
     again = create_or_load_study(run, opt, settings)
     assert len(again.trials) == 1
     assert math.isclose(again.best_value, 1.0)

@@ -25,10 +25,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from services import (  # noqa: F401 - fixtures
     TRAIN,
+    mysql_url,
     open_study,
     optimize_yaml,
     postgres_scheme,
-    mysql_url,
     postgres_url,
     run,
     start,
@@ -37,16 +37,19 @@ from services import (  # noqa: F401 - fixtures
     wait_for,
 )
 
-from lightning_hpo.storage import open_storage
-from lightning_hpo.training import RESULT_FILE, train
 from lightning_hpo.attrs import HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SURPLUS
+from lightning_hpo.results import RESULT_FILE
+from lightning_hpo.storage import open_storage
 from lightning_hpo.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.training import train
 from lightning_hpo.tuning import tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STUDY = "s"
-LONG_EPOCHS = "2000"  # with n=2000 a trial would train for a minute or more: it is always caught mid-run
+LONG_EPOCHS = (
+    "2000"  # with n=2000 a trial would train for a minute or more: it is always caught mid-run
+)
 EXIT_TIMEOUT = 60  # seconds a signalled process may take to clean up
 
 
@@ -58,32 +61,58 @@ def states(trials, state: TrialState) -> list:
     return [t for t in trials if t.state == state]
 
 
-def write_configs(folder: Path, small_config_dict, trials: int, **run_overrides) -> tuple[Path, Path]:
+def write_configs(
+    folder: Path, small_config_dict, trials: int, **run_overrides
+) -> tuple[Path, Path]:
     """A small run config (2000 points, so long runs are long) and an optimize config in ``folder``."""
     from lightning_hpo.yamlio import dump_yaml
 
     run_cfg, opt = folder / "run.yaml", folder / "optimize.yaml"
-    dump_yaml(small_config_dict(**({"project": "Rel", "data_config": {"n": 2000}} | run_overrides)), run_cfg)
+    dump_yaml(
+        small_config_dict(**({"project": "Rel", "data_config": {"n": 2000}} | run_overrides)),
+        run_cfg,
+    )
     opt.write_text(optimize_yaml(STUDY, trials))
     return run_cfg, opt
 
 
-def start_long_trial(folder: Path, run_cfg: Path, opt: Path, url: str, *extra: str) -> subprocess.Popen:
+def start_long_trial(
+    folder: Path, run_cfg: Path, opt: Path, url: str, *extra: str
+) -> subprocess.Popen:
     """Start tune.py with long trials and return once a trial is RUNNING and has reported an epoch."""
     log = folder / "first.log"
-    proc = start(tune_args(run_cfg, opt, url, folder / "runs", "--epochs", LONG_EPOCHS, *extra), folder, log)
+    proc = start(
+        tune_args(run_cfg, opt, url, folder / "runs", "--epochs", LONG_EPOCHS, *extra), folder, log
+    )
     try:
         # The study exists once a run folder does; opening it earlier could race its creation.
-        wait_for(lambda: any((folder / "runs").rglob("config.yaml")), 120, "the first trial's run folder", proc, log)
+        wait_for(
+            lambda: any((folder / "runs").rglob("config.yaml")),
+            120,
+            "the first trial's run folder",
+            proc,
+            log,
+        )
         study = open_study(url, STUDY)
-        wait_for(lambda: any(t.intermediate_values for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))), 120, "a RUNNING trial's first epoch", proc, log)
+        wait_for(
+            lambda: any(
+                t.intermediate_values
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            ),
+            120,
+            "a RUNNING trial's first epoch",
+            proc,
+            log,
+        )
     except BaseException:
         stop(proc)
         raise
     return proc
 
 
-def rerun(folder: Path, run_cfg: Path, opt: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
+def rerun(
+    folder: Path, run_cfg: Path, opt: Path, url: str, *extra: str
+) -> subprocess.CompletedProcess:
     proc = run(tune_args(run_cfg, opt, url, folder / "runs", "--epochs", "2", *extra), folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -101,7 +130,9 @@ def assert_total_reached(trials: list, total: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_fails_the_running_trial_and_a_rerun_reaches_the_total(sig, tmp_path, small_config_dict) -> None:
+def test_signal_fails_the_running_trial_and_a_rerun_reaches_the_total(
+    sig, tmp_path, small_config_dict
+) -> None:
     run_cfg, opt = write_configs(tmp_path, small_config_dict, trials=2)
     url = f"sqlite:///{tmp_path}/study.db"
     proc = start_long_trial(tmp_path, run_cfg, opt, url)
@@ -112,7 +143,9 @@ def test_signal_fails_the_running_trial_and_a_rerun_reaches_the_total(sig, tmp_p
     finally:
         stop(proc)
     log = (tmp_path / "first.log").read_text()
-    assert code == 128 + sig, log  # 130 for SIGINT, 143 for SIGTERM, as shells and schedulers read them
+    assert code == 128 + sig, (
+        log
+    )  # 130 for SIGINT, 143 for SIGTERM, as shells and schedulers read them
     assert "Traceback" not in log
 
     trials = open_study(url, STUDY).get_trials()
@@ -139,12 +172,22 @@ def kill_mid_trial(folder: Path, run_cfg: Path, opt: Path, url: str, *extra: str
     running = open_study(url, STUDY).get_trials(states=(TrialState.RUNNING,))
     assert len(running) == 1
     victim = running[0]
-    assert victim.system_attrs[PID] == proc.pid and victim.system_attrs[HOST] == socket.gethostname()
+    assert (
+        victim.system_attrs[PID] == proc.pid and victim.system_attrs[HOST] == socket.gethostname()
+    )
     return victim
 
 
 def retries_of(trials, victim) -> list:
-    return [t for t in trials if t.number > victim.number and (t.user_attrs.get("retry_of") == victim.number or t.system_attrs.get(RETRIED_FROM) == victim.number)]
+    return [
+        t
+        for t in trials
+        if t.number > victim.number
+        and (
+            t.user_attrs.get("retry_of") == victim.number
+            or t.system_attrs.get(RETRIED_FROM) == victim.number
+        )
+    ]
 
 
 @dataclass
@@ -154,7 +197,9 @@ class AfterDeath:
     victim: optuna.trial.FrozenTrial
     rerun_stdout: str
     trials: list
-    live: optuna.trial.FrozenTrial | None = None  # a RUNNING trial of a live process, if one was added
+    live: optuna.trial.FrozenTrial | None = (
+        None  # a RUNNING trial of a live process, if one was added
+    )
 
 
 def assert_failed_stale_and_retried_once(after: AfterDeath) -> None:
@@ -190,7 +235,9 @@ def test_kill_9_with_heartbeat_rerun_reaches_the_total(killed_on_sqlite) -> None
 
 
 @pytest.mark.slow
-def test_heartbeat_retries_a_dead_trial_of_another_host_and_reaches_the_total(tmp_path, small_config_dict) -> None:
+def test_heartbeat_retries_a_dead_trial_of_another_host_and_reaches_the_total(
+    tmp_path, small_config_dict
+) -> None:
     run_cfg, opt = write_configs(tmp_path, small_config_dict, trials=2)
     url = f"sqlite:///{tmp_path}/study.db"
     victim = kill_mid_trial(tmp_path, run_cfg, opt, url, "--heartbeat", "1")
@@ -202,7 +249,11 @@ def test_heartbeat_retries_a_dead_trial_of_another_host_and_reaches_the_total(tm
     trials = open_study(url, STUDY).get_trials()
     assert trials[victim.number].state == TrialState.FAIL
     retries = retries_of(trials, victim)
-    assert len(retries) == 1 and retries[0].params == victim.params and retries[0].state == TrialState.COMPLETE
+    assert (
+        len(retries) == 1
+        and retries[0].params == victim.params
+        and retries[0].state == TrialState.COMPLETE
+    )
     assert_total_reached(trials, 2)
 
 
@@ -297,12 +348,20 @@ def user_module(tmp_path, monkeypatch):
 
 def tiny_study(small_config, tmp_path, trials: int, pruner: str | None = None, **run_overrides):
     """(run config, optimize config, settings) for an in-process study of ``trials`` tiny trials."""
-    from lightning_hpo.search import optimize_config_from_dict
+    from lightning_hpo.optimize_config import optimize_config_from_dict
 
     run_cfg = small_config(project="Rel", data_config={"n": 300}, **run_overrides)
-    space = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}
-    opt = optimize_config_from_dict({"study_name": STUDY, "trials": trials, "seed": 1, "pruner": pruner, "search_space": space}, run_cfg, "<test>")
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None)
+    space = {
+        "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}
+    }
+    opt = optimize_config_from_dict(
+        {"study_name": STUDY, "trials": trials, "seed": 1, "pruner": pruner, "search_space": space},
+        run_cfg,
+        "<test>",
+    )
+    settings = TuneSettings(
+        storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None
+    )
     return run_cfg, opt, settings
 
 
@@ -320,12 +379,17 @@ def test_inf_loss_never_completes(pruner, user_module, small_config, tmp_path, q
         assert [t.user_attrs["fail_reason"] for t in trials] == ["val_loss ended at inf"] * 2
 
 
-def test_out_of_memory_fails_its_trial_with_the_reason_and_the_study_goes_on(user_module, small_config, tmp_path, quiet) -> None:
+def test_out_of_memory_fails_its_trial_with_the_reason_and_the_study_goes_on(
+    user_module, small_config, tmp_path, quiet
+) -> None:
     run_cfg, opt, settings = tiny_study(small_config, tmp_path, 3, net="rel_user.OOMNet")
     lines: list[str] = []
     trials = tune(run_cfg, opt, settings, echo=lines.append).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[0].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert (
+        trials[0].user_attrs["fail_reason"]
+        == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
     assert "FAILED: RuntimeError: CUDA out of memory" in lines[0]
     assert counted(trials) == 3
 
@@ -334,13 +398,16 @@ def test_a_queued_trial_runs_within_the_total(small_config, tmp_path, quiet) -> 
     run_cfg, opt, settings = tiny_study(small_config, tmp_path, 3)
     create_or_load_study(run_cfg, opt, settings).enqueue_trial({"optimizer_config_lr": 1.0e-3})
     trials = tune(run_cfg, opt, settings, echo=lambda line: None).get_trials()
-    assert trials[0].params == {"optimizer_config_lr": 1.0e-3} and trials[0].state == TrialState.COMPLETE
+    assert (
+        trials[0].params == {"optimizer_config_lr": 1.0e-3}
+        and trials[0].state == TrialState.COMPLETE
+    )
     assert_total_reached(trials, 3)
 
 
 # --------------------------------------------------------------------------- concurrent writers
 
-WORKER = '''
+WORKER = """
 import sys
 
 import optuna
@@ -360,21 +427,39 @@ def objective(trial):
 
 
 study.optimize(objective, n_trials=n)
-'''
+"""
 
 WORKERS, PER_WORKER = 4, 25
 
 
 def concurrent_workers(tmp_path: Path, url: str, small_config) -> None:
     """Create the study once, then 4 processes × 25 trivial trials on it; check the result."""
-    from lightning_hpo.search import optimize_config_from_dict
+    from lightning_hpo.optimize_config import optimize_config_from_dict
 
     run_cfg = small_config()
-    opt = optimize_config_from_dict({"study_name": STUDY, "trials": 100, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2}}}}, run_cfg, "<test>")
+    opt = optimize_config_from_dict(
+        {
+            "study_name": STUDY,
+            "trials": 100,
+            "search_space": {
+                "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2}}
+            },
+        },
+        run_cfg,
+        "<test>",
+    )
     create_or_load_study(run_cfg, opt, TuneSettings(storage=url, heartbeat=None))
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    procs = [subprocess.Popen([sys.executable, str(script), url, STUDY, str(PER_WORKER)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(WORKERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), url, STUDY, str(PER_WORKER)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(WORKERS)
+    ]
     try:
         outputs = [p.communicate(timeout=240)[0] for p in procs]
     finally:
@@ -412,7 +497,16 @@ def eight_at_once(tmp_path: Path, write_config, url: str) -> list:
     run_cfg = write_config("run.yaml", project="Rel", data_config={"n": 300})
     opt = tmp_path / "optimize.yaml"
     opt.write_text(optimize_yaml(STUDY, 8))
-    procs = [subprocess.Popen(tune_args(run_cfg, opt, url, tmp_path / "runs"), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            tune_args(run_cfg, opt, url, tmp_path / "runs"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     try:
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -429,7 +523,9 @@ def eight_at_once(tmp_path: Path, write_config, url: str) -> list:
     # Every trial trained in its own folder, with its own TensorBoard log and checkpoint.
     folders = [Path(t.user_attrs["run_dir"]) for t in trials if t not in surplus]
     assert len(set(folders)) == 8
-    on_disk = sorted(p for p in (tmp_path / "runs" / "Rel_Opt" / STUDY).iterdir() if p.is_dir())  # the study's own folder
+    on_disk = sorted(
+        p for p in (tmp_path / "runs" / "Rel_Opt" / STUDY).iterdir() if p.is_dir()
+    )  # the study's own folder
     assert on_disk == sorted(folders)
     for folder in folders:
         assert len(list(folder.glob("1/events.out.tfevents.*"))) == 1, sorted(folder.rglob("*"))
@@ -470,8 +566,20 @@ def test_train_resume_after_kill_9_finishes_the_configured_epochs(tmp_path, writ
     argv = [sys.executable, str(TRAIN), "--config", str(cfg), "--output", str(tmp_path / "runs")]
     proc = start(argv, tmp_path, log)
     try:
-        last = wait_for(lambda: next((tmp_path / "runs").rglob("last.ckpt"), None), 120, "the first last.ckpt", proc, log)
-        wait_for(lambda: _readable(last) and load_ckpt(last)["epoch"] >= 2, 120, "a checkpoint after epoch 3", proc, log)
+        last = wait_for(
+            lambda: next((tmp_path / "runs").rglob("last.ckpt"), None),
+            120,
+            "the first last.ckpt",
+            proc,
+            log,
+        )
+        wait_for(
+            lambda: _readable(last) and load_ckpt(last)["epoch"] >= 2,
+            120,
+            "a checkpoint after epoch 3",
+            proc,
+            log,
+        )
         proc.kill()
         proc.wait(timeout=EXIT_TIMEOUT)
     finally:
@@ -488,9 +596,13 @@ def test_train_resume_after_kill_9_finishes_the_configured_epochs(tmp_path, writ
     assert len(history) == epochs and all(math.isfinite(v) for v in history)
 
 
-def test_last_checkpoint_holds_the_last_epoch_even_when_it_is_not_the_best(small_config, tmp_path, quiet) -> None:
+def test_last_checkpoint_holds_the_last_epoch_even_when_it_is_not_the_best(
+    small_config, tmp_path, quiet
+) -> None:
     # Gradient ascent: val_loss rises every epoch, so the best epoch is the first one.
-    cfg = small_config(epochs=3, optimizer="torch.optim.SGD", optimizer_config={"lr": 0.05, "maximize": True})
+    cfg = small_config(
+        epochs=3, optimizer="torch.optim.SGD", optimizer_config={"lr": 0.05, "maximize": True}
+    )
     result = train(cfg, tmp_path)
     run_dir = result.results[0].run_dir
     history = result.results[0].history
@@ -523,25 +635,48 @@ def test_password_of_an_unreachable_server_is_not_printed(tmp_path, write_config
     run_cfg = write_config("run.yaml", project="Sec", data_config={"n": 300})
     opt = tmp_path / "optimize.yaml"
     opt.write_text(optimize_yaml(STUDY, 1))
-    proc = run(tune_args(run_cfg, opt, f"{postgres_scheme()}://postgres:{SECRET}@127.0.0.1:1/x", tmp_path / "runs"), tmp_path)
+    proc = run(
+        tune_args(
+            run_cfg,
+            opt,
+            f"{postgres_scheme()}://postgres:{SECRET}@127.0.0.1:1/x",
+            tmp_path / "runs",
+        ),
+        tmp_path,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and "cannot open the storage" in proc.stderr
-    assert "Connection refused" in proc.stderr or "could not connect" in proc.stderr  # the driver tried to connect
+    assert (
+        "Connection refused" in proc.stderr or "could not connect" in proc.stderr
+    )  # the driver tried to connect
     assert SECRET not in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("command, which", [("tune", "run"), ("tune", "optimize"), ("train", "run")])
-def test_yaml_python_tags_are_refused_and_never_executed(command, which, tmp_path, write_config) -> None:
+@pytest.mark.parametrize(
+    "command, which", [("tune", "run"), ("tune", "optimize"), ("train", "run")]
+)
+def test_yaml_python_tags_are_refused_and_never_executed(
+    command, which, tmp_path, write_config
+) -> None:
     marker = tmp_path / "pwned"
     run_cfg = write_config("run.yaml", project="Sec", data_config={"n": 300})
     opt = tmp_path / "optimize.yaml"
     opt.write_text(optimize_yaml(STUDY, 1))
     target = run_cfg if which == "run" else opt
-    target.write_text(target.read_text() + f"evil: !!python/object/apply:os.system ['touch {marker}']\n")
+    target.write_text(
+        target.read_text() + f"evil: !!python/object/apply:os.system ['touch {marker}']\n"
+    )
     if command == "tune":
         argv = tune_args(run_cfg, opt, f"sqlite:///{tmp_path}/study.db", tmp_path / "runs")
     else:
-        argv = [sys.executable, str(TRAIN), "--config", str(run_cfg), "--output", str(tmp_path / "runs")]
+        argv = [
+            sys.executable,
+            str(TRAIN),
+            "--config",
+            str(run_cfg),
+            "--output",
+            str(tmp_path / "runs"),
+        ]
     proc = run(argv, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr

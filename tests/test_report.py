@@ -19,7 +19,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lightning_hpo.cli import report_main
-from lightning_hpo.config import run_config_from_dict
+from lightning_hpo.optimize_config import optimize_config_from_dict
 from lightning_hpo.pruner import PFLPruner
 from lightning_hpo.report import (
     EDGE_MARGIN,
@@ -29,7 +29,8 @@ from lightning_hpo.report import (
     prediction_accuracy,
     replay_top_k,
 )
-from lightning_hpo.search import Param, optimize_config_from_dict
+from lightning_hpo.run_config import run_config_from_dict
+from lightning_hpo.search_space import Param
 from lightning_hpo.yamlio import dump_yaml
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -50,7 +51,16 @@ OPTIMIZE = {
     "trials": 6,
     "seed": 0,
     "sampler": {"name": "optuna.samplers.RandomSampler"},
-    "pruner": {"name": "lightning_hpo.PFLPruner", "kwargs": {"n_startup_trials": 2, "n_warmup_epochs": 1, "top_k": 2, "quantile": 0.0, "overrule_quantile": 0.0}},
+    "pruner": {
+        "name": "lightning_hpo.PFLPruner",
+        "kwargs": {
+            "n_startup_trials": 2,
+            "n_warmup_epochs": 1,
+            "top_k": 2,
+            "quantile": 0.0,
+            "overrule_quantile": 0.0,
+        },
+    },
     "search_space": {
         "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}},
         "net_config": {"nodes": {"type": "categorical", "choices": [8, 16, 32]}},
@@ -70,7 +80,17 @@ class Built:
     study: optuna.Study
 
     def args(self, *extra: str) -> list[str]:
-        return ["--run-config", str(self.run_config), "--optimize-config", str(self.optimize_config), "--storage", self.url, "--output", str(self.runs), *extra]
+        return [
+            "--run-config",
+            str(self.run_config),
+            "--optimize-config",
+            str(self.optimize_config),
+            "--storage",
+            self.url,
+            "--output",
+            str(self.runs),
+            *extra,
+        ]
 
 
 def call(argv: list[str]) -> tuple[int, str, str]:
@@ -83,7 +103,7 @@ def call(argv: list[str]) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    from lightning_hpo.training import quiet_lightning
+    from lightning_hpo.console import quiet_lightning
     from lightning_hpo.tuning import TuneSettings, tune
 
     quiet_lightning()
@@ -121,7 +141,19 @@ def test_counts_match_the_storage(built: Built, report: dict[str, Any]) -> None:
 
 
 def test_json_has_every_section(report: dict[str, Any]) -> None:
-    assert {"study", "storage", "metric", "direction", "counts", "best", "top_k", "importances", "boundary_warnings", "audit", "plots"} <= set(report)
+    assert {
+        "study",
+        "storage",
+        "metric",
+        "direction",
+        "counts",
+        "best",
+        "top_k",
+        "importances",
+        "boundary_warnings",
+        "audit",
+        "plots",
+    } <= set(report)
     assert {"epochs", "predictions", "replay"} <= set(report["audit"])
     assert {"number", "value", "epochs", "params", "run_dir"} <= set(report["top_k"][0])
     importances = report["importances"]["params"]
@@ -145,7 +177,9 @@ def test_audit_epochs_match_the_intermediate_values(built: Built, report: dict[s
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert epochs["saved"] == sum(EPOCHS - len(t.intermediate_values) for t in pruned)
     assert epochs["pruned_trials"] == len(pruned)
-    assert epochs["saved_fraction"] == pytest.approx(epochs["saved"] / (epochs["run"] + epochs["saved"]))
+    assert epochs["saved_fraction"] == pytest.approx(
+        epochs["saved"] / (epochs["run"] + epochs["saved"])
+    )
 
 
 def test_prediction_errors_use_the_stored_predictions(built: Built, report: dict[str, Any]) -> None:
@@ -169,7 +203,11 @@ def test_prediction_errors_are_bucketed_by_how_far_the_run_was() -> None:
         value=0.5,
         intermediate_values={0: 2.0, 1: 1.0, 2: 0.7, 3: 0.5},
         # The pruner's record: the last step's prediction is left out of the errors.
-        user_attrs={"epochs": 4, "n_seeds": 1, "pfl": {"step": 3, "decision": "ok", "history": [[0, 1.0], [1, 0.6], [3, 0.9]]}},
+        user_attrs={
+            "epochs": 4,
+            "n_seeds": 1,
+            "pfl": {"step": 3, "decision": "ok", "history": [[0, 1.0], [1, 0.6], [3, 0.9]]},
+        },
     )
     result = prediction_accuracy([trial])
     assert result.predictions == 2 and result.trials == 1
@@ -183,7 +221,15 @@ def test_prediction_errors_are_bucketed_by_how_far_the_run_was() -> None:
 def test_text_report_has_every_section(built: Built) -> None:
     code, out, err = call(built.args("--no-plots", "--top-k", "2"))
     assert code == 0, err
-    for heading in ("Trials:", "Best trial", "Top 2 complete trials", "Parameter importances", "Search-space edges", "Pruning audit", "replay of the top 2"):
+    for heading in (
+        "Trials:",
+        "Best trial",
+        "Top 2 complete trials",
+        "Parameter importances",
+        "Search-space edges",
+        "Pruning audit",
+        "replay of the top 2",
+    ):
         assert heading in out
 
 
@@ -259,9 +305,13 @@ def best_of(values: dict[str, Any], params: list[Param]) -> optuna.trial.FrozenT
         (3.16e-3, "low", None),  # log-space middle
     ],
 )
-def test_log_range_edges_are_measured_in_log_space(lr: float, linear_edge: str | None, edge: str | None) -> None:
+def test_log_range_edges_are_measured_in_log_space(
+    lr: float, linear_edge: str | None, edge: str | None
+) -> None:
     linear = (lr - LR.min) / (LR.max - LR.min)
-    assert linear_edge == ("low" if linear <= EDGE_MARGIN else "high" if linear >= 1 - EDGE_MARGIN else None)
+    assert linear_edge == (
+        "low" if linear <= EDGE_MARGIN else "high" if linear >= 1 - EDGE_MARGIN else None
+    )
     found = boundary_warnings(best_of({LR.name: lr}, [LR]), [LR])
     assert [w.edge for w in found] == ([edge] if edge else [])
     if edge:
@@ -294,9 +344,25 @@ def test_categorical_edges_only_for_ordered_numbers() -> None:
 
 def test_report_with_one_complete_trial_is_graceful() -> None:
     run = run_config_from_dict({}, "test")
-    opt = optimize_config_from_dict({"search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}}, run, "test")
+    opt = optimize_config_from_dict(
+        {
+            "search_space": {
+                "optimizer_config": {
+                    "lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}
+                }
+            }
+        },
+        run,
+        "test",
+    )
     study = optuna.create_study()
-    study.add_trial(create_trial(params={"optimizer_config_lr": 1.0e-4}, distributions={"optimizer_config_lr": FloatDistribution(1.0e-4, 1.0e-2, log=True)}, value=0.3))
+    study.add_trial(
+        create_trial(
+            params={"optimizer_config_lr": 1.0e-4},
+            distributions={"optimizer_config_lr": FloatDistribution(1.0e-4, 1.0e-2, log=True)},
+            value=0.3,
+        )
+    )
     result = build_report(study, opt)
     assert result.importances.params == {} and "at least 2" in result.importances.message
     assert result.boundary_warnings[0].edge == "low"
@@ -319,9 +385,17 @@ def curve_trial(values: list[float]) -> optuna.trial.FrozenTrial:
 def test_replay_counts_false_prunes_of_the_top_trials() -> None:
     # Short curves: PFL is the last value, so a slow starter that ends best is cut.
     study = optuna.create_study()
-    study.add_trials([curve_trial([5.0, 4.0, 3.0, 0.1]), curve_trial([1.0, 0.9, 0.8, 0.7]), curve_trial([1.2, 1.0, 0.9, 0.8])])
+    study.add_trials(
+        [
+            curve_trial([5.0, 4.0, 3.0, 0.1]),
+            curve_trial([1.0, 0.9, 0.8, 0.7]),
+            curve_trial([1.2, 1.0, 0.9, 0.8]),
+        ]
+    )
     ranked = sorted(study.trials, key=lambda t: t.value)
-    replay = replay_top_k(ranked, 2, PFLPruner(n_startup_trials=1, n_warmup_epochs=1, top_k=1), study.direction)
+    replay = replay_top_k(
+        ranked, 2, PFLPruner(n_startup_trials=1, n_warmup_epochs=1, top_k=1), study.direction
+    )
     # The runner-up leads at every epoch it is replayed at, so its best so far protects it.
     assert replay.replayed == 2 and replay.would_prune == 1 and replay.false_prune_rate == 0.5
     slow, runner_up = replay.trials
@@ -329,21 +403,40 @@ def test_replay_counts_false_prunes_of_the_top_trials() -> None:
     assert slow.reason == "worse" and slow.score == 4.0
     assert runner_up.number == 1 and not runner_up.would_prune
     # A lenient pruner cuts none of them, and the study itself is never touched.
-    lenient = replay_top_k(ranked, 3, PFLPruner(n_startup_trials=1, n_warmup_epochs=10, top_k=1), study.direction)
+    lenient = replay_top_k(
+        ranked, 3, PFLPruner(n_startup_trials=1, n_warmup_epochs=10, top_k=1), study.direction
+    )
     assert lenient.would_prune == 0
     assert all(not t.system_attrs for t in study.trials)
 
 
 def test_audit_counts_epochs_of_the_curves_and_names_the_epoch_a_replay_would_prune() -> None:
     run = run_config_from_dict({}, "test")
-    space = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}
-    pruner = {"name": "lightning_hpo.PFLPruner", "kwargs": {"n_startup_trials": 1, "n_warmup_epochs": 1, "top_k": 1}}
+    space = {
+        "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}
+    }
+    pruner = {
+        "name": "lightning_hpo.PFLPruner",
+        "kwargs": {"n_startup_trials": 1, "n_warmup_epochs": 1, "top_k": 1},
+    }
     opt = optimize_config_from_dict({"search_space": space, "pruner": pruner}, run, "test")
     study = optuna.create_study()
-    study.add_trials([curve_trial([5.0, 4.0, 3.0, 0.1]), curve_trial([1.0, 0.9, 0.8, 0.7]), curve_trial([1.2, 1.0, 0.9, 0.8])])
+    study.add_trials(
+        [
+            curve_trial([5.0, 4.0, 3.0, 0.1]),
+            curve_trial([1.0, 0.9, 0.8, 0.7]),
+            curve_trial([1.2, 1.0, 0.9, 0.8]),
+        ]
+    )
     # Pruned after 2 of its 4 epochs; n_seeds does not multiply them. A pruned trial
     # without the epochs attr has no known full length and is left out of "saved".
-    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 3.0, 1: 2.9}, user_attrs={"epochs": 4, "n_seeds": 3}))
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            intermediate_values={0: 3.0, 1: 2.9},
+            user_attrs={"epochs": 4, "n_seeds": 3},
+        )
+    )
     study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 3.0}))
     report = build_report(study, opt, top_k=2)
     epochs = report.audit.epochs
@@ -365,12 +458,20 @@ def test_tensorboard_reads_every_trials_hparams(built: Built) -> None:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     trials = built.study.get_trials()
-    assert any(t.state == TrialState.PRUNED for t in trials), "the fixture's study should prune some trials"
+    assert any(t.state == TrialState.PRUNED for t in trials), (
+        "the fixture's study should prune some trials"
+    )
     for t in trials:
         folder = Path(t.user_attrs["run_dir"]) / str(RUN["seeds"][0])
         events = EventAccumulator(str(folder))
         events.Reload()
         content = events.PluginTagToContent("hparams")
-        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-        assert math.isclose(start.hparams["optimizer_config.lr"].number_value, t.params["optimizer_config_lr"], rel_tol=1e-9), t.number
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/session_start_info"]
+        ).session_start_info
+        assert math.isclose(
+            start.hparams["optimizer_config.lr"].number_value,
+            t.params["optimizer_config_lr"],
+            rel_tol=1e-9,
+        ), t.number
         assert start.hparams["net_config.nodes"].number_value == t.params["net_config_nodes"]

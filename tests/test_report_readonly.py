@@ -47,7 +47,15 @@ def configs(tmp_path: Path) -> list[str]:
     run, opt = tmp_path / "run.yaml", tmp_path / "optimize.yaml"
     dump_yaml(RUN, run)
     opt.write_text(optimize_yaml(STUDY))
-    return ["--run-config", str(run), "--optimize-config", str(opt), "--output", str(tmp_path / "runs"), "--no-plots"]
+    return [
+        "--run-config",
+        str(run),
+        "--optimize-config",
+        str(opt),
+        "--output",
+        str(tmp_path / "runs"),
+        "--no-plots",
+    ]
 
 
 def call(argv: list[str]) -> tuple[int, str, str]:
@@ -74,7 +82,17 @@ def snapshot(url: str) -> dict[str, list[str]]:
     try:
         with engine.connect() as conn:
             tables = sqlalchemy.inspect(conn).get_table_names()
-            return {t: sorted(map(repr, conn.execute(sqlalchemy.select(sqlalchemy.text("*")).select_from(sqlalchemy.table(t))))) for t in tables}
+            return {
+                t: sorted(
+                    map(
+                        repr,
+                        conn.execute(
+                            sqlalchemy.select(sqlalchemy.text("*")).select_from(sqlalchemy.table(t))
+                        ),
+                    )
+                )
+                for t in tables
+            }
     finally:
         engine.dispose()
 
@@ -85,7 +103,14 @@ def add_study(url: str, name: str, trials: int = 0) -> None:
     lr = FloatDistribution(1.0e-4, 1.0e-2, log=True)
     for i in range(trials):
         value = 0.5 - 0.1 * i
-        study.add_trial(create_trial(params={"optimizer_config_lr": 10 ** (-3.5 + 0.5 * i)}, distributions={"optimizer_config_lr": lr}, value=value, intermediate_values={0: value + 0.1, 1: value}))
+        study.add_trial(
+            create_trial(
+                params={"optimizer_config_lr": 10 ** (-3.5 + 0.5 * i)},
+                distributions={"optimizer_config_lr": lr},
+                value=value,
+                intermediate_values={0: value + 0.1, 1: value},
+            )
+        )
 
 
 def with_password(url: str, password: str) -> str:
@@ -99,7 +124,9 @@ def with_password(url: str, password: str) -> str:
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_empty_database_is_refused_and_stays_empty(server: str, configs: list[str], request: pytest.FixtureRequest) -> None:
+def test_empty_database_is_refused_and_stays_empty(
+    server: str, configs: list[str], request: pytest.FixtureRequest
+) -> None:
     url = request.getfixturevalue(server)
     assert snapshot(url) == {}
     err = refused([*configs, "--storage", url])
@@ -116,7 +143,9 @@ def test_password_is_never_printed(postgres_url: str, configs: list[str]) -> Non
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_missing_study_lists_the_others_and_changes_nothing(server: str, configs: list[str], request: pytest.FixtureRequest) -> None:
+def test_missing_study_lists_the_others_and_changes_nothing(
+    server: str, configs: list[str], request: pytest.FixtureRequest
+) -> None:
     url = request.getfixturevalue(server)
     add_study(url, "other", trials=1)
     add_study(url, "another")
@@ -127,7 +156,9 @@ def test_missing_study_lists_the_others_and_changes_nothing(server: str, configs
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_half_made_database_is_refused_untouched(server: str, configs: list[str], request: pytest.FixtureRequest) -> None:
+def test_half_made_database_is_refused_untouched(
+    server: str, configs: list[str], request: pytest.FixtureRequest
+) -> None:
     # Optuna's tables without its version stamp (create_all, then a crash): RDBStorage's
     # version manager would insert the version row and the alembic stamp.
     import sqlalchemy
@@ -144,14 +175,20 @@ def test_half_made_database_is_refused_untouched(server: str, configs: list[str]
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_report_of_an_existing_study_changes_nothing(server: str, configs: list[str], request: pytest.FixtureRequest) -> None:
+def test_report_of_an_existing_study_changes_nothing(
+    server: str, configs: list[str], request: pytest.FixtureRequest
+) -> None:
     url = request.getfixturevalue(server)
     add_study(url, STUDY, trials=3)
     before = snapshot(url)
     code, out, err = call([*configs, "--storage", url, "--json"])
     assert code == 0, err
     report = json.loads(out)
-    assert report["study"] == STUDY and report["counts"]["COMPLETE"] == 3 and report["storage"] == redact(url)
+    assert (
+        report["study"] == STUDY
+        and report["counts"]["COMPLETE"] == 3
+        and report["storage"] == redact(url)
+    )
     assert snapshot(url) == before
 
 
@@ -172,7 +209,9 @@ def test_redis_journal_without_the_study(redis_url: str, configs: list[str]) -> 
 # --------------------------------------------------------------------------- SQLite
 
 
-def test_sqlite_without_optuna_tables_stays_byte_identical(tmp_path: Path, configs: list[str]) -> None:
+def test_sqlite_without_optuna_tables_stays_byte_identical(
+    tmp_path: Path, configs: list[str]
+) -> None:
     import sqlite3
 
     path = tmp_path / "other.db"
@@ -184,7 +223,9 @@ def test_sqlite_without_optuna_tables_stays_byte_identical(tmp_path: Path, confi
     err = refused([*configs, "--storage", f"sqlite:///{path}"])
     assert "not an Optuna study database" in err and str(path) in err
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("other.db")) == ["other.db"], "no journal or WAL file either"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("other.db")) == [
+        "other.db"
+    ], "no journal or WAL file either"
 
 
 def test_empty_sqlite_file_stays_empty(tmp_path: Path, configs: list[str]) -> None:

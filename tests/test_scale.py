@@ -35,14 +35,16 @@ from services import (  # noqa: F401 - fixtures
     wait_for,
 )
 
-from lightning_hpo.pruner import PFLPruner
 from lightning_hpo.attrs import INTERRUPTED, PID
+from lightning_hpo.pruner import PFLPruner
 from lightning_hpo.study import counted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STUDY = "scale"
-TRIAL_LINE = re.compile(r"^\[(\d+)/(\d+)\] trial (\d+) (val_loss \S+|pruned at step \d+ .*?|FAILED: .*?) \| .* \| done \d+, pruned \d+, failed \d+ \| best .*$")
+TRIAL_LINE = re.compile(
+    r"^\[(\d+)/(\d+)\] trial (\d+) (val_loss \S+|pruned at step \d+ .*?|FAILED: .*?) \| .* \| done \d+, pruned \d+, failed \d+ \| best .*$"
+)
 
 USER_MODULE = '''
 import os
@@ -103,8 +105,12 @@ def user_dir(tmp_path) -> Path:
     return folder
 
 
-def write_configs(tmp_path: Path, write_config, trials: int, pruner: str | None = None, **run_overrides) -> tuple[Path, Path]:
-    run_cfg = write_config("run.yaml", **({"project": "Scale", "data_config": {"n": 300}} | run_overrides))
+def write_configs(
+    tmp_path: Path, write_config, trials: int, pruner: str | None = None, **run_overrides
+) -> tuple[Path, Path]:
+    run_cfg = write_config(
+        "run.yaml", **({"project": "Scale", "data_config": {"n": 300}} | run_overrides)
+    )
     opt = tmp_path / "optimize.yaml"
     opt.write_text(optimize_yaml(STUDY, trials, pruner))
     return run_cfg, opt
@@ -125,11 +131,24 @@ def trial_lines(stdout: str) -> list[re.Match]:
 
 
 @pytest.mark.slow
-def test_two_local_workers_reach_the_exact_total_in_one_stream_with_split_threads(tmp_path, write_config, user_dir) -> None:
+def test_two_local_workers_reach_the_exact_total_in_one_stream_with_split_threads(
+    tmp_path, write_config, user_dir
+) -> None:
     log = tmp_path / "threads.log"
-    run_cfg, opt = write_configs(tmp_path, write_config, 6, data="scale_user.record_threads", data_config={"n": 300, "log": str(log)})
+    run_cfg, opt = write_configs(
+        tmp_path,
+        write_config,
+        6,
+        data="scale_user.record_threads",
+        data_config={"n": 300, "log": str(log)},
+    )
     url = f"sqlite:///{tmp_path}/study.db"
-    proc = run(tune_args(run_cfg, opt, url, tmp_path / "runs", "--workers", "2"), tmp_path, timeout=300, env=subprocess_env(user_dir))
+    proc = run(
+        tune_args(run_cfg, opt, url, tmp_path / "runs", "--workers", "2"),
+        tmp_path,
+        timeout=300,
+        env=subprocess_env(user_dir),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = assert_exact_total(url, 6)
 
@@ -150,11 +169,21 @@ def test_two_local_workers_reach_the_exact_total_in_one_stream_with_split_thread
 
 def wait_for_running(url: str, count: int, proc: subprocess.Popen, log: Path) -> list:
     """The study's RUNNING trials once ``count`` of them have reported an epoch."""
-    wait_for(lambda: any((log.parent / "runs").rglob("config.yaml")), 120, "a worker's first run folder", proc, log)
+    wait_for(
+        lambda: any((log.parent / "runs").rglob("config.yaml")),
+        120,
+        "a worker's first run folder",
+        proc,
+        log,
+    )
     study = open_study(url, STUDY)
 
     def running():
-        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values]
+        trials = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.intermediate_values
+        ]
         return trials if len(trials) >= count else None
 
     return wait_for(running, 120, f"{count} RUNNING trials with an epoch", proc, log)
@@ -166,14 +195,20 @@ def wait_for_running(url: str, count: int, proc: subprocess.Popen, log: Path) ->
     [signal.SIGINT, signal.SIGTERM],
     ids=["SIGINT", "SIGTERM"],
 )
-def test_a_signal_to_the_workers_parent_stops_every_worker_cleanly(sig, tmp_path, write_config, postgres_url) -> None:
+def test_a_signal_to_the_workers_parent_stops_every_worker_cleanly(
+    sig, tmp_path, write_config, postgres_url
+) -> None:
     # On PostgreSQL: on SQLite, two workers interrupted at once sometimes lock each other out
     # (about 1 run in 15 on 2 cores: a worker waits the 60 s busy timeout per write, then ends
     # with "database is locked" and its trial RUNNING), which is not what this test is about.
     run_cfg, opt = write_configs(tmp_path, write_config, 4, data_config={"n": 2000})
     url = postgres_url
     log = tmp_path / "workers.log"
-    parent = start(tune_args(run_cfg, opt, url, tmp_path / "runs", "--workers", "2", "--epochs", "2000"), tmp_path, log)
+    parent = start(
+        tune_args(run_cfg, opt, url, tmp_path / "runs", "--workers", "2", "--epochs", "2000"),
+        tmp_path,
+        log,
+    )
     children: list[int] = []
     try:
         running = wait_for_running(url, 2, parent, log)
@@ -183,7 +218,9 @@ def test_a_signal_to_the_workers_parent_stops_every_worker_cleanly(sig, tmp_path
         deadline = time.monotonic() + 20
         while any(map(_alive, children)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [pid for pid in children if _alive(pid)], "workers still running after their parent ended"
+        assert not [pid for pid in children if _alive(pid)], (
+            "workers still running after their parent ended"
+        )
     finally:
         stop(parent)
         for pid in children:
@@ -191,7 +228,9 @@ def test_a_signal_to_the_workers_parent_stops_every_worker_cleanly(sig, tmp_path
                 os.kill(pid, signal.SIGKILL)
     trials = open_study(url, STUDY).get_trials()
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
-    assert all(t.system_attrs.get(INTERRUPTED) for t in trials if t.number in {r.number for r in running})
+    assert all(
+        t.system_attrs.get(INTERRUPTED) for t in trials if t.number in {r.number for r in running}
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -210,14 +249,24 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_two_separate_tune_processes_on_postgresql_reach_the_exact_total(tmp_path, write_config, postgres_url) -> None:
+def test_two_separate_tune_processes_on_postgresql_reach_the_exact_total(
+    tmp_path, write_config, postgres_url
+) -> None:
     # As the README has it: the same command on every machine, on a new database;
     # the first creates the study, the other joins it.
     run_cfg, opt = write_configs(tmp_path, write_config, 6)
     procs = []
     try:
         for machine in range(2):
-            procs.append(subprocess.Popen(tune_args(run_cfg, opt, postgres_url, tmp_path / f"runs{machine}"), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(
+                subprocess.Popen(
+                    tune_args(run_cfg, opt, postgres_url, tmp_path / f"runs{machine}"),
+                    cwd=tmp_path,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
             time.sleep(1)
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -228,16 +277,38 @@ def test_two_separate_tune_processes_on_postgresql_reach_the_exact_total(tmp_pat
     assert len(trial_lines(outputs[0])) + len(trial_lines(outputs[1])) == 6
 
 
-def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_the_total(tmp_path, small_config, monkeypatch, quiet) -> None:
+def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_the_total(
+    tmp_path, small_config, monkeypatch, quiet
+) -> None:
     from lightning_hpo import tuning
+    from lightning_hpo.optimize_config import optimize_config_from_dict
     from lightning_hpo.study import TuneSettings, create_or_load_study
-    from lightning_hpo.search import optimize_config_from_dict
 
     run_cfg = small_config(project="Scale", data_config={"n": 300})
-    opt = optimize_config_from_dict({"study_name": STUDY, "trials": 2, "seed": 1, "pruner": None, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}}, run_cfg, "<test>")
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None)
+    opt = optimize_config_from_dict(
+        {
+            "study_name": STUDY,
+            "trials": 2,
+            "seed": 1,
+            "pruner": None,
+            "search_space": {
+                "optimizer_config": {
+                    "lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}
+                }
+            },
+        },
+        run_cfg,
+        "<test>",
+    )
+    settings = TuneSettings(
+        storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None
+    )
     study = create_or_load_study(run_cfg, opt, settings)
-    study.add_trial(create_trial(value=1.0, params={"optimizer_config_lr": 1.0e-3}, distributions=opt.distributions()))
+    study.add_trial(
+        create_trial(
+            value=1.0, params={"optimizer_config_lr": 1.0e-3}, distributions=opt.distributions()
+        )
+    )
 
     real_remaining = tuning.remaining
 
@@ -251,12 +322,27 @@ def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_th
     assert counted(trials) == 2, [t.state for t in trials]
 
 
-def test_two_machines_joining_at_the_same_moment_get_different_suggestions(tmp_path, small_config) -> None:
-    from lightning_hpo.search import optimize_config_from_dict
+def test_two_machines_joining_at_the_same_moment_get_different_suggestions(
+    tmp_path, small_config
+) -> None:
+    from lightning_hpo.optimize_config import optimize_config_from_dict
     from lightning_hpo.study import TuneSettings, create_or_load_study
 
     run_cfg = small_config()
-    opt = optimize_config_from_dict({"study_name": STUDY, "trials": 4, "seed": 1, "search_space": {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}}, run_cfg, "<test>")
+    opt = optimize_config_from_dict(
+        {
+            "study_name": STUDY,
+            "trials": 4,
+            "seed": 1,
+            "search_space": {
+                "optimizer_config": {
+                    "lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}
+                }
+            },
+        },
+        run_cfg,
+        "<test>",
+    )
     settings = TuneSettings(storage=f"sqlite:///{tmp_path}/study.db", heartbeat=None)
     # Each machine opens the study as tune.py does, before either has asked for a trial.
     machines = [create_or_load_study(run_cfg, opt, settings) for _ in range(2)]
@@ -279,7 +365,9 @@ def test_pfl_in_one_process_decides_with_trials_another_process_completed(postgr
                 intermediate_values=curve, user_attrs={{"epochs": {epochs}, "n_seeds": 1}}))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
 
     def running_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -351,7 +439,9 @@ def ddp_study(tmp_path_factory, small_config_dict) -> DdpStudy:
     )  # fmt: skip
     opt.write_text(optimize_yaml(STUDY, 2, "{name: scale_user.PruneFirstTrialAtStep1}"))
     url = f"sqlite:///{folder}/study.db"
-    proc = run(tune_args(run_cfg, opt, url, folder / "runs"), folder, timeout=300, env=subprocess_env(user))
+    proc = run(
+        tune_args(run_cfg, opt, url, folder / "runs"), folder, timeout=300, env=subprocess_env(user)
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return DdpStudy(open_study(url, STUDY).get_trials(), proc.stdout, seen)
 
@@ -362,7 +452,9 @@ def _seen_by_process(seen: Path) -> list[tuple[int, float, list[list[float]]]]:
     for path in seen.glob("*.txt"):
         head, *calls = path.read_text().splitlines()
         rank, started = head.split()
-        processes.append((int(rank), float(started), [[float(v) for v in line.split()] for line in calls]))
+        processes.append(
+            (int(rank), float(started), [[float(v) for v in line.split()] for line in calls])
+        )
     return sorted(processes, key=lambda p: p[1])
 
 
@@ -377,21 +469,36 @@ def test_ddp_ranks_each_train_their_own_half_of_every_seeds_epoch(ddp_study) -> 
     # Only spawned ranks trained (never the tune.py process itself): ranks 0 and 1 for each
     # trial, trial after trial.
     pairs = processes[:2], processes[2:]
-    assert len(processes) == 4 and [sorted(rank for rank, _, _ in pair) for pair in pairs] == [[0, 1], [0, 1]]
+    assert len(processes) == 4 and [sorted(rank for rank, _, _ in pair) for pair in pairs] == [
+        [0, 1],
+        [0, 1],
+    ]
     for trial, pair in zip(ddp_study.trials, pairs):
         epochs = len(trial.intermediate_values)  # 2 for the pruned trial, 3 for the other
         per_rank = {}
         for rank, _, calls in pair:
             # Fused: one call per seed and step, seed after seed.
-            per_seed = [[v for call in calls[index :: len(DDP_SEEDS)] for v in call] for index in range(len(DDP_SEEDS))]
-            assert [len(values) for values in per_seed] == [epochs * share] * len(DDP_SEEDS), (trial.number, rank)
-            per_rank[rank] = [[values[e * share : (e + 1) * share] for e in range(epochs)] for values in per_seed]
+            per_seed = [
+                [v for call in calls[index :: len(DDP_SEEDS)] for v in call]
+                for index in range(len(DDP_SEEDS))
+            ]
+            assert [len(values) for values in per_seed] == [epochs * share] * len(DDP_SEEDS), (
+                trial.number,
+                rank,
+            )
+            per_rank[rank] = [
+                [values[e * share : (e + 1) * share] for e in range(epochs)] for values in per_seed
+            ]
         for index in range(len(DDP_SEEDS)):
             orders = []
             for epoch in range(epochs):
                 first, second = (per_rank[r][index][epoch] for r in (0, 1))
                 assert not set(first) & set(second), (trial.number, index, epoch)  # disjoint shares
-                assert sorted(first + second) == sorted(train_targets), (trial.number, index, epoch)  # the whole set
+                assert sorted(first + second) == sorted(train_targets), (
+                    trial.number,
+                    index,
+                    epoch,
+                )  # the whole set
                 orders.append(first + second)
             assert len({tuple(o) for o in orders}) == epochs  # reshuffled every epoch
         # Each seed draws its own order.
@@ -414,9 +521,16 @@ def test_ddp_trial_that_is_not_pruned_completes(ddp_study) -> None:
     assert done.state == TrialState.COMPLETE, done.user_attrs.get("fail_reason")
     assert done.value == pytest.approx(done.intermediate_values[2])
     # Fused inside each rank: each seed has its own curve, and the trial reported their mean.
-    histories = [json.loads((Path(done.user_attrs["run_dir"]) / str(seed) / "result.json").read_text())["history"] for seed in (1, 2)]
+    histories = [
+        json.loads((Path(done.user_attrs["run_dir"]) / str(seed) / "result.json").read_text())[
+            "history"
+        ]
+        for seed in (1, 2)
+    ]
     assert [len(h) for h in histories] == [3, 3] and histories[0] != histories[1]
     for epoch in range(3):
-        assert done.intermediate_values[epoch] == pytest.approx((histories[0][epoch] + histories[1][epoch]) / 2, rel=1e-6)
+        assert done.intermediate_values[epoch] == pytest.approx(
+            (histories[0][epoch] + histories[1][epoch]) / 2, rel=1e-6
+        )
     for seed in (1, 2):
         assert (Path(done.user_attrs["run_dir"]) / str(seed) / "checkpoints" / "best.ckpt").exists()

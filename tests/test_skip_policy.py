@@ -8,7 +8,7 @@ from skip_policy import ALLOWED_SKIPS, ENV
 
 ALLOWED = next(iter(ALLOWED_SKIPS))
 
-TESTS = f'''
+TESTS = f"""
 import pytest
 
 def test_passes():
@@ -34,7 +34,7 @@ def test_fixture_skips_unlisted(service):
 @pytest.mark.xfail(strict=True, reason="a known bug")
 def test_known_bug():
     assert False
-'''
+"""
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, HOST, PID, RETRIED_FROM, RETRY_OF, STALE
 from lightning_hpo.cli import EXIT_NO_TRIAL_COMPLETED, tune_main
-from lightning_hpo.config import check_components, run_config_from_dict
 from lightning_hpo.dashboard import dashboard_argument, dashboard_command
+from lightning_hpo.optimize_config import optimize_config_from_dict
 from lightning_hpo.retries import STALE_REASON
-from lightning_hpo.search import optimize_config_from_dict
+from lightning_hpo.run_config import check_components, run_config_from_dict
 from lightning_hpo.study import TuneSettings, create_or_load_study, fail_dead_trials
 from lightning_hpo.tuning import tune
 from lightning_hpo.workers import usable_cpus
@@ -32,11 +32,21 @@ from lightning_hpo.yamlio import dump_yaml
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
-LR_SPACE = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}}}
+LR_SPACE = {
+    "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}}
+}
 
 
 def make_run(**overrides):
-    data = {"project": "Iso", "device": "cpu", "seeds": [1], "epochs": 2, "batch_size": 128, "data_config": {"n": 300}, "net_config": {"nodes": 8, "layers": 1}}
+    data = {
+        "project": "Iso",
+        "device": "cpu",
+        "seeds": [1],
+        "epochs": 2,
+        "batch_size": 128,
+        "data_config": {"n": 300},
+        "net_config": {"nodes": 8, "layers": 1},
+    }
     cfg = run_config_from_dict(data | overrides, "<test run>")
     check_components(cfg, "<test run>")
     return cfg
@@ -48,7 +58,11 @@ def make_opt(run, **overrides):
 
 
 def hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------- isolation
@@ -71,7 +85,9 @@ def test_two_studies_of_one_project_write_to_their_own_folders(tmp_path: Path) -
     assert any(k.startswith("Iso_Opt/second/") for k in after)
 
 
-def test_a_rerun_after_deleting_the_database_writes_to_a_fresh_folder_and_says_so(tmp_path: Path) -> None:
+def test_a_rerun_after_deleting_the_database_writes_to_a_fresh_folder_and_says_so(
+    tmp_path: Path,
+) -> None:
     run, db = make_run(), tmp_path / "s.db"
     settings = TuneSettings(storage=f"sqlite:///{db}", runs_root=str(tmp_path / "runs"))
     tune(run, make_opt(run), settings, echo=lambda line: None)
@@ -83,7 +99,10 @@ def test_a_rerun_after_deleting_the_database_writes_to_a_fresh_folder_and_says_s
 
     folder = tmp_path / "runs" / "Iso_Opt" / "first.2"
     assert {Path(t.user_attrs["run_dir"]).parent for t in again.trials} == {folder}
-    assert any(line.startswith("note: ") and "belongs to another study" in line and str(folder) in line for line in lines)
+    assert any(
+        line.startswith("note: ") and "belongs to another study" in line and str(folder) in line
+        for line in lines
+    )
     after = hashes(tmp_path / "runs")
     assert {k: after[k] for k in before} == before
 
@@ -93,7 +112,12 @@ def test_a_folder_with_files_but_no_owner_is_not_written_into(tmp_path: Path) ->
     stranger = tmp_path / "runs" / "Iso_Opt" / "first"
     stranger.mkdir(parents=True)
     (stranger / "notes.txt").write_text("mine")
-    study = tune(run, make_opt(run), TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")), echo=lambda line: None)
+    study = tune(
+        run,
+        make_opt(run),
+        TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")),
+        echo=lambda line: None,
+    )
     assert {Path(t.user_attrs["run_dir"]).parent.name for t in study.trials} == {"first.2"}
     assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]
 
@@ -103,18 +127,43 @@ def test_a_folder_with_files_but_no_owner_is_not_written_into(tmp_path: Path) ->
 
 def _cli_configs(tmp_path: Path, **run_overrides) -> list[str]:
     run_path, opt_path = tmp_path / "run.yaml", tmp_path / "optimize.yaml"
-    base = {"project": "Iso", "device": "cpu", "seeds": [1], "epochs": 2, "batch_size": 128, "data_config": {"n": 300}, "net_config": {"nodes": 8, "layers": 1}}
+    base = {
+        "project": "Iso",
+        "device": "cpu",
+        "seeds": [1],
+        "epochs": 2,
+        "batch_size": 128,
+        "data_config": {"n": 300},
+        "net_config": {"nodes": 8, "layers": 1},
+    }
     dump_yaml(base | run_overrides, run_path)
-    dump_yaml({"study_name": "cli", "trials": 2, "seed": 1, "pruner": None, "search_space": LR_SPACE}, opt_path)
-    return ["--run-config", str(run_path), "--optimize-config", str(opt_path), "--storage", f"sqlite:///{tmp_path}/s.db", "--output", str(tmp_path / "runs")]
+    dump_yaml(
+        {"study_name": "cli", "trials": 2, "seed": 1, "pruner": None, "search_space": LR_SPACE},
+        opt_path,
+    )
+    return [
+        "--run-config",
+        str(run_path),
+        "--optimize-config",
+        str(opt_path),
+        "--storage",
+        f"sqlite:///{tmp_path}/s.db",
+        "--output",
+        str(tmp_path / "runs"),
+    ]
 
 
-def test_a_study_in_which_no_trial_completed_exits_1_with_the_commonest_reason(tmp_path: Path, user_components, capsys) -> None:
+def test_a_study_in_which_no_trial_completed_exits_1_with_the_commonest_reason(
+    tmp_path: Path, user_components, capsys
+) -> None:
     code = tune_main(_cli_configs(tmp_path, net="user_components.FailingNet", net_config={}))
     err = capsys.readouterr().err
     assert code == EXIT_NO_TRIAL_COMPLETED
     (line,) = [line for line in err.splitlines() if line.startswith("no trial completed")]
-    assert line == "no trial completed: 2 failed, 0 pruned; commonest failure (2 of 2): RuntimeError: this network always fails"
+    assert (
+        line
+        == "no trial completed: 2 failed, 0 pruned; commonest failure (2 of 2): RuntimeError: this network always fails"
+    )
 
 
 def test_a_study_with_a_completed_trial_exits_0(tmp_path: Path, capsys) -> None:
@@ -123,9 +172,18 @@ def test_a_study_with_a_completed_trial_exits_0(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_exits_128_plus_its_number_and_names_itself_on_the_trial(sig, tmp_path: Path) -> None:
+def test_a_signal_exits_128_plus_its_number_and_names_itself_on_the_trial(
+    sig, tmp_path: Path
+) -> None:
     args = _cli_configs(tmp_path, epochs=400, data_config={"n": 4000})
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_hpo.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_hpo.cli", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((tmp_path / "runs").rglob("events.out.tfevents.*")):
@@ -138,7 +196,9 @@ def test_a_signal_exits_128_plus_its_number_and_names_itself_on_the_trial(sig, t
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + sig, out
-    (trial,) = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    (trial,) = optuna.load_study(
+        study_name="cli", storage=f"sqlite:///{tmp_path}/s.db"
+    ).get_trials()
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAIL_REASON].startswith(f"interrupted by {sig.name}")
 
@@ -148,14 +208,23 @@ def test_a_signal_exits_128_plus_its_number_and_names_itself_on_the_trial(sig, t
 
 def test_the_study_names_its_metric_for_the_dashboard(tmp_path: Path) -> None:
     run = make_run()
-    study = tune(run, make_opt(run, trials=1), TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")), echo=lambda line: None)
-    assert optuna.load_study(study_name="first", storage=f"sqlite:///{tmp_path}/s.db").metric_names == ["val_loss"]
+    study = tune(
+        run,
+        make_opt(run, trials=1),
+        TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")),
+        echo=lambda line: None,
+    )
+    assert optuna.load_study(
+        study_name="first", storage=f"sqlite:///{tmp_path}/s.db"
+    ).metric_names == ["val_loss"]
     assert study.trials[0].state == TrialState.COMPLETE
 
 
 # optuna-dashboard's own storage guess (optuna_dashboard/_storage_url.py): "redis..." is a
 # Redis journal, an existing file a journal file, an RFC 1738 URL an RDB.
-_RFC1738 = re.compile(r"(?P<name>[\w\+]+)://(?:(?P<username>[^:/]*)(?::(?P<password>.*))?@)?(?:(?:\[(?P<ipv6host>[^/]+)\]|(?P<ipv4host>[^/:]+))?(?::(?P<port>[^/]*))?)?(?:/(?P<database>.*))?")
+_RFC1738 = re.compile(
+    r"(?P<name>[\w\+]+)://(?:(?P<username>[^:/]*)(?::(?P<password>.*))?@)?(?:(?:\[(?P<ipv6host>[^/]+)\]|(?P<ipv4host>[^/:]+))?(?::(?P<port>[^/]*))?)?(?:/(?P<database>.*))?"
+)
 
 
 def dashboard_guess(argument: str) -> str:
@@ -168,7 +237,9 @@ def dashboard_guess(argument: str) -> str:
     raise ValueError(argument)
 
 
-def test_the_printed_dashboard_command_is_one_optuna_dashboard_accepts(tmp_path: Path, monkeypatch) -> None:
+def test_the_printed_dashboard_command_is_one_optuna_dashboard_accepts(
+    tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     journal = tmp_path / "j" / "study.log"
     journal.parent.mkdir()
@@ -195,10 +266,18 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_a_dead_workers_trial_fails_with_a_reason_and_its_retry_carries_only_the_link(tmp_path: Path) -> None:
+def test_a_dead_workers_trial_fails_with_a_reason_and_its_retry_carries_only_the_link(
+    tmp_path: Path,
+) -> None:
     run = make_run()
-    study = create_or_load_study(run, make_opt(run), TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")))
-    trial = study.ask({"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    study = create_or_load_study(
+        run,
+        make_opt(run),
+        TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")),
+    )
+    trial = study.ask(
+        {"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    )
     for key, value in {HOST: socket.gethostname(), PID: _dead_pid()}.items():
         study._storage.set_trial_system_attr(trial._trial_id, key, value)
     trial.set_user_attr("group_name", "g[0]")
@@ -215,11 +294,17 @@ def test_a_dead_workers_trial_fails_with_a_reason_and_its_retry_carries_only_the
     assert retry.system_attrs == {RETRIED_FROM: dead.number}
 
 
-def test_a_heartbeat_stale_trial_is_labelled_and_retried_clean_so_no_worker_mistakes_the_retry(tmp_path: Path) -> None:
+def test_a_heartbeat_stale_trial_is_labelled_and_retried_clean_so_no_worker_mistakes_the_retry(
+    tmp_path: Path,
+) -> None:
     run = make_run()
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=1)
+    settings = TuneSettings(
+        storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=1
+    )
     study = create_or_load_study(run, make_opt(run), settings)
-    trial = study.ask({"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    trial = study.ask(
+        {"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    )
     for key, value in {HOST: socket.gethostname(), PID: _dead_pid()}.items():
         study._storage.set_trial_system_attr(trial._trial_id, key, value)
     trial.set_user_attr("pfl", {"step": 3, "decision": "ok", "history": [[3, 0.5]]})
@@ -231,7 +316,9 @@ def test_a_heartbeat_stale_trial_is_labelled_and_retried_clean_so_no_worker_mist
     dead, retry = study.get_trials()
     assert dead.state == TrialState.FAIL and dead.user_attrs[FAIL_REASON] == STALE_REASON
     assert retry.state == TrialState.WAITING
-    assert retry.user_attrs == {RETRY_OF: dead.number} and retry.system_attrs == {RETRIED_FROM: dead.number}
+    assert retry.user_attrs == {RETRY_OF: dead.number} and retry.system_attrs == {
+        RETRIED_FROM: dead.number
+    }
     # The race: a worker takes the retry, and before it has written its own PID another
     # worker on this host looks for dead workers' trials. The retry has no host or PID.
     taken = study.ask()

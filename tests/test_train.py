@@ -21,11 +21,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_hpo.training as training
 from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, train_main
-from lightning_hpo.config import load_run_config
-from lightning_hpo.data import RegressionData, TensorBatches, build_datamodule, feature_sizes, synthetic_regression
+from lightning_hpo.components import build_module
+from lightning_hpo.data import (
+    RegressionData,
+    TensorBatches,
+    build_datamodule,
+    feature_sizes,
+    synthetic_regression,
+)
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.model import MLP
-from lightning_hpo.training import RESULT_FILE, build_module, fit_seed, seed_dirs, train
+from lightning_hpo.results import RESULT_FILE
+from lightning_hpo.run_config import load_run_config
+from lightning_hpo.training import fit_seed, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -34,7 +42,11 @@ STEPS_PER_EPOCH = 5  # 320 training samples of conftest's n=400, in batches of 6
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root with its size and modification time."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_result(run_dir: Path) -> dict:
@@ -47,7 +59,11 @@ def load_ckpt(path: Path) -> dict:
 
 def linear_shapes(state_dict: dict) -> list[tuple[int, ...]]:
     """Weight shapes of the network's Linear layers, in order."""
-    return [tuple(v.shape) for k, v in state_dict.items() if k.startswith("net.") and k.endswith("weight") and v.ndim == 2]
+    return [
+        tuple(v.shape)
+        for k, v in state_dict.items()
+        if k.startswith("net.") and k.endswith("weight") and v.ndim == 2
+    ]
 
 
 # --------------------------------------------------------------------------- data
@@ -116,14 +132,19 @@ def test_tensor_batches_without_shuffle_keep_the_order() -> None:
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_tensor_batches_ranks_split_the_data(shuffle: bool) -> None:
     x = torch.arange(11)
-    parts = [TensorBatches((x, x), batch_size=4, shuffle=shuffle, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    parts = [
+        TensorBatches((x, x), batch_size=4, shuffle=shuffle, seed=3, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
     assert [len(p) for p in parts] == [2, 2]  # 6 and 5 samples
     seen = [_epoch(p)[1] for p in parts]
     assert [len(s) for s in seen] == [6, 5]
     assert torch.equal(torch.cat(seen).sort().values, x)
 
 
-def test_tensor_datasets_are_served_from_memory_and_other_datasets_by_a_dataloader(user_components) -> None:
+def test_tensor_datasets_are_served_from_memory_and_other_datasets_by_a_dataloader(
+    user_components,
+) -> None:
     dm = RegressionData(*user_components.three_to_two(), batch_size=16)
     assert isinstance(dm.train_dataloader(), TensorBatches)
     assert isinstance(dm.val_dataloader(), TensorBatches)
@@ -158,7 +179,9 @@ def test_mlp_has_the_requested_layers() -> None:
     assert net(torch.randn(7, 3)).shape == (7, 2)
 
 
-@pytest.mark.parametrize("kwargs", [{"nodes": 0}, {"layers": 0}, {"activation": "NoSuchActivation"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"nodes": 0}, {"layers": 0}, {"activation": "NoSuchActivation"}]
+)
 def test_mlp_rejects_bad_settings(kwargs) -> None:
     with pytest.raises(ValueError):
         MLP(1, 1, **kwargs)
@@ -171,7 +194,9 @@ def test_mlp_is_sized_from_the_data(small_config) -> None:
     assert linear_shapes(module.state_dict()) == [(8, 1), (1, 8)]
 
 
-def test_user_data_function_trains_an_mlp_sized_3_to_2(user_components, small_config, tmp_path) -> None:
+def test_user_data_function_trains_an_mlp_sized_3_to_2(
+    user_components, small_config, tmp_path
+) -> None:
     cfg = small_config(data="user_components.three_to_two", data_config={"n": 200})
     result = train(cfg, tmp_path)
     run_dir = result.results[0].run_dir
@@ -180,7 +205,9 @@ def test_user_data_function_trains_an_mlp_sized_3_to_2(user_components, small_co
     assert linear_shapes(state) == [(8, 3), (2, 8)]
 
 
-def test_user_net_named_only_in_yaml_trains(user_components, write_config, tmp_path, capsys) -> None:
+def test_user_net_named_only_in_yaml_trains(
+    user_components, write_config, tmp_path, capsys
+) -> None:
     path = write_config(net="user_components.TinyNet", net_config={"hidden": 5})
     cfg = load_run_config(path)
     assert train_main(["--config", str(path), "--output", str(tmp_path / "runs")]) == 0
@@ -192,7 +219,9 @@ def test_user_net_named_only_in_yaml_trains(user_components, write_config, tmp_p
     assert linear_shapes(state) == [(5, 1), (1, 5)]
 
 
-def test_non_tensor_datasets_train_through_a_dataloader(user_components, small_config, tmp_path) -> None:
+def test_non_tensor_datasets_train_through_a_dataloader(
+    user_components, small_config, tmp_path
+) -> None:
     cfg = small_config(data="user_components.plain_datasets", data_config={"n": 80}, batch_size=16)
     result = train(cfg, tmp_path)
     history = result.results[0].history
@@ -219,9 +248,17 @@ def test_short_run_writes_one_folder_per_seed(short_run) -> None:
     for seed, r in zip(cfg.seeds, result.results):
         run_dir = root / "Test" / cfg.group_name() / str(seed)
         assert r.run_dir == run_dir
-        assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events.")) == ["checkpoints", "config.yaml", "hparams.yaml", "result.json"]
+        assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events.")) == [
+            "checkpoints",
+            "config.yaml",
+            "hparams.yaml",
+            "result.json",
+        ]
         assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
-        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+            "best.ckpt",
+            "last.ckpt",
+        ]
 
 
 def test_short_run_config_yaml_reloads_as_the_seeds_config(short_run) -> None:
@@ -258,7 +295,9 @@ def test_checkpoints_hold_the_last_and_the_best_epoch(fuse_seeds, small_config, 
     result = train(small_config(epochs=3, seeds=[1, 2], fuse_seeds=fuse_seeds), tmp_path)
     for r in result.results:
         last = load_ckpt(r.run_dir / "checkpoints" / "last.ckpt")
-        assert last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH  # epoch counts from 0
+        assert (
+            last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH
+        )  # epoch counts from 0
         best = load_ckpt(r.run_dir / "checkpoints" / "best.ckpt")
         assert recorded_best(best, r.seed) == pytest.approx(min(r.history))
         assert best["epoch"] == r.history.index(min(r.history))
@@ -292,7 +331,9 @@ def test_tensorboard_hparams_have_the_config_and_the_final_metrics(short_run) ->
     for r in result.results:
         events = _events(r.run_dir)
         content = events.PluginTagToContent("hparams")
-        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/session_start_info"]
+        ).session_start_info
         hparams = dict(start.hparams)
         assert hparams["net_config.nodes"].number_value == 8
         assert hparams["net_config.layers"].number_value == 1
@@ -301,7 +342,9 @@ def test_tensorboard_hparams_have_the_config_and_the_final_metrics(short_run) ->
         assert hparams["optimizer"].string_value == "torch.optim.AdamW"
         assert hparams["epochs"].number_value == 3
         assert hparams["seed"].number_value == r.seed
-        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/experiment"]
+        ).experiment
         assert {m.name.tag for m in experiment.metric_infos} == {"final_val_loss", "best_val_loss"}
         scalars = events.Tags()["scalars"]
         assert "final_val_loss" in scalars and "best_val_loss" in scalars
@@ -318,16 +361,22 @@ def test_tensorboard_lr_is_the_rate_each_epoch_trained_with(short_run) -> None:
 def test_constant_lr_is_logged_every_epoch(small_config, tmp_path) -> None:
     cfg = small_config(scheduler=None, optimizer_config={"lr": 2e-3})
     result = train(cfg, tmp_path)
-    assert [p.value for p in _events(result.results[0].run_dir).Scalars("lr")] == pytest.approx([2e-3] * cfg.epochs)
+    assert [p.value for p in _events(result.results[0].run_dir).Scalars("lr")] == pytest.approx(
+        [2e-3] * cfg.epochs
+    )
 
 
 # --------------------------------------------------------------------------- the command line
 
 
-SEED_LINE = re.compile(r"^seed (\d+): final val_loss (\S+) \(best (\S+)\) after (\d+) epochs, \d+\.\d s(?: for (\d+) seeds together)?$")
+SEED_LINE = re.compile(
+    r"^seed (\d+): final val_loss (\S+) \(best (\S+)\) after (\d+) epochs, \d+\.\d s(?: for (\d+) seeds together)?$"
+)
 
 
-def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(write_config, tmp_path, capsys) -> None:
+def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(
+    write_config, tmp_path, capsys
+) -> None:
     path = write_config(seeds=[1, 2])
     output = tmp_path / "runs"
     argv = ["--config", str(path), "--output", str(output)]
@@ -339,9 +388,18 @@ def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(write
     for line, seed, history in zip(lines[:2], [1, 2], histories):
         match = SEED_LINE.match(line)
         assert match, line
-        assert match.groups() == (str(seed), f"{history[-1]:.5g}", f"{min(history):.5g}", "2", "2")  # fused: 2 together
+        assert match.groups() == (
+            str(seed),
+            f"{history[-1]:.5g}",
+            f"{min(history):.5g}",
+            "2",
+            "2",
+        )  # fused: 2 together
     finals = [h[-1] for h in histories]
-    assert lines[2] == f"final val_loss over 2 seed(s): {statistics.fmean(finals):.5g} ± {statistics.stdev(finals):.2g}"
+    assert (
+        lines[2]
+        == f"final val_loss over 2 seed(s): {statistics.fmean(finals):.5g} ± {statistics.stdev(finals):.2g}"
+    )
     assert lines[3] == f"runs and checkpoints: {dirs[0].parent}"
     assert lines[4].startswith("TensorBoard: tensorboard --logdir ")
     assert len(lines) == 5
@@ -352,7 +410,11 @@ def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(write
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.splitlines()) == 1
-    assert str(dirs[0]) in captured.err and "already exists" in captured.err and "--resume" in captured.err
+    assert (
+        str(dirs[0]) in captured.err
+        and "already exists" in captured.err
+        and "--resume" in captured.err
+    )
     assert snapshot(output) == before
 
     # With --resume a finished run is read back, not trained again.
@@ -460,7 +522,9 @@ def test_resume_ends_where_the_uninterrupted_run_does(resumed_run) -> None:
         assert torch.equal(resumed_state[key], value), key
 
 
-def test_resume_of_seeds_trained_one_after_another_trains_only_what_is_missing(small_config, tmp_path) -> None:
+def test_resume_of_seeds_trained_one_after_another_trains_only_what_is_missing(
+    small_config, tmp_path
+) -> None:
     # Seed 1 finished, seed 2 stopped after 2 of its 4 epochs: --resume reads seed 1 back and
     # trains seed 2's last two epochs.
     cfg = small_config(epochs=4, seeds=[1, 2], fuse_seeds=False)
@@ -499,7 +563,9 @@ def _train_main_catching_exit(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a KeyboardInterrupt
 
 
-def test_a_run_interrupted_by_ctrl_c_resumes_with_resume(write_config, tmp_path, monkeypatch, capsys) -> None:
+def test_a_run_interrupted_by_ctrl_c_resumes_with_resume(
+    write_config, tmp_path, monkeypatch, capsys
+) -> None:
     path = write_config(epochs=3)
     argv = ["--config", str(path), "--output", str(tmp_path / "runs")]
     with monkeypatch.context() as patch:
@@ -519,7 +585,10 @@ def test_a_run_interrupted_by_ctrl_c_resumes_with_resume(write_config, tmp_path,
     # The same command never interrupted: the same curve.
     whole = tmp_path / "whole"
     assert train_main(["--config", str(path), "--output", str(whole)]) == 0
-    assert read_result(run_dir)["history"] == read_result(seed_dirs(load_run_config(path), whole)[0])["history"]
+    assert (
+        read_result(run_dir)["history"]
+        == read_result(seed_dirs(load_run_config(path), whole)[0])["history"]
+    )
 
 
 def test_ctrl_c_exits_130_with_a_message(write_config, tmp_path, monkeypatch, capsys) -> None:

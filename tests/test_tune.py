@@ -20,20 +20,26 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from lightning_hpo.config import check_components, load_run_config, run_config_from_dict
-from lightning_hpo.pruner import PFL_ATTR, PFLPruner, prefix_trial, stored_predictions
-from lightning_hpo.search import load_optimize_config, optimize_config_from_dict
-from lightning_hpo.training import load_result, train
 from lightning_hpo.attrs import HOST, INTERRUPTED, PID
+from lightning_hpo.optimize_config import load_optimize_config, optimize_config_from_dict
+from lightning_hpo.pruner import PFL_ATTR, PFLPruner, prefix_trial, stored_predictions
+from lightning_hpo.results import load_result
+from lightning_hpo.run_config import check_components, load_run_config, run_config_from_dict
 from lightning_hpo.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.training import train
 from lightning_hpo.tuning import finish, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "Tiny"
-LR_SPACE = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}}}
-PFL = {"name": "lightning_hpo.PFLPruner", "kwargs": {"n_startup_trials": 2, "n_warmup_epochs": 1, "top_k": 2}}
+LR_SPACE = {
+    "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}}
+}
+PFL = {
+    "name": "lightning_hpo.PFLPruner",
+    "kwargs": {"n_startup_trials": 2, "n_warmup_epochs": 1, "top_k": 2},
+}
 
 RUN_YAML = """\
 project: Tiny
@@ -192,18 +198,26 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
             assert 2 <= len(t.intermediate_values) < 3
         group = t.user_attrs["group_name"]
         assert group.endswith(f"[{t.number}]")
-        assert t.user_attrs["run_dir"] == str(tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny" / group)  # the study's own folder
+        assert t.user_attrs["run_dir"] == str(
+            tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny" / group
+        )  # the study's own folder
         assert t.user_attrs["epochs"] == 3
         assert t.user_attrs["n_seeds"] == 1
         seed_dir = Path(t.user_attrs["run_dir"]) / "1"
         assert [p.name for p in Path(t.user_attrs["run_dir"]).iterdir()] == ["1"]
         assert len(events_files(seed_dir)) == 1, list(seed_dir.iterdir())
     # One folder per trial, nothing else.
-    groups = sorted(p.name for p in (tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny").iterdir() if p.name != ".study")
+    groups = sorted(
+        p.name
+        for p in (tmp_path / "runs" / f"{PROJECT}_Opt" / "tiny").iterdir()
+        if p.name != ".study"
+    )
     assert groups == sorted(t.user_attrs["group_name"] for t in trials)
     # One progress line per trial.
     assert len(lines) == 5
-    assert [re.match(r"\[(\d+)/5\] trial (\d+) ", line).groups() for line in lines] == [(str(i + 1), str(i)) for i in range(5)]
+    assert [re.match(r"\[(\d+)/5\] trial (\d+) ", line).groups() for line in lines] == [
+        (str(i + 1), str(i)) for i in range(5)
+    ]
 
     printed: list[str] = []
     path = finish(run, opt, study, settings, echo=printed.append)
@@ -238,7 +252,12 @@ def test_pfl_prunes_a_hopeless_trial_and_stores_its_decision(tmp_path: Path) -> 
 
     trials = study.trials
     assert [t.params["optimizer_config_lr"] for t in trials] == [1.0e-2, 2.0e-2, 1.0e-4, 1.0e-2]
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+    ]
     pruned = trials[2]
     assert steps(pruned) == [0, 1] and pruned.last_step == 1
     # The decision is stored on the trial (user attr "pfl", which the report and optuna-dashboard
@@ -323,7 +342,9 @@ def test_a_fused_trial_reports_the_seed_mean_once_per_epoch(tmp_path: Path) -> N
     first, second = seed_history(t, 1), seed_history(t, 2)
     assert first != second
     for epoch in range(3):
-        assert t.intermediate_values[epoch] == pytest.approx(statistics.fmean([first[epoch], second[epoch]]), rel=1e-6)
+        assert t.intermediate_values[epoch] == pytest.approx(
+            statistics.fmean([first[epoch], second[epoch]]), rel=1e-6
+        )
     assert t.value == pytest.approx(statistics.fmean([first[-1], second[-1]]))
     for seed in (1, 2):
         assert len(events_files(Path(t.user_attrs["run_dir"]) / str(seed))) == 1
@@ -331,15 +352,25 @@ def test_a_fused_trial_reports_the_seed_mean_once_per_epoch(tmp_path: Path) -> N
 
 def test_a_trial_that_cannot_fuse_reports_its_first_seed(tmp_path: Path, user_components) -> None:
     run = make_run(seeds=[1, 2], epochs=3, net="user_components.BatchNormNet", net_config={})
-    opt = make_opt(run, trials=1, search_space={"optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2, "log": True}}})
+    opt = make_opt(
+        run,
+        trials=1,
+        search_space={
+            "optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2, "log": True}}
+        },
+    )
 
     study = tune(run, opt, settings_for(tmp_path), echo=lambda line: None)
 
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE
     assert steps(t) == [0, 1, 2]
-    assert [t.intermediate_values[e] for e in range(3)] == pytest.approx(seed_history(t, 1), rel=1e-6)
-    assert t.value == pytest.approx(statistics.fmean([seed_history(t, 1)[-1], seed_history(t, 2)[-1]]))
+    assert [t.intermediate_values[e] for e in range(3)] == pytest.approx(
+        seed_history(t, 1), rel=1e-6
+    )
+    assert t.value == pytest.approx(
+        statistics.fmean([seed_history(t, 1)[-1], seed_history(t, 2)[-1]])
+    )
 
 
 def test_sanity_check_never_reports(tmp_path: Path) -> None:
@@ -397,7 +428,10 @@ def test_resume_runs_only_the_missing_trials(tmp_path: Path) -> None:
     second: list[str] = []
     study = tune(run, load_optimize_config(opt_path, run), settings, echo=second.append)
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
-    assert [line.split(" ", 3)[:3] for line in second] == [["[3/4]", "trial", "2"], ["[4/4]", "trial", "3"]]
+    assert [line.split(" ", 3)[:3] for line in second] == [
+        ["[3/4]", "trial", "2"],
+        ["[4/4]", "trial", "3"],
+    ]
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
 
     third: list[str] = []
@@ -426,12 +460,24 @@ def test_interrupted_trial_does_not_count(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     study = create_or_load_study(run, opt, settings)
     dists = opt.distributions()
-    study.add_trial(create_trial(value=1.0, params={"optimizer_config_lr": 1e-3}, distributions=dists))
     study.add_trial(
-        create_trial(state=TrialState.FAIL, params={"optimizer_config_lr": 2e-3}, distributions=dists, system_attrs={INTERRUPTED: True})
+        create_trial(value=1.0, params={"optimizer_config_lr": 1e-3}, distributions=dists)
     )
     study.add_trial(
-        create_trial(state=TrialState.FAIL, params={"optimizer_config_lr": 3e-3}, distributions=dists, user_attrs={"fail_reason": "boom"})
+        create_trial(
+            state=TrialState.FAIL,
+            params={"optimizer_config_lr": 2e-3},
+            distributions=dists,
+            system_attrs={INTERRUPTED: True},
+        )
+    )
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            params={"optimizer_config_lr": 3e-3},
+            distributions=dists,
+            user_attrs={"fail_reason": "boom"},
+        )
     )
     # A real failure counts; an interrupted trial does not.
     assert counted(study.get_trials()) == 2
@@ -451,7 +497,11 @@ def test_dead_worker_trial_is_retried_and_the_total_reached(tmp_path: Path) -> N
     opt = make_opt(run, trials=2)
     settings = settings_for(tmp_path)
     study = create_or_load_study(run, opt, settings)
-    study.add_trial(create_trial(value=1.0, params={"optimizer_config_lr": 1e-3}, distributions=opt.distributions()))
+    study.add_trial(
+        create_trial(
+            value=1.0, params={"optimizer_config_lr": 1e-3}, distributions=opt.distributions()
+        )
+    )
     # A trial left RUNNING by a worker on this host whose process is gone.
     orphan = study.ask(opt.distributions())
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -490,7 +540,10 @@ def test_resumed_and_parallel_samplers_do_not_repeat_parameters(tmp_path: Path) 
     other = create_or_load_study(run, opt, settings)
     parallel = other.ask()
     opt.suggest(parallel, run)
-    lrs = [t.params["optimizer_config_lr"] for t in optuna.load_study(study_name="tiny", storage=settings.storage).trials]
+    lrs = [
+        t.params["optimizer_config_lr"]
+        for t in optuna.load_study(study_name="tiny", storage=settings.storage).trials
+    ]
     assert len(lrs) == 4
     assert len(set(lrs)) == 4, lrs
 
@@ -499,8 +552,14 @@ def test_resumed_and_parallel_samplers_do_not_repeat_parameters(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("where", ["data", "net"])
-def test_training_error_fails_the_trial_and_the_study_goes_on(where: str, tmp_path: Path, user_module: str) -> None:
-    component = {"data": f"{user_module}.fails_first"} if where == "data" else {"net": f"{user_module}.ExplodingNet"}
+def test_training_error_fails_the_trial_and_the_study_goes_on(
+    where: str, tmp_path: Path, user_module: str
+) -> None:
+    component = (
+        {"data": f"{user_module}.fails_first"}
+        if where == "data"
+        else {"net": f"{user_module}.ExplodingNet"}
+    )
     run = make_run(epochs=2, **component)
     opt = make_opt(run, trials=3)
     lines: list[str] = []
@@ -547,8 +606,16 @@ def _write_cli_configs(tmp_path: Path) -> tuple[Path, Path]:
     return run_path, opt_path
 
 
-def _cli(tmp_path: Path, script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+def _cli(
+    tmp_path: Path, script: str, *args: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_tune_then_train_the_best_config(tmp_path: Path) -> None:
@@ -559,8 +626,14 @@ def test_cli_tune_then_train_the_best_config(tmp_path: Path) -> None:
                 "--storage", f"sqlite:///{db}", "--output", str(tmp_path / "runs"))  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr
-    trial_lines = [line for line in proc.stdout.splitlines() if re.match(r"\[\d+/3\] trial \d+ ", line)]
-    assert [line.split()[:3] for line in trial_lines] == [["[1/3]", "trial", "0"], ["[2/3]", "trial", "1"], ["[3/3]", "trial", "2"]]
+    trial_lines = [
+        line for line in proc.stdout.splitlines() if re.match(r"\[\d+/3\] trial \d+ ", line)
+    ]
+    assert [line.split()[:3] for line in trial_lines] == [
+        ["[1/3]", "trial", "0"],
+        ["[2/3]", "trial", "1"],
+        ["[3/3]", "trial", "2"],
+    ]
     study = optuna.load_study(study_name="tiny_cli", storage=f"sqlite:///{db}")
     best = study.best_trial
     assert f"Best trial:\n  Number: {best.number}\n  Value: " in proc.stdout
@@ -569,9 +642,20 @@ def test_cli_tune_then_train_the_best_config(tmp_path: Path) -> None:
     assert f"Best config: {best_yaml}" in proc.stdout
     assert load_run_config(best_yaml).optimizer_config["lr"] == best.params["optimizer_config_lr"]
 
-    trained = _cli(tmp_path, "train.py", "--config", str(best_yaml), "--epochs", "1", "--output", str(tmp_path / "train_runs"))
+    trained = _cli(
+        tmp_path,
+        "train.py",
+        "--config",
+        str(best_yaml),
+        "--epochs",
+        "1",
+        "--output",
+        str(tmp_path / "train_runs"),
+    )
     assert trained.returncode == 0, trained.stderr
-    assert re.search(r"^seed 1: final val_loss \S+ .* after 1 epochs", trained.stdout, re.M), trained.stdout
+    assert re.search(r"^seed 1: final val_loss \S+ .* after 1 epochs", trained.stdout, re.M), (
+        trained.stdout
+    )
     assert len(list((tmp_path / "train_runs" / PROJECT).glob("*/1/events.out.tfevents.*"))) == 1
 
 
@@ -599,8 +683,17 @@ def test_cli_workers_reach_exactly_the_total(tmp_path: Path) -> None:
 def test_a_seeded_grid_study_visits_every_point_once(tmp_path, quiet) -> None:
     # GridSampler derives its order from its seed: it must not be reseeded per trial.
     run = make_run(epochs=1)
-    space = {"optimizer_config": {"lr": {"type": "categorical", "choices": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}}}
-    opt = make_opt(run, trials=6, sampler={"name": "optuna.samplers.GridSampler"}, search_space=space)
+    space = {
+        "optimizer_config": {
+            "lr": {
+                "type": "categorical",
+                "choices": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2],
+            }
+        }
+    }
+    opt = make_opt(
+        run, trials=6, sampler={"name": "optuna.samplers.GridSampler"}, search_space=space
+    )
     study = tune(run, opt, settings_for(tmp_path), echo=lambda line: None)
     lrs = [t.params["optimizer_config_lr"] for t in study.trials]
     assert sorted(lrs) == sorted(space["optimizer_config"]["lr"]["choices"])
@@ -608,15 +701,30 @@ def test_a_seeded_grid_study_visits_every_point_once(tmp_path, quiet) -> None:
 
 def test_a_seed_in_the_sampler_kwargs_still_varies_the_suggestions(tmp_path) -> None:
     run = make_run()
-    opt = make_opt(run, trials=4, sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}})
+    opt = make_opt(
+        run, trials=4, sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}}
+    )
     study = create_or_load_study(run, opt, settings_for(tmp_path))
     lrs = [opt.suggest(study.ask(), run).optimizer_config["lr"] for _ in range(4)]
     assert len(set(lrs)) == 4
-    again = create_or_load_study(run, make_opt(run, trials=4, study_name="again", sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}}), settings_for(tmp_path))
-    assert [opt.suggest(again.ask(), run).optimizer_config["lr"] for _ in range(4)] == lrs  # and stays reproducible
+    again = create_or_load_study(
+        run,
+        make_opt(
+            run,
+            trials=4,
+            study_name="again",
+            sampler={"name": "optuna.samplers.RandomSampler", "kwargs": {"seed": 3}},
+        ),
+        settings_for(tmp_path),
+    )
+    assert [
+        opt.suggest(again.ask(), run).optimizer_config["lr"] for _ in range(4)
+    ] == lrs  # and stays reproducible
 
 
-def test_an_interrupt_before_training_marks_the_trial_interrupted(tmp_path, monkeypatch, quiet) -> None:
+def test_an_interrupt_before_training_marks_the_trial_interrupted(
+    tmp_path, monkeypatch, quiet
+) -> None:
     import signal
 
     run = make_run()
@@ -629,7 +737,10 @@ def test_an_interrupt_before_training_marks_the_trial_interrupted(tmp_path, monk
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     with pytest.raises(KeyboardInterrupt):
         tune(run, opt, settings_for(tmp_path), echo=lambda line: None)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored for the caller
+    assert (
+        signal.getsignal(signal.SIGINT),
+        signal.getsignal(signal.SIGTERM),
+    ) == handlers  # restored for the caller
     trials = optuna.load_study(study_name="tiny", storage=settings_for(tmp_path).storage).trials
     assert [t.state for t in trials] == [TrialState.FAIL]
     assert trials[0].system_attrs.get(INTERRUPTED) is True and counted(trials) == 0

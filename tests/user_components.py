@@ -47,7 +47,9 @@ class TinyNet(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: int = 4):
         super().__init__()
         self.hidden = hidden
-        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, out_features))
+        self.body = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, out_features)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -58,7 +60,12 @@ class BatchNormNet(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 8):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out_features))
+        self.body = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, out_features),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -103,7 +110,12 @@ class LayerNormNet(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 8):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_features))
+        self.body = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.LayerNorm(hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, out_features),
+        )
 
     def forward(self, x):
         return self.body(x)

@@ -4,7 +4,8 @@ The report reads a study without changing it: it works on a study another proces
 still running, and never creates a study, a storage file, or Optuna's tables in a
 database that lacks them (``lightning_hpo.storage.open_study``). Its parts:
 
-- ``numbers``: every number of the report, as frozen dataclasses (``build_report``);
+- ``data``: what a report holds, as frozen dataclasses (``Report``);
+- ``numbers``: computing every number of the report (``build_report``);
 - ``text``: the report as text for a terminal (``format_text``);
 - ``plots``: PNG plots under ``<output>/<project>_Opt/reports/<study_name>/``
   (``write_plots``).
@@ -12,8 +13,7 @@ database that lacks them (``lightning_hpo.storage.open_study``). Its parts:
 The command line (``report_main``) lives in ``lightning_hpo.cli`` with the other commands.
 """
 
-from lightning_hpo.report.numbers import (
-    EDGE_MARGIN,
+from lightning_hpo.report.data import (
     Audit,
     ChoiceEdge,
     EdgeWarning,
@@ -26,10 +26,13 @@ from lightning_hpo.report.numbers import (
     ReplayedTrial,
     Report,
     TrialSummary,
+    jsonable,
+)
+from lightning_hpo.report.numbers import (
+    EDGE_MARGIN,
     boundary_warnings,
     build_report,
     epoch_savings,
-    jsonable,
     param_importances,
     prediction_accuracy,
     range_position,

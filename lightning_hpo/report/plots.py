@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from lightning_hpo.report.numbers import Importances, Report
-    from lightning_hpo.search import OptimizeConfig, Param
+    from lightning_hpo.optimize_config import OptimizeConfig
+    from lightning_hpo.report.data import Importances, Report
+    from lightning_hpo.search_space import Param
 
 LOG_DECADES = 1.5  # plot values spanning more decades than this on a log axis
 STATE_COLOURS = {

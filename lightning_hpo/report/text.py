@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_hpo.report.numbers import STATES, Audit, ChoiceEdge, EdgeWarning, Importances, Report
+from lightning_hpo.report.data import Audit, ChoiceEdge, EdgeWarning, Importances, Report
+from lightning_hpo.report.numbers import STATES
 
 
 def _num(value: Any) -> str:

@@ -39,8 +39,12 @@ class RunConfig:
     optimizer: str = "torch.optim.AdamW"  # any torch optimizer class
     scheduler: str | None = "torch.optim.lr_scheduler.CosineAnnealingLR"  # or null
     criterion: str = "torch.nn.MSELoss"  # any loss module class or function
-    data: str = "lightning_hpo.data.synthetic_regression"  # (train, val) factory or LightningDataModule
-    net_config: dict[str, Any] = field(default_factory=lambda: {"nodes": 64, "layers": 4, "activation": "GELU"})
+    data: str = (
+        "lightning_hpo.data.synthetic_regression"  # (train, val) factory or LightningDataModule
+    )
+    net_config: dict[str, Any] = field(
+        default_factory=lambda: {"nodes": 64, "layers": 4, "activation": "GELU"}
+    )
     optimizer_config: dict[str, Any] = field(default_factory=lambda: {"lr": 5.0e-3})
     scheduler_config: dict[str, Any] = field(default_factory=lambda: {"eta_min": 1.0e-5})
     criterion_config: dict[str, Any] = field(default_factory=dict)
@@ -49,7 +53,9 @@ class RunConfig:
     checkpoint_config: dict[str, Any] = field(default_factory=lambda: dict(_CHECKPOINT))
     strategy: str = "auto"  # Lightning strategy, e.g. ddp_spawn
     devices: int | str = 1  # devices per run, or "auto"
-    fuse_seeds: bool | str = "auto"  # train all seeds in one Trainer: auto (when the run allows), true, false
+    fuse_seeds: bool | str = (
+        "auto"  # train all seeds in one Trainer: auto (when the run allows), true, false
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -103,7 +109,12 @@ def _check_value(name: str, value: Any, source: str) -> Any:
 
     def bad(problem: str | None = None, fix: str | None = None) -> ConfigError:
         got = f"got {value!r}"
-        return ConfigError(source, name, problem or f"expected {_expected(name)}, {got}", fix or f"set {name} to {_expected(name)}")
+        return ConfigError(
+            source,
+            name,
+            problem or f"expected {_expected(name)}, {got}",
+            fix or f"set {name} to {_expected(name)}",
+        )
 
     if name in ("epochs", "batch_size"):
         if not is_int(value):
@@ -143,7 +154,9 @@ def _check_value(name: str, value: Any, source: str) -> Any:
     if name == "device" and not _DEVICE.match(value):
         raise bad(f"unknown device {value!r}", "use auto, cpu, cuda, cuda:<index> or mps")
     if name == "project" and not re.fullmatch(r"[\w.\-+=]+", value):
-        raise bad(f"{value!r} is not a usable folder name", "use letters, digits, '_', '-' and '.' only")
+        raise bad(
+            f"{value!r} is not a usable folder name", "use letters, digits, '_', '-' and '.' only"
+        )
     return value
 
 
@@ -158,9 +171,19 @@ def _check_section(name: str, value: dict, defaults: dict, source: str) -> dict:
         if expected is float and is_int(item):
             item, ok = float(item), True
         if not ok:
-            raise ConfigError(source, f"{name}.{key}", f"expected a {expected.__name__}, got {item!r}", f"set it like the default ({defaults[key]!r})")
+            raise ConfigError(
+                source,
+                f"{name}.{key}",
+                f"expected a {expected.__name__}, got {item!r}",
+                f"set it like the default ({defaults[key]!r})",
+            )
         if expected in (int, float) and (item < 0 or not math.isfinite(item)):
-            raise ConfigError(source, f"{name}.{key}", f"must be a finite number >= 0, got {item!r}", f"set it like the default ({defaults[key]!r})")
+            raise ConfigError(
+                source,
+                f"{name}.{key}",
+                f"must be a finite number >= 0, got {item!r}",
+                f"set it like the default ({defaults[key]!r})",
+            )
         merged[key] = item
     return merged
 
@@ -172,11 +195,20 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
         if key not in names:
             raise unknown_key(source, str(key), names)
     values = {k: _check_value(k, v, source) for k, v in data.items()}
-    values["early_stopping_config"] = _check_section("early_stopping_config", values.get("early_stopping_config", {}), _EARLY_STOPPING, source)
-    values["checkpoint_config"] = _check_section("checkpoint_config", values.get("checkpoint_config", {}), _CHECKPOINT, source)
+    values["early_stopping_config"] = _check_section(
+        "early_stopping_config", values.get("early_stopping_config", {}), _EARLY_STOPPING, source
+    )
+    values["checkpoint_config"] = _check_section(
+        "checkpoint_config", values.get("checkpoint_config", {}), _CHECKPOINT, source
+    )
     cfg = RunConfig(**values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
-        raise ConfigError(source, "devices", f"device {cfg.device!r} names one device but devices is {cfg.devices}", "use device: cuda with devices: N")
+        raise ConfigError(
+            source,
+            "devices",
+            f"device {cfg.device!r} names one device but devices is {cfg.devices}",
+            "use device: cuda with devices: N",
+        )
     return cfg
 
 
@@ -189,7 +221,11 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
         obj = resolve(path, source, name)
         kwargs = getattr(cfg, f"{name}_config")
         # Arguments the trainer supplies itself are not the user's to misspell.
-        supplied = {"net": ("in_features", "out_features"), "optimizer": ("params",), "scheduler": ("optimizer", "T_max")}
+        supplied = {
+            "net": ("in_features", "out_features"),
+            "optimizer": ("params",),
+            "scheduler": ("optimizer", "T_max"),
+        }
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
@@ -204,7 +240,11 @@ def check_strategy(strategy: str, source: str) -> None:
     names = StrategyRegistry.available_strategies()
     if strategy not in names:
         near = difflib.get_close_matches(strategy, names, n=1, cutoff=0.5)
-        fix = f"did you mean '{near[0]}'?" if near else "use auto, or ddp_spawn with devices: 2 or more"
+        fix = (
+            f"did you mean '{near[0]}'?"
+            if near
+            else "use auto, or ddp_spawn with devices: 2 or more"
+        )
         raise ConfigError(source, "strategy", f"{strategy!r} is not a Lightning strategy", fix)
 
 
@@ -216,16 +256,28 @@ def check_device(device: str, source: str) -> None:
 
     if device == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError(source, "device", "asks for mps but this machine has no Apple GPU", "use device: auto or cpu")
+            raise ConfigError(
+                source,
+                "device",
+                "asks for mps but this machine has no Apple GPU",
+                "use device: auto or cpu",
+            )
         return
     count = torch.cuda.device_count()
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= count:
         have = f"{count} CUDA device(s)" if count else "no CUDA GPU"
-        raise ConfigError(source, "device", f"asks for {device!r} but this machine has {have}", "use device: auto (the GPU when present, else the CPU) or cpu")
+        raise ConfigError(
+            source,
+            "device",
+            f"asks for {device!r} but this machine has {have}",
+            "use device: auto (the GPU when present, else the CPU) or cpu",
+        )
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None, resolve_imports: bool = True) -> RunConfig:
+def load_run_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, resolve_imports: bool = True
+) -> RunConfig:
     """Load, validate and resolve a run config file.
 
     Args:

@@ -1,0 +1,246 @@
+"""The optimize config: the study's settings (name, trials, metric, sampler, pruner) and its
+search space (``search_space``).
+
+Everything here is checked before any storage is opened or anything trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
+from lightning_hpo.metrics import LOGGED_METRICS
+from lightning_hpo.run_config import RunConfig, run_config_from_dict, unknown_key
+from lightning_hpo.search_space import Param, kwargs_target, parse_space
+from lightning_hpo.validation import is_int
+from lightning_hpo.yamlio import load_yaml
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass
+class OptimizeConfig:
+    """How to search. Field comments mirror configs/optimize_template.yaml."""
+
+    study_name: str = "Optimize_MLP_Example"
+    trials: int = 20  # the study's total, across restarts and workers
+    seed: int | None = 42  # seeds the sampler
+    metric: str = "val_loss"  # what the LightningModule logs and the study optimizes
+    direction: str = "minimize"
+    sampler: dict[str, Any] = field(
+        default_factory=lambda: {"name": "optuna.samplers.TPESampler", "kwargs": {}}
+    )
+    pruner: dict[str, Any] = field(
+        default_factory=lambda: {"name": "lightning_hpo.PFLPruner", "kwargs": {}}
+    )
+    search_space: dict[str, Any] = field(default_factory=dict)
+    params: list[Param] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"
+        }
+
+    def suggest(self, trial, base: RunConfig) -> RunConfig:
+        """The run config for ``trial``: the base config with every suggested value merged in."""
+        data = base.to_dict()
+        for p in self.params:
+            p.apply(data, p.suggest(trial))
+        return run_config_from_dict(data, f"trial {trial.number}")
+
+    def merge(self, base: RunConfig, params: dict[str, Any]) -> RunConfig:
+        """``base`` with stored trial ``params`` (by Optuna name) merged in."""
+        data = base.to_dict()
+        for p in self.params:
+            if p.name in params:
+                p.apply(data, params[p.name])
+        return run_config_from_dict(data, "best trial")
+
+    def distributions(self) -> dict[str, Any]:
+        return {p.name: p.distribution() for p in self.params}
+
+    def make_sampler(self, seed_offset: int = 0):
+        """The sampler the config names, seeded with ``seed + seed_offset``; GridSampler gets its grid here."""
+        cls = resolve(self.sampler["name"], "<optimize config>", "sampler.name")
+        kwargs = dict(self.sampler.get("kwargs") or {})
+        accepted = accepted_kwargs(cls)
+        if cls.__name__ == "GridSampler" and "search_space" not in kwargs:
+            kwargs["search_space"] = {p.name: p.grid() for p in self.params}
+        if (
+            self.seed is not None
+            and "seed" not in kwargs
+            and (accepted is None or "seed" in accepted)
+        ):
+            kwargs["seed"] = self.seed + seed_offset
+        return cls(**kwargs)
+
+    def seed_per_trial(self) -> bool:
+        """Whether the sampler may be recreated for every trial with ``seed + trial.number``.
+
+        Only for a plain RNG seed we set ourselves: GridSampler and QMCSampler derive their
+        whole sequence from the seed, and a seed the user put in the kwargs is kept as given.
+        """
+        if self.seed is None or "seed" in (self.sampler.get("kwargs") or {}):
+            return False
+        cls = resolve(self.sampler["name"], "<optimize config>", "sampler.name")
+        accepted = accepted_kwargs(cls)
+        return cls.__name__ not in ("GridSampler", "QMCSampler") and (
+            accepted is None or "seed" in accepted
+        )
+
+    def make_pruner(self):
+        cls = resolve(self.pruner["name"], "<optimize config>", "pruner.name")
+        return cls(**dict(self.pruner.get("kwargs") or {}))
+
+
+def optimize_config_from_dict(
+    data: dict[str, Any], run: RunConfig, source: str, resolve_imports: bool = True
+) -> OptimizeConfig:
+    """Validate an optimize mapping against the run config it will tune.
+
+    Args:
+        resolve_imports: also import and build the sampler and pruner and check each
+            searched keyword against its target (see ``check_optimize_components``).
+            The rest needs no import, so structural errors answer at once.
+    """
+    names = [f.name for f in dataclasses.fields(OptimizeConfig) if f.name != "params"]
+    for key in data:
+        if key not in names:
+            raise unknown_key(source, str(key), names)
+    cfg = OptimizeConfig(**data)
+    if not isinstance(cfg.study_name, str) or not cfg.study_name.strip():
+        raise ConfigError(
+            source,
+            "study_name",
+            f"expected a non-empty string, got {cfg.study_name!r}",
+            "name the study",
+        )
+    if not is_int(cfg.trials) or cfg.trials <= 0:
+        raise ConfigError(
+            source,
+            "trials",
+            f"expected a positive integer, got {cfg.trials!r}",
+            "set trials to the study's total, e.g. 20",
+        )
+    if cfg.seed is not None and not is_int(cfg.seed):
+        raise ConfigError(
+            source, "seed", f"expected an integer or null, got {cfg.seed!r}", "e.g. seed: 42"
+        )
+    if cfg.direction not in DIRECTIONS:
+        raise ConfigError(
+            source,
+            "direction",
+            f"expected minimize or maximize, got {cfg.direction!r}",
+            "set direction: minimize or direction: maximize",
+        )
+    if cfg.metric not in LOGGED_METRICS:
+        raise ConfigError(
+            source,
+            "metric",
+            f"{cfg.metric!r} is never logged by the LightningModule",
+            f"use one of: {', '.join(LOGGED_METRICS)}",
+        )
+    for part in ("sampler", "pruner"):
+        spec = getattr(cfg, part)
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if spec is None and part == "pruner":
+            spec = {"name": "optuna.pruners.NopPruner"}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(
+                source,
+                part,
+                f"expected {{name: <import path>, kwargs: {{...}}}}, got {spec!r}",
+                f"e.g. {part}: {{name: optuna.{part}s.{'TPESampler' if part == 'sampler' else 'MedianPruner'}}}",
+            )
+        for k in spec:
+            if k not in ("name", "kwargs"):
+                raise unknown_key(source, str(k), ["name", "kwargs"], prefix=f"{part}.")
+        kwargs = spec.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(
+                source,
+                f"{part}.kwargs",
+                f"expected a mapping, got {kwargs!r}",
+                "write keyword arguments as a mapping",
+            )
+        setattr(cfg, part, {"name": spec["name"], "kwargs": kwargs})
+    cfg.params = parse_space(cfg.search_space, run, source)
+    for p in cfg.params:
+        if p.group is None and p.type == "float":
+            raise ConfigError(
+                source,
+                p.where,
+                f"{p.key} is an integer, but the search type is float",
+                "use type: int (with step if you like) or categorical",
+            )
+    # A config the search could produce must itself be valid: try the range ends.
+    for p in cfg.params:
+        for value in [p.min, p.max] if p.type != "categorical" else p.choices:
+            data = run.to_dict()
+            p.apply(data, value)
+            try:
+                run_config_from_dict(data, source)
+            except ConfigError as exc:
+                raise ConfigError(
+                    source,
+                    p.where,
+                    f"value {value!r} is invalid for the run config ({exc.problem})",
+                    "narrow the range",
+                ) from None
+    if resolve_imports:
+        check_optimize_components(cfg, run, source)
+    return cfg
+
+
+def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) -> None:
+    """Import and build the sampler and pruner; check searched keywords against their targets."""
+    for part in ("sampler", "pruner"):
+        spec = getattr(cfg, part)
+        obj = resolve(spec["name"], source, f"{part}.name")
+        check_kwargs(
+            obj,
+            spec["kwargs"],
+            source,
+            f"{part}.kwargs",
+            skip=("search_space",) if part == "sampler" else (),
+        )
+    for p in cfg.params:
+        target = kwargs_target(run, p.group) if p.group else None
+        if target is not None:
+            check_kwargs(target, {p.key: None}, source, f"search_space.{p.group}", require=False)
+    for part, make in (("sampler", cfg.make_sampler), ("pruner", cfg.make_pruner)):
+        try:
+            make()
+        except Exception as exc:  # noqa: BLE001 - the constructor's own message says what is wrong
+            named = [k for k in cfg.__dict__[part]["kwargs"] if k in str(exc)]
+            key = f"{part}.kwargs" + (f".{named[0]}" if named else "")
+            raise ConfigError(
+                source,
+                key,
+                f"{cfg.__dict__[part]['name']} rejected its arguments: {exc}",
+                f"fix {key}",
+            ) from None
+    if resolve(cfg.sampler["name"]).__name__ == "GridSampler":
+        for p in cfg.params:
+            if p.type == "float" and p.step is None and "search_space" not in cfg.sampler["kwargs"]:
+                raise ConfigError(
+                    source,
+                    p.where,
+                    "GridSampler needs a finite grid, but this float has no step",
+                    "add a step, or use type: categorical",
+                )
+
+
+def load_optimize_config(
+    path: str | Path, run: RunConfig, trials: int | None = None, resolve_imports: bool = True
+) -> OptimizeConfig:
+    """Load and validate an optimize config; ``trials`` overrides the file's count (--trials)."""
+    data = load_yaml(path)
+    if trials is not None:
+        data["trials"] = trials
+    return optimize_config_from_dict(data, run, str(path), resolve_imports)

@@ -1,0 +1,96 @@
+"""The Lightning Trainer for a run config: accelerator, devices and strategy, and stopping
+the rank processes a spawn-based strategy started."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from lightning_hpo.console import note_once
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.run_config import RunConfig
+
+# Strategies that start extra devices' processes by re-running the command line ("auto" picks
+# "ddp" for several devices), and their spawn-based equivalents: see build_trainer.
+_SPAWNED_EQUIVALENT = {
+    "auto": "ddp_spawn",
+    "ddp": "ddp_spawn",
+    "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
+}
+
+
+def accelerator_and_devices(cfg: RunConfig) -> tuple[str, Any]:
+    """Map the config's ``device``/``devices`` onto Lightning's accelerator and devices."""
+    if cfg.device == "auto":
+        return ("gpu" if torch.cuda.is_available() else "cpu"), cfg.devices
+    if cfg.device == "cpu":
+        return "cpu", cfg.devices
+    if cfg.device == "mps":
+        return "mps", cfg.devices
+    if ":" in cfg.device:
+        return "gpu", [int(cfg.device.split(":")[1])]
+    return "gpu", cfg.devices
+
+
+def _relaunches_the_script(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer.fit`` would start the other ranks by re-running ``sys.argv`` (Lightning's
+    ``ddp``): a second train.py or tune.py, not a training rank."""
+    launcher = trainer.strategy.launcher
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally
+        and launcher.num_processes * launcher.num_nodes > 1
+    )
+
+
+def build_trainer(
+    cfg: RunConfig, *, progress_bar: bool = False, checkpointing: bool = True, **kwargs: Any
+) -> pl.Trainer:
+    """A Trainer for ``cfg``'s device, devices and strategy.
+
+    Several devices run as ``ddp_spawn``: Lightning's ``ddp`` (also what ``auto`` picks) starts
+    the other ranks by re-running the command line, which here would start another training
+    or tuning run instead of a rank.
+    """
+    accelerator, devices = accelerator_and_devices(cfg)
+    kwargs |= {
+        "max_epochs": cfg.epochs,
+        "enable_progress_bar": progress_bar,
+        "enable_model_summary": False,
+        "enable_checkpointing": checkpointing,
+        "log_every_n_steps": 1,
+        "deterministic": False,
+    }
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=cfg.strategy, **kwargs)
+    if not _relaunches_the_script(trainer):
+        return trainer
+    spawned = _SPAWNED_EQUIVALENT.get(cfg.strategy)
+    if spawned is None:
+        raise ConfigError(
+            "<run config>",
+            "strategy",
+            f"{cfg.strategy!r} on several devices starts its processes by re-running the command line, which train.py and tune.py cannot do",
+            "use strategy: ddp_spawn, or devices: 1",
+        )
+    if cfg.strategy != "auto":
+        note_once(
+            f"strategy {cfg.strategy!r} runs as {spawned!r}: {cfg.strategy!r} would re-run the command line for each extra device"
+        )
+    return pl.Trainer(accelerator=accelerator, devices=devices, strategy=spawned, **kwargs)
+
+
+def stop_spawned_ranks(trainer: pl.Trainer, grace: float = 10.0) -> None:
+    """Terminate the rank processes a spawn-based strategy started, if any are still alive."""
+    procs = [p for p in getattr(trainer.strategy.launcher, "procs", None) or () if p.is_alive()]
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
