@@ -9,7 +9,9 @@ last-wins, are an error.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +148,29 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 def dump_yaml(data: dict[str, Any], path: str | Path) -> None:
-    """Write a mapping as block-style YAML, atomically (no half-written file)."""
+    """Write a mapping as block-style YAML, atomically (no half-written file).
+
+    The temporary file is this writer's own, so processes writing the same file at once
+    (workers finishing a study together) each replace it whole; the last one wins.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
-    tmp.replace(path)
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's is 0600; an ordinary file's follows the umask
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
