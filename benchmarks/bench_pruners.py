@@ -52,7 +52,8 @@ from _common import cpu_count, print_table  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from record_curves import DATA_DIR, TASKS, load_curves  # noqa: E402
 
-from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR, PFLPruner, _is_worse  # noqa: E402
+from lightning_hpo.attrs import EPOCHS_ATTR, N_SEEDS_ATTR  # noqa: E402
+from lightning_hpo.pruner import PFLPruner, _is_worse  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, median, print_table  # noqa: E402
 
-from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR  # noqa: E402
+from lightning_hpo.attrs import EPOCHS_ATTR, N_SEEDS_ATTR  # noqa: E402
 
 
 def nop_config(tmp: Path) -> Path:

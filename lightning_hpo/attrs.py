@@ -10,6 +10,9 @@ FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in words (every FAIL has
 RETRY_OF = "retry_of"  # the number of the trial a retry runs again
 GROUP_NAME = "group_name"  # the trial's folder name, <group>[<trial>]
 RUN_DIR = "run_dir"  # where its seeds' runs are, on the machine that ran it
+EPOCHS_ATTR = "epochs"  # epochs a full run trains (PFL's default target epoch)
+N_SEEDS_ATTR = "n_seeds"  # seeds each epoch trains
+PFL_ATTR = "pfl"  # PFL's latest decision and every prediction (pruner.decision_record)
 
 # Trial system attributes.
 INTERRUPTED = "lightning_hpo:interrupted"  # stopped by Ctrl-C / SIGTERM: not counted, rerun

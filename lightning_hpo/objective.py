@@ -44,7 +44,7 @@ def make_objective(
     ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from lightning_hpo.pruner import EPOCHS_ATTR, N_SEEDS_ATTR
+    from lightning_hpo.attrs import EPOCHS_ATTR, N_SEEDS_ATTR
     from lightning_hpo.training import fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"

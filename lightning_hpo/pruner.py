@@ -65,15 +65,14 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_hpo.attrs import EPOCHS_ATTR, PFL_ATTR
 from lightning_hpo.pfl import predict_final_loss, rank_bound, running_best
+from lightning_hpo.validation import is_int, is_number
 
 if TYPE_CHECKING:
     from optuna.study import Study
 
 __all__ = [
-    "EPOCHS_ATTR",
-    "N_SEEDS_ATTR",
-    "PFL_ATTR",
     "PFLDecision",
     "PFLPruner",
     "Reason",
@@ -84,10 +83,6 @@ __all__ = [
     "trial_curve",
     "trial_pfl",
 ]
-
-EPOCHS_ATTR = "epochs"
-N_SEEDS_ATTR = "n_seeds"
-PFL_ATTR = "pfl"  # trial user attr: the latest decision and every prediction (decision_record)
 
 
 def _is_worse(value: float, reference: float, direction: StudyDirection) -> bool:
@@ -112,7 +107,7 @@ def trial_curve(trial: FrozenTrial) -> list[float]:
 def epochs_of(trial: FrozenTrial) -> int | None:
     """The trial's ``epochs`` attr (a full run's epoch count), or None when absent or invalid."""
     value = trial.user_attrs.get(EPOCHS_ATTR)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if is_int(value) and value >= 1:
         return value
     return None
 
@@ -205,16 +200,12 @@ _final_value = attrgetter("value")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
 
 
 def _check_fraction(name: str, value: object, minimum: float, why: str = "") -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not minimum <= value <= 1.0
-    ):
+    if not is_number(value) or not minimum <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [{minimum:g}, 1]{why}, got {value!r}.")
 
 

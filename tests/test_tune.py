@@ -20,9 +20,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from lightning_hpo.attrs import HOST, INTERRUPTED, PID
+from lightning_hpo.attrs import HOST, INTERRUPTED, PFL_ATTR, PID
 from lightning_hpo.optimize_config import load_optimize_config, optimize_config_from_dict
-from lightning_hpo.pruner import PFL_ATTR, PFLPruner, prefix_trial, stored_predictions
+from lightning_hpo.pruner import PFLPruner, prefix_trial, stored_predictions
 from lightning_hpo.results import load_result
 from lightning_hpo.run_config import check_components, load_run_config, run_config_from_dict
 from lightning_hpo.study import TuneSettings, counted, create_or_load_study
