@@ -22,6 +22,7 @@ Run: ``python benchmarks/bench_trial_overhead.py`` (~2-3 minutes), ``--quick`` f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import shutil
 import sys
@@ -118,10 +119,11 @@ class Timers:
             def on_train_end(self, trainer, pl_module):
                 timers.epoch_gaps.append(time.perf_counter() - self.last)
 
-        def fit_seed(*args, **kwargs):
-            kwargs["callbacks"] = [*kwargs.get("callbacks", ()), EpochClock()]
+        def fit_seed(cfg, seed, run_dir, options=None):
+            options = options or training.FitOptions()
+            options = dataclasses.replace(options, callbacks=[*options.callbacks, EpochClock()])
             start = time.perf_counter()
-            result = timers._fit_seed(*args, **kwargs)
+            result = timers._fit_seed(cfg, seed, run_dir, options)
             timers.fit_seed_s.append(time.perf_counter() - start)
             timers.trainer_fit_s.append(result.seconds)
             return result

@@ -45,7 +45,7 @@ def make_objective(
     from optuna_integration import PyTorchLightningPruningCallback
 
     from lightning_hpo.attrs import EPOCHS_ATTR, N_SEEDS_ATTR
-    from lightning_hpo.training import fit_run
+    from lightning_hpo.training import FitOptions, fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"
 
@@ -75,11 +75,13 @@ def make_objective(
                 cfg,
                 cfg.seeds,
                 [run_dir / str(seed) for seed in cfg.seeds],
-                monitor=opt.metric,
-                mode=mode,
-                callbacks=[callback],
-                progress_bar=settings.progress_bar,
-                after_fit=callback.check_pruned,
+                FitOptions(
+                    monitor=opt.metric,
+                    mode=mode,
+                    callbacks=(callback,),
+                    progress_bar=settings.progress_bar,
+                    after_fit=callback.check_pruned,
+                ),
             )
         except (optuna.TrialPruned, ConfigError):
             raise

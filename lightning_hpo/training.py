@@ -7,6 +7,7 @@ chooses; ``train`` (train.py) and the tuner's objective both call it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -66,6 +67,26 @@ def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list
     return callbacks
 
 
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How a run trains, beyond what its config says.
+
+    Args:
+        monitor, mode: the metric that is recorded, checkpointed on and early-stopped on.
+        callbacks: extra callbacks, e.g. the tuner's pruning callback.
+        resume: continue from ``checkpoints/last.ckpt`` where it exists.
+        progress_bar: Lightning's per-batch bar.
+        after_fit: called right after ``Trainer.fit`` returns (the tuner checks DDP pruning there).
+    """
+
+    monitor: str = VAL_LOSS
+    mode: str = "min"
+    callbacks: Sequence[Callback] = ()
+    resume: bool = False
+    progress_bar: bool = False
+    after_fit: Callable[[], None] | None = None
+
+
 def _fit(
     cfg: RunConfig,
     trainer: pl.Trainer,
@@ -109,28 +130,15 @@ def _fit(
 
 
 def fit_seed(
-    cfg: RunConfig,
-    seed: int,
-    run_dir: Path,
-    *,
-    monitor: str = VAL_LOSS,
-    mode: str = "min",
-    callbacks: Sequence[Callback] = (),
-    resume: bool = False,
-    progress_bar: bool = False,
-    after_fit: Callable[[], None] | None = None,
+    cfg: RunConfig, seed: int, run_dir: Path, options: FitOptions = FitOptions()
 ) -> SeedResult:
-    """Train one seed of ``cfg`` into ``run_dir``: config.yaml, TensorBoard events, checkpoints, result.json.
+    """Train one seed of ``cfg`` into ``run_dir``: config.yaml, TensorBoard events,
+    checkpoints, result.json.
 
     The hyperparameters and the final and best metric go to TensorBoard even when
     training stops early (pruned or interrupted), so every run shows in the HParams tab.
-
-    Args:
-        monitor, mode: the metric that is recorded, checkpointed on and early-stopped on.
-        callbacks: extra callbacks, e.g. the tuner's pruning callback.
-        resume: continue from ``checkpoints/last.ckpt`` when it exists.
-        after_fit: called right after ``Trainer.fit`` returns (the tuner checks DDP pruning there).
     """
+    monitor, mode = options.monitor, options.mode
     dm, module = build_components(cfg, seed)
     result = SeedResult(seed, run_dir, mode=mode)
     recorder = RunRecorder([result], monitor, hparams_of(cfg))
@@ -145,12 +153,13 @@ def fit_seed(
     trainer = build_trainer(
         cfg,
         logger=_logger(run_dir),
-        callbacks=[*own, *callbacks],
-        progress_bar=progress_bar,
+        callbacks=[*own, *options.callbacks],
+        progress_bar=options.progress_bar,
         checkpointing=len(own) > 1,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    _fit(cfg, trainer, module, dm, recorder, last if resume and last.exists() else None, after_fit)
+    resume_from = last if options.resume and last.exists() else None
+    _fit(cfg, trainer, module, dm, recorder, resume_from, options.after_fit)
     return result
 
 
@@ -161,17 +170,11 @@ def fit_fused(
     dm: pl.LightningDataModule,
     nets: Sequence[nn.Module],
     stacking: str,
-    *,
-    monitor: str = VAL_LOSS,
-    mode: str = "min",
-    callbacks: Sequence[Callback] = (),
-    resume: bool = False,
-    progress_bar: bool = False,
-    after_fit: Callable[[], None] | None = None,
+    options: FitOptions = FitOptions(),
 ) -> list[SeedResult]:
     """Train ``seeds`` together in one Trainer: each seed's folder gets what ``fit_seed`` would
     write (config.yaml, its TensorBoard run, its own best and last checkpoint, result.json),
-    plus a ``mean`` TensorBoard run beside them. ``callbacks`` see the seeds' mean metrics.
+    plus a ``mean`` TensorBoard run beside them. ``options.callbacks`` see the seeds' mean metrics.
 
     ``nets`` are the seeds' networks (``build_net``) and ``stacking`` how they run
     together, both as ``fused.blocker`` checked them.
@@ -185,6 +188,7 @@ def fit_fused(
     )
     from lightning_hpo.stacking import stack
 
+    monitor, mode = options.monitor, options.mode
     states = SeedStates(seeds)
     module = FusedModule(
         net=stack(nets, stacking), mode=stacking, states=states, **module_kwargs(cfg)
@@ -216,8 +220,8 @@ def fit_fused(
     trainer = build_trainer(
         cfg,
         logger=loggers,
-        callbacks=[*own, *callbacks],
-        progress_bar=progress_bar,
+        callbacks=[*own, *options.callbacks],
+        progress_bar=options.progress_bar,
         checkpointing=False,
         plugins=[io],
     )
@@ -229,8 +233,8 @@ def fit_fused(
         module,
         dm,
         recorder,
-        last[0] if resume and resumable(last) else None,
-        after_fit,
+        last[0] if options.resume and resumable(last) else None,
+        options.after_fit,
     )
     return results
 
@@ -271,37 +275,21 @@ def fit_run(
     cfg: RunConfig,
     seeds: Sequence[int],
     run_dirs: Sequence[Path],
+    options: FitOptions = FitOptions(),
     *,
-    monitor: str = VAL_LOSS,
-    mode: str = "min",
-    callbacks: Sequence[Callback] = (),
-    resume: bool = False,
-    progress_bar: bool = False,
-    after_fit: Callable[[], None] | None = None,
     on_seed: Callable[[SeedResult], None] | None = None,
     source: str = "<run config>",
 ) -> list[SeedResult]:
     """Train ``seeds`` of ``cfg``: fused in one Trainer when ``cfg.fuse_seeds`` allows and
     the run can be (``fused.blocker``), else one Trainer per seed.
 
-    Seed after seed, ``callbacks`` and ``after_fit`` go to the first seed only (its curve
+    Seed after seed, ``options.callbacks`` and ``after_fit`` go to the first seed only (its curve
     is the one a pruner sees); fused, they see the seeds' mean.
     """
-    kwargs = {"monitor": monitor, "mode": mode, "resume": resume, "progress_bar": progress_bar}
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
         dm, nets, stacking, reason = plan_fusion(cfg, seeds)
         if stacking is not None:
-            results = fit_fused(
-                cfg,
-                seeds,
-                run_dirs,
-                dm,
-                nets,
-                stacking,
-                callbacks=callbacks,
-                after_fit=after_fit,
-                **kwargs,
-            )
+            results = fit_fused(cfg, seeds, run_dirs, dm, nets, stacking, options)
             for r in results:
                 if on_seed is not None:
                     on_seed(r)
@@ -309,17 +297,11 @@ def fit_run(
         if cfg.fuse_seeds is True:
             raise _cannot_fuse(source, reason)
         note_once(f"seeds train one after another, not fused: {reason}")
+    # Seed after seed, only the first seed's curve is reported (and can be pruned).
+    later = dataclasses.replace(options, callbacks=(), after_fit=None)
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
-        first = index == 0
-        result = fit_seed(
-            cfg,
-            seed,
-            run_dir,
-            callbacks=callbacks if first else (),
-            after_fit=after_fit if first else None,
-            **kwargs,
-        )
+        result = fit_seed(cfg, seed, run_dir, options if index == 0 else later)
         results.append(result)
         if on_seed is not None:
             on_seed(result)
@@ -366,8 +348,7 @@ def train(
             cfg,
             [s for s, _ in todo],
             [d for _, d in todo],
-            resume=resume,
-            progress_bar=progress_bar,
+            FitOptions(resume=resume, progress_bar=progress_bar),
             on_seed=on_seed,
             source=source,
         )

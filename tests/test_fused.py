@@ -21,7 +21,7 @@ from lightning_hpo.errors import ConfigError
 from lightning_hpo.fused import blocker
 from lightning_hpo.run_config import load_run_config
 from lightning_hpo.stacking import optimizer_blocker, stack
-from lightning_hpo.training import fit_run, seed_dirs, train
+from lightning_hpo.training import FitOptions, fit_run, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -176,11 +176,11 @@ def test_resume_continues_a_fused_run_from_its_last_epoch(tmp_path: Path, small_
     whole = train(dataclasses.replace(cfg, project="whole"), tmp_path)
     dirs = seed_dirs(cfg, tmp_path)
     with pytest.raises(RuntimeError, match="stopped by the test"):
-        fit_run(cfg, cfg.seeds, dirs, callbacks=[StopBeforeEpoch(3)])
+        fit_run(cfg, cfg.seeds, dirs, FitOptions(callbacks=[StopBeforeEpoch(3)]))
     assert [load_ckpt(d / "checkpoints" / "last.ckpt")["epoch"] for d in dirs] == [2, 2, 2]
 
     counter = CountEpochs()
-    resumed = fit_run(cfg, cfg.seeds, dirs, resume=True, callbacks=[counter])
+    resumed = fit_run(cfg, cfg.seeds, dirs, FitOptions(resume=True, callbacks=[counter]))
     assert counter.epochs == [3, 4]  # only what was left, not a fresh start
     for r, w in zip(resumed, whole.results):
         assert r.history == pytest.approx(w.history, rel=1e-5)

@@ -33,7 +33,7 @@ from lightning_hpo.errors import ConfigError
 from lightning_hpo.model import MLP
 from lightning_hpo.results import RESULT_FILE
 from lightning_hpo.run_config import load_run_config
-from lightning_hpo.training import fit_seed, seed_dirs, train
+from lightning_hpo.training import FitOptions, fit_seed, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -462,10 +462,11 @@ def count_epochs_of_each_seed(patch: pytest.MonkeyPatch) -> dict[int, CountEpoch
     real = training.fit_seed
     counters: dict[int, CountEpochs] = {}
 
-    def fit_seed_counting(cfg, seed, *args, **kwargs):
+    def fit_seed_counting(cfg, seed, run_dir, options=None):
+        options = options or FitOptions()
         counters[seed] = CountEpochs()
-        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), counters[seed]]
-        return real(cfg, seed, *args, **kwargs)
+        options = dataclasses.replace(options, callbacks=[*options.callbacks, counters[seed]])
+        return real(cfg, seed, run_dir, options)
 
     patch.setattr(training, "fit_seed", fit_seed_counting)
     return counters
@@ -480,7 +481,7 @@ def resumed_run(small_config, tmp_path_factory, quiet):
     whole = train(dataclasses.replace(cfg, project="Whole"), root)
     run_dir = seed_dirs(cfg, root)[0]
     with pytest.raises(RuntimeError, match="stopped by the test"):
-        fit_seed(cfg, cfg.seeds[0], run_dir, callbacks=[StopBeforeEpoch(3)])
+        fit_seed(cfg, cfg.seeds[0], run_dir, FitOptions(callbacks=[StopBeforeEpoch(3)]))
     interrupted = {
         "result_json": (run_dir / RESULT_FILE).exists(),
         "last": load_ckpt(run_dir / "checkpoints" / "last.ckpt"),
@@ -532,7 +533,7 @@ def test_resume_of_seeds_trained_one_after_another_trains_only_what_is_missing(
     dirs = seed_dirs(cfg, tmp_path)
     training.fit_run(cfg, cfg.seeds[:1], dirs[:1])
     with pytest.raises(RuntimeError, match="stopped by the test"):
-        fit_seed(cfg, 2, dirs[1], callbacks=[StopBeforeEpoch(2)])
+        fit_seed(cfg, 2, dirs[1], FitOptions(callbacks=[StopBeforeEpoch(2)]))
     finished = snapshot(dirs[0])
     with pytest.MonkeyPatch.context() as patch:
         counters = count_epochs_of_each_seed(patch)
@@ -546,9 +547,12 @@ def _ctrl_c_after_one_epoch(monkeypatch) -> None:
     """Make train.py's runs raise KeyboardInterrupt as epoch 2 starts, as Ctrl+C would."""
     real = training.fit_seed
 
-    def fit_seed_with_ctrl_c(*args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), StopBeforeEpoch(1, KeyboardInterrupt)]
-        return real(*args, **kwargs)
+    def fit_seed_with_ctrl_c(cfg, seed, run_dir, options=None):
+        options = options or FitOptions()
+        stop = StopBeforeEpoch(1, KeyboardInterrupt)
+        return real(
+            cfg, seed, run_dir, dataclasses.replace(options, callbacks=[*options.callbacks, stop])
+        )
 
     monkeypatch.setattr(training, "fit_seed", fit_seed_with_ctrl_c)
 
