@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 
-_state = {
-    "quiet": False
-}  # set by quiet_lightning(); spawned DDP ranks inherit it through the callbacks
+# Set by quiet_lightning(); spawned DDP ranks inherit it through the callbacks.
+_state = {"quiet": False}
 _noted: set[str] = set()
 
 
@@ -25,8 +25,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.13, harmless
 
 
-def note_once(message: str) -> None:
-    """``note: message`` on stderr, once per process."""
+def note_once(message: str, echo: Callable[[str], None] | None = None) -> None:
+    """``note: message``, once per process: on stderr, or through ``echo`` (the tuner's
+    line printer) when given."""
     if message not in _noted:
         _noted.add(message)
-        print(f"note: {message}", file=sys.stderr, flush=True)
+        if echo is None:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        else:
+            echo(f"note: {message}")

@@ -29,6 +29,7 @@ from lightning_hpo.attrs import (
     STUDY_UID,
     SURPLUS,
 )
+from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.optimize_config import OptimizeConfig
 from lightning_hpo.retries import queue_retry
@@ -287,15 +288,13 @@ def study_folder(
         folder = base / (name if k == 1 else f"{name}.{k}")
         if _claim(folder, uid):
             if k > 1:
-                note = f"{base / name} belongs to another study named {opt.study_name!r} (a deleted database, or another storage): this study writes to {folder}"
-                if note not in _said:
-                    _said.add(note)
-                    echo(f"note: {note}")
+                note_once(
+                    f"{base / name} belongs to another study named {opt.study_name!r} "
+                    f"(a deleted database, or another storage): this study writes to {folder}",
+                    echo,
+                )
             return folder
     raise AssertionError("unreachable")
-
-
-_said: set[str] = set()
 
 
 def folder_name(study_name: str) -> str:
