@@ -182,7 +182,11 @@ class RegressionData(pl.LightningDataModule):
         if isinstance(dataset, TensorDataset):
             tensors = tuple(t.to(device) for t in dataset.tensors)
             return TensorBatches(tensors, self.batch_size, shuffle, self.seed, rank, world, epoch)
-        generator = torch.Generator().manual_seed(self.seed)
+        return self._dataloader(dataset, shuffle, self.seed)
+
+    def _dataloader(self, dataset: Dataset, shuffle: bool, seed: int) -> DataLoader:
+        """A DataLoader for datasets that are not in-memory tensors, shuffled by ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -202,16 +206,7 @@ class RegressionData(pl.LightningDataModule):
             tensors = tuple(t.to(device) for t in self.train.tensors)
             return SeedBatches(tensors, self.batch_size, self.fused_seeds, rank, world, epoch)
         # Single device only (fused.blocker): each loader shuffles as that seed's run alone would.
-        loaders = [
-            DataLoader(
-                self.train,
-                batch_size=self.batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(s),
-            )
-            for s in self.fused_seeds
-        ]
-        return StackedLoaders(loaders)
+        return StackedLoaders([self._dataloader(self.train, True, s) for s in self.fused_seeds])
 
     def val_dataloader(self):
         return self._loader(self.val, shuffle=False)

@@ -235,6 +235,24 @@ def test_a_network_beyond_linear_layers_fuses_through_vmap(
         assert f.history == pytest.approx(a.history, rel=1e-4)
 
 
+def test_non_tensor_datasets_fuse_with_each_seeds_own_dataloader(
+    tmp_path: Path, small_config, user_components
+) -> None:
+    cfg = small_config(
+        seeds=[1, 2],
+        epochs=3,
+        data="user_components.plain_datasets",
+        data_config={"n": 80},
+        batch_size=16,
+    )
+    fused = train(dataclasses.replace(cfg, fuse_seeds=True, project="fused"), tmp_path)
+    alone = train(dataclasses.replace(cfg, fuse_seeds=False, project="alone"), tmp_path)
+    assert [r.together for r in fused.results] == [2, 2]
+    for f, a in zip(fused.results, alone.results):
+        assert len(f.history) == len(a.history) == 3
+        assert f.history == pytest.approx(a.history, rel=1e-4)
+
+
 # --------------------------------------------------------------------------- what cannot be fused
 
 
