@@ -37,17 +37,20 @@ LR_SPACE = {
 }
 
 
+# A tiny run config: 2 epochs of an 8-unit MLP on 300 points.
+RUN = {
+    "project": "Iso",
+    "device": "cpu",
+    "seeds": [1],
+    "epochs": 2,
+    "batch_size": 128,
+    "data_config": {"n": 300},
+    "net_config": {"nodes": 8, "layers": 1},
+}
+
+
 def make_run(**overrides):
-    data = {
-        "project": "Iso",
-        "device": "cpu",
-        "seeds": [1],
-        "epochs": 2,
-        "batch_size": 128,
-        "data_config": {"n": 300},
-        "net_config": {"nodes": 8, "layers": 1},
-    }
-    cfg = run_config_from_dict(data | overrides, "<test run>")
+    cfg = run_config_from_dict(RUN | overrides, "<test run>")
     check_components(cfg, "<test run>")
     return cfg
 
@@ -127,16 +130,7 @@ def test_a_folder_with_files_but_no_owner_is_not_written_into(tmp_path: Path) ->
 
 def _cli_configs(tmp_path: Path, **run_overrides) -> list[str]:
     run_path, opt_path = tmp_path / "run.yaml", tmp_path / "optimize.yaml"
-    base = {
-        "project": "Iso",
-        "device": "cpu",
-        "seeds": [1],
-        "epochs": 2,
-        "batch_size": 128,
-        "data_config": {"n": 300},
-        "net_config": {"nodes": 8, "layers": 1},
-    }
-    dump_yaml(base | run_overrides, run_path)
+    dump_yaml(RUN | run_overrides, run_path)
     dump_yaml(
         {"study_name": "cli", "trials": 2, "seed": 1, "pruner": None, "search_space": LR_SPACE},
         opt_path,
