@@ -76,8 +76,29 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--progress", action="store_true", help="show Lightning's per-batch progress bar"
     )
+    _preflight_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _preflight_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check the config: build every component, train one batch, print what was checked",
+    )
+
+
+def _preflight(results, source: str, only: bool) -> int | None:
+    """Print the preflight's table (``--preflight``, then stop with 0) or its one-line cost."""
+    from lightning_hpo.preflight import format_preflight
+
+    table = format_preflight(results, source)
+    if only:
+        print(table)
+        return 0
+    print(table.splitlines()[-1].replace("passed:", "preflight passed:"), flush=True)
+    return None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -95,6 +116,11 @@ def _train(args: argparse.Namespace) -> int:
 
     interrupt_on_signals()
     quiet_lightning()
+    from lightning_hpo.preflight import preflight_run
+
+    done = _preflight([preflight_run(cfg, args.config)], args.config, args.preflight)
+    if done is not None:
+        return done
 
     def report(r) -> None:
         took = f"{r.seconds:.1f} s" + (
@@ -177,6 +203,7 @@ def tune_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--progress", action="store_true", help="show Lightning's per-batch progress bars"
     )
+    _preflight_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
     p.add_argument(
         "--max-trials", type=int, help=argparse.SUPPRESS
@@ -243,6 +270,13 @@ def _tune(args: argparse.Namespace) -> int:
     interrupt_on_signals()
     quiet_lightning()
     quiet_optuna(args.debug)
+    if args.max_trials is None:  # not a --workers child: their parent checked already
+        from lightning_hpo.preflight import preflight_study
+
+        checks = preflight_study(run, opt, args.run_config, args.optimize_config)
+        done = _preflight(checks, args.optimize_config, args.preflight)
+        if done is not None:
+            return done
     if args.threads:
         import torch
 

@@ -19,6 +19,8 @@ def is_quiet() -> bool:
 def quiet_lightning() -> None:
     """Silence Lightning's per-Trainer banners ("GPU available: ...") that bury our output,
     here and in the ranks a spawn-based DDP strategy starts for this process's runs."""
+    import lightning.pytorch  # noqa: F401 - its import sets its loggers to INFO: come after it
+
     _state["quiet"] = True
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)

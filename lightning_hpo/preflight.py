@@ -1,0 +1,422 @@
+"""Preflight: build everything a run config names and train it for one batch, before any
+real work, so a bad value is a one-line config error rather than a traceback from deep inside
+``Trainer.fit`` and a half-written run folder.
+
+One check per component, each on the configured device and each blaming the key it read:
+
+1. **data**: the factory or DataModule builds and serves a training and a validation batch;
+2. **net**: the network builds from ``net_config`` and takes a training batch forward;
+3. **loss**: the criterion builds and scores the network's output against the targets;
+4. **optimizer step** and **scheduler step**: both build from their ``*_config`` (a value
+   the constructor rejects names its own key, e.g. ``optimizer_config.lr``), then the loss's
+   backward pass, one optimizer step and one scheduler step run;
+5. **Lightning**: the LightningModule and a ``fast_dev_run`` Trainer (with ``trainer_config``)
+   train one batch and validate one batch, which shows the metric names the module logs.
+
+A study checks its run config like this, then each corner of its search space (every
+parameter at its low end, then at its high end, and each categorical choice once), so a
+space that cannot even build is refused before trial 0. Nothing is written: the Trainer logs
+nowhere and keeps no checkpoint. What needs real training (divergence, NaN losses) is left to
+the run, where it stays a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.run_config import RunConfig
+
+__all__ = ["Check", "Preflight", "format_preflight", "preflight_run", "preflight_study"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One passed check: what was built or run, what it showed, and how long it took."""
+
+    name: str
+    detail: str
+    seconds: float
+
+
+@dataclass
+class Preflight:
+    """The checks one run config passed, and the metrics its one batch logged."""
+
+    label: str
+    device: str
+    checks: list[Check] = field(default_factory=list)
+    parameters: int = 0  # the network's
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return math.fsum(c.seconds for c in self.checks)
+
+    @contextlib.contextmanager
+    def check(self, name: str) -> Iterator[list[str]]:
+        """Time one check; the body appends its one-line detail to the yielded list."""
+        start = time.perf_counter()
+        detail: list[str] = []
+        yield detail
+        self.checks.append(Check(name, "; ".join(detail), time.perf_counter() - start))
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or obj.__class__.__qualname__
+
+
+def _culprit(probe: Callable[[dict[str, Any]], Any], kwargs: dict[str, Any]) -> str | None:
+    """The key of ``kwargs`` without which ``probe`` succeeds, if exactly one is to blame."""
+    for key in kwargs:
+        try:
+            probe({k: v for k, v in kwargs.items() if k != key})
+        except Exception:  # noqa: BLE001 - still failing: this key is not (alone) to blame
+            continue
+        return key
+    return None
+
+
+_PLAIN = {t.__name__: t for t in (int, float, str, bool)}
+
+
+def _mistyped(ctor: Callable, kwargs: dict[str, Any]) -> str | None:
+    """The one key whose value is not of the plain type (int, float, str, bool) its parameter
+    is annotated with or defaults to, for a required key that cannot simply be left out."""
+    try:
+        params = inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        return None
+    wrong = []
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None:
+            continue
+        hint = param.annotation
+        expected = _PLAIN.get(hint) if isinstance(hint, str) else hint
+        if expected not in _PLAIN.values() and param.default not in (None, param.empty):
+            expected = type(param.default)
+        if expected not in _PLAIN.values():
+            continue
+        numeric = expected is float and isinstance(value, int) and not isinstance(value, bool)
+        if not (isinstance(value, expected) or numeric) or (
+            expected is not bool and isinstance(value, bool)
+        ):
+            wrong.append(key)
+    return wrong[0] if len(wrong) == 1 else None
+
+
+def _default(ctor: Callable, name: str) -> Any:
+    try:
+        param = inspect.signature(ctor).parameters.get(name)
+    except (TypeError, ValueError):
+        return inspect.Parameter.empty
+    return inspect.Parameter.empty if param is None else param.default
+
+
+def probe_kwargs(
+    probe: Callable[[dict[str, Any]], Any],
+    kwargs: dict[str, Any],
+    source: str,
+    group: str,
+    ctor: Callable,
+    what: str,
+) -> Any:
+    """``probe(kwargs)`` (build a component from its ``*_config`` and use it once).
+
+    A failure is a ConfigError naming the key it rejected (``optimizer_config.lr``) when the
+    probe succeeds without that key, else the whole ``group``.
+    """
+    try:
+        return probe(kwargs)
+    except Exception as exc:
+        culprit = _culprit(probe, kwargs) or _mistyped(ctor, kwargs)
+        name = _name(ctor)
+        if culprit is None:
+            raise ConfigError(
+                source, group, f"{what} failed with {kwargs!r} ({_first_line(exc)})", f"fix {group}"
+            ) from exc
+        default = _default(ctor, culprit)
+        hint = "" if default is inspect.Parameter.empty else f" (its default is {default!r})"
+        raise ConfigError(
+            source,
+            f"{group}.{culprit}",
+            f"{name} rejected {kwargs[culprit]!r} ({_first_line(exc)})",
+            f"give {group}.{culprit} a value {name} accepts{hint}",
+        ) from exc
+
+
+@contextlib.contextmanager
+def _blame(source: str, key: str | None, what: str, fix: str) -> Iterator[None]:
+    """Any exception in the body becomes a ConfigError: ``what`` failed, and why."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(source, key, f"{what} failed ({_first_line(exc)})", fix) from exc
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return (
+        "[" + ", ".join(str(d) for d in shape) + "]" if shape is not None else type(value).__name__
+    )
+
+
+def _single_device(cfg: RunConfig) -> RunConfig:
+    """The config on one device of its kind: the preflight needs no extra ranks."""
+    return dataclasses.replace(cfg, devices=1, strategy="auto")
+
+
+def _device(cfg: RunConfig):
+    """The torch device a single-device run of ``cfg`` trains on."""
+    import torch
+
+    from lightning_hpo.trainer import accelerator_and_devices
+
+    accelerator, devices = accelerator_and_devices(cfg)
+    if accelerator == "gpu":
+        return torch.device(f"cuda:{devices[0] if isinstance(devices, list) else 0}")
+    return torch.device("mps" if accelerator == "mps" else "cpu")
+
+
+def _short(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def preflight_run(
+    cfg: RunConfig, source: str = "<run config>", label: str = "run config"
+) -> Preflight:
+    """Build every component of ``cfg`` and train it for one batch (see the module doc).
+
+    Raises:
+        ConfigError: naming the file and key of the first component that fails.
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from lightning_hpo.components import build_module, build_net
+    from lightning_hpo.data import build_datamodule
+    from lightning_hpo.imports import accepted_kwargs, resolve
+    from lightning_hpo.trainer import build_trainer
+
+    device = _device(cfg)
+    result = Preflight(label, str(device))
+    seed = cfg.seeds[0]
+
+    def serve(data_config: dict[str, Any]):
+        pl.seed_everything(seed, workers=True, verbose=False)  # as components.build_data
+        dm = build_datamodule(resolve(cfg.data), data_config, cfg.batch_size, seed)
+        dm.setup("fit")
+        return dm, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
+
+    with result.check("data") as detail:
+        dm, batch, val_batch = probe_kwargs(
+            serve, cfg.data_config, source, "data_config", resolve(cfg.data), f"{cfg.data}"
+        )
+        x, y = (t.to(device) for t in batch[:2])
+        detail.append(f"{_short(cfg.data)}: batch {_shape(x)} -> {_shape(y)} {y.dtype}")
+        detail.append(f"validation batch {_shape(val_batch[0])}")
+
+    def forward(net_config: dict[str, Any]):
+        net = build_net(dataclasses.replace(cfg, net_config=net_config), dm, seed).to(device)
+        return net, net(x)
+
+    with result.check("net") as detail:
+        net, pred = probe_kwargs(
+            forward,
+            cfg.net_config,
+            source,
+            "net_config",
+            resolve(cfg.net),
+            f"{cfg.net} on a training batch {_shape(x)}",
+        )
+        result.parameters = sum(p.numel() for p in net.parameters())
+        detail.append(f"{_short(cfg.net)}: {result.parameters:,} parameters, output {_shape(pred)}")
+
+    def score(criterion_config: dict[str, Any]):
+        criterion = resolve(cfg.criterion)
+        if isinstance(criterion, type):
+            criterion = criterion(**criterion_config)
+        loss = criterion(pred, y)
+        if not (torch.is_tensor(loss) and loss.numel() == 1):
+            raise TypeError(f"expected a scalar tensor, got {_shape(loss)}")
+        return loss
+
+    with result.check("loss") as detail:
+        loss = probe_kwargs(
+            score,
+            cfg.criterion_config,
+            source,
+            "criterion_config" if cfg.criterion_config else "criterion",
+            resolve(cfg.criterion),
+            f"{cfg.criterion} on the net's output {_shape(pred)} and the targets {_shape(y)}",
+        )
+        detail.append(f"{_short(cfg.criterion)} = {loss.item():.4g}")
+
+    optimizer_cls = resolve(cfg.optimizer)
+    with result.check("optimizer step") as detail:
+        optimizer = probe_kwargs(
+            lambda kw: optimizer_cls(list(net.parameters()), **kw),
+            cfg.optimizer_config,
+            source,
+            "optimizer_config",
+            optimizer_cls,
+            f"{cfg.optimizer}",
+        )
+        scheduler = None
+        if cfg.scheduler:
+            scheduler_cls = resolve(cfg.scheduler)
+            scheduler_config = dict(cfg.scheduler_config)
+            if "T_max" in (accepted_kwargs(scheduler_cls) or ()):
+                scheduler_config.setdefault("T_max", cfg.epochs)  # as the module fills it in
+
+            def schedule(kw: dict[str, Any]) -> None:
+                scratch = optimizer_cls(list(net.parameters()), **cfg.optimizer_config)
+                scheduler = scheduler_cls(scratch, **kw)
+                scratch.step()  # no gradients: only counts the step, as the schedule expects
+                scheduler.step()
+
+            probe_kwargs(
+                schedule,
+                scheduler_config,
+                source,
+                "scheduler_config",
+                scheduler_cls,
+                f"{cfg.scheduler}",
+            )
+            scheduler = scheduler_cls(optimizer, **scheduler_config)
+        with _blame(source, "optimizer_config", f"{cfg.optimizer}'s step", "fix optimizer_config"):
+            loss.backward()
+            optimizer.step()
+        detail.append(f"{_short(cfg.optimizer)} {cfg.optimizer_config}")
+
+    if scheduler is not None:
+        with result.check("scheduler step") as detail:
+            with _blame(
+                source, "scheduler_config", f"{cfg.scheduler}'s step", "fix scheduler_config"
+            ):
+                scheduler.step()
+            detail.append(f"{_short(cfg.scheduler)} {scheduler_config}")
+
+    with result.check("Lightning") as detail:
+        with _blame(source, "net", "building the LightningModule", "fix the run config"):
+            module = build_module(cfg, dm, seed)
+        with tempfile.TemporaryDirectory(prefix="lightning-hpo-preflight-") as scratch:
+            with _blame(source, "trainer_config", "building the Trainer", "fix trainer_config"):
+                trainer = build_trainer(
+                    _single_device(cfg),
+                    checkpointing=False,
+                    fast_dev_run=1,
+                    logger=False,
+                    default_root_dir=scratch,
+                )
+            with _blame(
+                source,
+                None,
+                f"{type(module).__qualname__} training and validating one batch",
+                "run with --debug for the traceback",
+            ):
+                trainer.fit(module, datamodule=dm)
+        result.metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if torch.is_tensor(v) and v.numel() == 1
+        }
+        logged = ", ".join(sorted(result.metrics)) or "nothing"
+        detail.append(f"{type(module).__qualname__} logs {logged}")
+    return result
+
+
+def _corner_values(param) -> list[Any]:
+    """A parameter's values in corner order: low end, high end, then categorical middles."""
+    if param.type == "categorical":
+        choices = list(param.choices)
+        return [choices[0], choices[-1], *choices[1:-1]] if len(choices) > 1 else choices
+    return [param.min, param.max]
+
+
+def space_corners(opt, run: RunConfig) -> list[tuple[str, RunConfig, dict[str, Any]]]:
+    """The search space's corners as run configs: every parameter at its low end, every one
+    at its high end, then each categorical choice not yet seen (numbers at their high end)."""
+    from lightning_hpo.run_config import run_config_from_dict
+
+    values = {p.name: _corner_values(p) for p in opt.params}
+    count = max((len(v) for v in values.values()), default=0)
+    corners: list[tuple[str, RunConfig, dict[str, Any]]] = []
+    seen: list[dict[str, Any]] = []
+    for k in range(count):
+        chosen = {p.name: values[p.name][min(k, len(values[p.name]) - 1)] for p in opt.params}
+        for p in opt.params:
+            if p.type != "categorical" and k >= 2:
+                chosen[p.name] = values[p.name][-1]
+        if chosen in seen:
+            continue
+        seen.append(chosen)
+        data = run.to_dict()
+        for p in opt.params:
+            value = chosen[p.name]
+            p.apply(data, int(value) if p.type == "int" else value)
+        label = ("low corner", "high corner")[k] if k < 2 else f"corner {k + 1}"
+        corners.append((label, run_config_from_dict(data, label), chosen))
+    return corners
+
+
+def preflight_study(run: RunConfig, opt, run_source: str, opt_source: str) -> list[Preflight]:
+    """The run config's preflight, the metric check, then each corner of the search space.
+
+    Raises:
+        ConfigError: for the run config's first failing component; for ``metric`` when the
+            module never logs it (naming what it does log); for a corner that fails, naming
+            the corner's values.
+    """
+    base = preflight_run(run, run_source)
+    if opt.metric not in base.metrics:
+        logged = ", ".join(sorted(base.metrics)) or "nothing"
+        raise ConfigError(
+            opt_source,
+            "metric",
+            f"{opt.metric!r} is never logged: one training and validation batch logged {logged}",
+            "set metric to one of those, or log it from your LightningModule",
+        )
+    results = [base]
+    for label, cfg, chosen in space_corners(opt, run):
+        where = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+        result = preflight_run(cfg, f"{opt_source} (search space, {label}: {where})", label)
+        results.append(dataclasses.replace(result, label=f"{label}: {where}"))
+    return results
+
+
+def format_preflight(results: list[Preflight], source: str) -> str:
+    """What was checked, as a short table: every check of the run config, then one line per
+    corner of the search space."""
+    first, corners = results[0], results[1:]
+    lines = [f"preflight of {source} on {first.device}:"]
+    width = max(len(c.name) for c in first.checks)
+    lines += [f"  {c.name:<{width}}  {c.seconds * 1000:5.0f} ms  {c.detail}" for c in first.checks]
+    if corners:
+        lines.append(f"search space, {len(corners)} corners:")
+        lines += [
+            f"  {r.seconds * 1000:5.0f} ms  {r.parameters:>10,} parameters  {r.label}"
+            for r in corners
+        ]
+    total = math.fsum(r.seconds for r in results)
+    lines.append(
+        f"passed: {len(results)} config(s) built and trained for one batch in {total:.1f} s"
+    )
+    return "\n".join(lines)
