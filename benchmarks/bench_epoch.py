@@ -53,9 +53,9 @@ quiet()
 
 import torch  # noqa: E402
 
-from lightning_hpo import components, console, data, training  # noqa: E402
+from lightning_hpo import components, console, data, module, training  # noqa: E402
 from lightning_hpo.data import synthetic_regression  # noqa: E402
-from lightning_hpo.module import RegressionModule  # noqa: E402
+from lightning_hpo.module import SupervisedModule  # noqa: E402
 from lightning_hpo.run_config import RunConfig  # noqa: E402
 
 NO_CKPT = {"save_best": False, "save_last": False}
@@ -74,7 +74,7 @@ def no_tensorboard():
         training.TensorBoardLogger = saved
 
 
-class ManualOptModule(RegressionModule):
+class ManualOptModule(SupervisedModule):
     """Candidate for module.py: manual optimization with the raw optimizer.
 
     Skips Lightning's per-step closure, LightningOptimizer and precision/strategy hooks
@@ -132,26 +132,27 @@ class EpochStepModule(ManualOptModule):
 
 @contextlib.contextmanager
 def patched(**changes):
-    """Temporarily replace names in lightning_hpo.components / lightning_hpo.data."""
+    """Temporarily replace names in lightning_hpo.components / .data / .module."""
     saved = []
     for name, value in changes.items():
-        module = data if name == "TensorBatches" else components
-        saved.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
+        # The run config's module path resolves to lightning_hpo.module.SupervisedModule.
+        owner = {"TensorBatches": data, "SupervisedModule": module}.get(name, components)
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def _manual():
-    return patched(RegressionModule=ManualOptModule)
+    return patched(SupervisedModule=ManualOptModule)
 
 
 def _epoch_step():
     return patched(
-        RegressionModule=EpochStepModule,
+        SupervisedModule=EpochStepModule,
         TensorBatches=EpochBatches,
         feature_sizes=lambda dm: (1, 1),
     )
@@ -171,7 +172,7 @@ class EpochStepPublicModule(EpochStepModule):
 
 def _epoch_step_public():
     return patched(
-        RegressionModule=EpochStepPublicModule,
+        SupervisedModule=EpochStepPublicModule,
         TensorBatches=EpochBatches,
         feature_sizes=lambda dm: (1, 1),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["PFLPruner", "predict_final_loss", "__version__"]
+__all__ = ["PFLPruner", "load_run", "predict_final_loss", "__version__"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from lightning_hpo.pfl import predict_final_loss
 
         return predict_final_loss
+    if name == "load_run":
+        from lightning_hpo.loading import load_run
+
+        return load_run
     raise AttributeError(f"module 'lightning_hpo' has no attribute {name!r}")

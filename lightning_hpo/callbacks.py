@@ -12,8 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_hpo.console import is_quiet, quiet_lightning
-from lightning_hpo.errors import ConfigError
-from lightning_hpo.metrics import LOGGED_METRICS
+from lightning_hpo.metrics import require_logged
 from lightning_hpo.results import SeedResult
 from lightning_hpo.seeds import SeedStates, seed_metric
 
@@ -69,13 +68,7 @@ class RunRecorder(Callback):
             return
         if self.monitor not in metrics:
             if self.monitor.startswith("val") or trainer.current_epoch > 0:
-                logged = sorted({k for k in metrics if "/" not in k} | set(LOGGED_METRICS))
-                raise ConfigError(
-                    "metric",
-                    self.monitor,
-                    "is never logged by the LightningModule",
-                    f"use one of: {', '.join(logged)}",
-                )
+                require_logged(self.monitor, metrics, source="the monitored metric")
             return
         for result in self.results:
             if self.states is None or self.states.training(result.seed, trainer.current_epoch):

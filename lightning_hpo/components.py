@@ -1,5 +1,10 @@
 """A run's parts, built from its config: the data, each seed's network, the LightningModule.
 
+The module is the class ``module:`` names, constructed as the README's module contract says:
+``cls(net=..., criterion=..., optimizer=..., optimizer_config=..., scheduler=...,
+scheduler_config=..., epochs=..., **module_config)``, plus ``run_config=`` (what
+``load_from_checkpoint`` rebuilds it from) when the constructor takes it.
+
 A constructor that rejects its config's arguments is a ConfigError, raised before anything
 is written.
 """
@@ -16,39 +21,59 @@ from torch import nn
 from lightning_hpo.data import build_datamodule, feature_sizes
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, resolve
-from lightning_hpo.module import RegressionModule
+from lightning_hpo.module import parts_from_config
 from lightning_hpo.run_config import RunConfig
+
+
+def net_kwargs(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
+    """The network's arguments: ``net_config``, plus ``in_features``/``out_features`` from
+    the data when the network takes them."""
+    kwargs = dict(cfg.net_config)
+    accepted = accepted_kwargs(resolve(cfg.net))
+    if accepted is None or {"in_features", "out_features"} <= accepted:
+        kwargs["in_features"], kwargs["out_features"] = feature_sizes(dm)
+    return kwargs
 
 
 def build_net(cfg: RunConfig, dm: pl.LightningDataModule, seed: int) -> nn.Module:
     """The network of one seed: ``seed_everything(seed)``, then the constructor, so its
     initial weights are the same whether the seed trains alone or fused."""
-    net_cls = resolve(cfg.net)
-    net_kwargs = dict(cfg.net_config)
-    accepted = accepted_kwargs(net_cls)
-    if accepted is None or {"in_features", "out_features"} <= accepted:
-        net_kwargs["in_features"], net_kwargs["out_features"] = feature_sizes(dm)
+    kwargs = net_kwargs(cfg, dm)
     pl.seed_everything(seed, workers=True, verbose=False)
-    return net_cls(**net_kwargs)
+    return resolve(cfg.net)(**kwargs)
 
 
 def module_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    criterion = resolve(cfg.criterion)
-    if isinstance(criterion, type):
-        criterion = criterion(**cfg.criterion_config)
-    return {
-        "criterion": criterion,
-        "optimizer": resolve(cfg.optimizer),
-        "optimizer_config": cfg.optimizer_config,
-        "scheduler": resolve(cfg.scheduler) if cfg.scheduler else None,
-        "scheduler_config": cfg.scheduler_config,
-        "epochs": cfg.epochs,
-    }
+    """The contract's arguments besides ``net``: criterion, optimizer, scheduler, their
+    configs and the epochs."""
+    return parts_from_config(cfg.to_dict())
 
 
-def build_module(cfg: RunConfig, dm: pl.LightningDataModule, seed: int = 0) -> RegressionModule:
-    """The LightningModule of one seed, with the network sized from the data."""
-    return RegressionModule(net=build_net(cfg, dm, seed), **module_kwargs(cfg))
+def saved_config(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
+    """The run config a module saves as its ``run_config`` hyperparameter: ``net_config``
+    holds every argument the network was built with, so a checkpoint rebuilds the network
+    without the data."""
+    return cfg.to_dict() | {"net_config": net_kwargs(cfg, dm)}
+
+
+def module_arguments(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
+    """What the run hands ``module``'s constructor besides ``net`` (the module contract)."""
+    kwargs = module_kwargs(cfg) | dict(cfg.module_config)
+    accepted = accepted_kwargs(resolve(cfg.module))
+    if accepted is None or "run_config" in accepted:
+        kwargs["run_config"] = saved_config(cfg, dm)
+    return kwargs
+
+
+def build_module(cfg: RunConfig, dm: pl.LightningDataModule, seed: int = 0) -> pl.LightningModule:
+    """The LightningModule of one seed (the class ``module:`` names), with the network sized
+    from the data."""
+    with config_errors(cfg, "net"):
+        net = build_net(cfg, dm, seed)
+    with config_errors(cfg, "criterion"):
+        kwargs = module_arguments(cfg, dm)
+    with config_errors(cfg, "module"):
+        return resolve(cfg.module)(net=net, **kwargs)
 
 
 @contextlib.contextmanager
@@ -75,11 +100,12 @@ def build_data(cfg: RunConfig, seed: int) -> pl.LightningDataModule:
         return build_datamodule(resolve(cfg.data), cfg.data_config, cfg.batch_size, seed)
 
 
-def build_components(cfg: RunConfig, seed: int) -> tuple[pl.LightningDataModule, RegressionModule]:
+def build_components(
+    cfg: RunConfig, seed: int
+) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The data and the module of one seed."""
     dm = build_data(cfg, seed)
-    with config_errors(cfg, "net"):
-        return dm, build_module(cfg, dm, seed)
+    return dm, build_module(cfg, dm, seed)
 
 
 def hparams_of(cfg: RunConfig) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lightning_hpo.data import RegressionData
-from lightning_hpo.metrics import TRAIN_LOSS, VAL_LOSS, VAL_R2
-from lightning_hpo.module import RegressionModule
+from lightning_hpo.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
+from lightning_hpo.module import SupervisedModule, is_class_target
 from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
 from lightning_hpo.stacking import (
     Mode,
@@ -52,13 +52,20 @@ from lightning_hpo.stacking import (
 FUSED_KEY = "lightning_hpo/fused"
 
 
-class FusedModule(RegressionModule):
-    """``RegressionModule`` for S seeds at once: ``net`` is the stacked network.
+class FusedModule(SupervisedModule):
+    """``SupervisedModule`` for S seeds at once: ``net`` is the stacked network.
 
     Each seed's loss is the criterion on its own slice, and the step minimises their
     sum, so every seed's gradient is exactly its own. A seed that early stopping
     stopped (``states``) keeps its weights: they are put back after every optimizer step.
+    Every metric is logged per seed and as the seeds' mean (``_log_per_seed``).
+
+    Its hyperparameters are a one-seed module's (``mode`` and ``states`` are left out), so
+    each seed's checkpoint (``SeedCheckpointIO``) loads with
+    ``SupervisedModule.load_from_checkpoint``.
     """
+
+    NOT_HYPERPARAMETERS = (*SupervisedModule.NOT_HYPERPARAMETERS, "mode", "states")
 
     def __init__(self, net: nn.Module, mode: Mode, states: SeedStates, **kwargs: Any):
         super().__init__(net=net, **kwargs)
@@ -85,6 +92,11 @@ class FusedModule(RegressionModule):
             )
             self._accumulate("val_sy", y2.sum(0))
             self._accumulate("val_syy", y2.pow(2).sum(0))
+        elif shared and pred.ndim == y.ndim + 2 and is_class_target(y):
+            hits = pred.detach().argmax(2) == y  # [S, n, ...]
+            self._accumulate(
+                "val_hits", hits.flatten(1).sum(1, dtype=losses.dtype) / (hits[0].numel() / n)
+            )
         return losses.sum()
 
     def _log_per_seed(self, name: str, values: torch.Tensor) -> None:
@@ -102,6 +114,9 @@ class FusedModule(RegressionModule):
         if sse is not None:
             sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
             self._log_per_seed(VAL_R2, (1 - sse / sst).mean(-1))
+        hits = self._sums.pop("val_hits", None)
+        if hits is not None:
+            self._log_per_seed(VAL_ACC, hits / n)
 
     def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")
@@ -351,12 +366,21 @@ def blocker(
     optimizer: Callable,
     optimizer_config: dict[str, Any],
     devices: int | str,
+    module: type = SupervisedModule,
 ) -> tuple[Mode | None, str | None]:
     """How the seeds' ``nets`` can train fused (``(mode, None)``), or why not (``(None, reason)``).
 
     Checked on the first real training batch: the stacked forward must reproduce each
     network's own, and the optimizer must update stacked tensors element by element.
+    ``module`` is the run's LightningModule class: ``FusedModule`` runs the built-in one's
+    steps for every seed, so any other (a subclass included) trains seed after seed.
     """
+    if module is not SupervisedModule:
+        return (
+            None,
+            f"module {module.__module__}.{module.__qualname__} is not the built-in "
+            f"{SupervisedModule.__module__}.{SupervisedModule.__qualname__}, whose steps fused training runs",
+        )
     if not isinstance(dm, RegressionData):
         return (
             None,

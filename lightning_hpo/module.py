@@ -2,44 +2,93 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_hpo.imports import accepted_kwargs
-from lightning_hpo.metrics import LR, TRAIN_LOSS, VAL_LOSS, VAL_R2
+from lightning_hpo.imports import accepted_kwargs, resolve
+from lightning_hpo.metrics import LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
 
 
-class RegressionModule(pl.LightningModule):
-    """Trains ``net`` with ``criterion``; logs epoch means of the losses, R² and the learning rate.
+def is_class_target(y: torch.Tensor) -> bool:
+    """Integer targets are class indices (classification); floating-point ones are values."""
+    return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
-    Losses are summed on the device and logged once per epoch: a per-step ``log`` or
-    ``.item()`` would synchronise every batch and cost more than the MLP itself.
+
+def parts_from_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The criterion, optimizer and scheduler a run config names, as the module takes them.
+
+    ``components.build_module`` and ``load_from_checkpoint`` both build them here, so a
+    module rebuilt from a checkpoint is the one that trained.
+    """
+    criterion = resolve(run_config["criterion"])
+    if isinstance(criterion, type):
+        criterion = criterion(**run_config.get("criterion_config", {}))
+    scheduler = run_config.get("scheduler")
+    return {
+        "criterion": criterion,
+        "optimizer": resolve(run_config["optimizer"]),
+        "optimizer_config": dict(run_config.get("optimizer_config", {})),
+        "scheduler": resolve(scheduler) if scheduler else None,
+        "scheduler_config": dict(run_config.get("scheduler_config", {})),
+        "epochs": run_config.get("epochs", 1),
+    }
+
+
+class SupervisedModule(pl.LightningModule):
+    """Trains ``net`` with ``criterion``; logs epoch means of the losses, the learning rate, and
+    ``val_r2`` for value targets or ``val_acc`` for integer class targets.
+
+    Losses and scores are summed on the device and logged once per epoch: a per-step ``log``
+    or ``.item()`` would synchronise every batch and cost more than the MLP itself.
+
+    Checkpoints load back the Lightning way, ``SupervisedModule.load_from_checkpoint(path)``:
+    the objects (network, loss, optimizer and scheduler classes) are not saved as
+    hyperparameters; ``run_config`` is, and rebuilds them.
 
     Args:
-        net: any ``nn.Module``.
+        net: any ``nn.Module``; None to build it from ``run_config``.
         criterion: a loss module or function ``(pred, target) -> scalar``.
         optimizer: optimizer class (or factory) called as ``optimizer(params, **optimizer_config)``.
         scheduler: LR scheduler class called as ``scheduler(optimizer, **scheduler_config)``, or None.
         epochs: the run's length; fills a scheduler's ``T_max`` when the config leaves it out.
+        run_config: the run config as a mapping, its ``net_config`` holding every argument
+            the network was built with (sizes from the data included). Saved with the
+            checkpoints; the objects left None are built from it.
     """
+
+    # Constructor arguments that are objects, rebuilt from run_config rather than saved.
+    NOT_HYPERPARAMETERS = ("net", "criterion", "optimizer", "scheduler")
 
     def __init__(
         self,
-        net: nn.Module,
-        criterion: Callable,
-        optimizer: Callable,
-        optimizer_config: dict[str, Any],
+        net: nn.Module | None = None,
+        criterion: Callable | None = None,
+        optimizer: Callable | None = None,
+        optimizer_config: dict[str, Any] | None = None,
         scheduler: Callable | None = None,
         scheduler_config: dict[str, Any] | None = None,
         epochs: int = 1,
+        run_config: dict[str, Any] | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=list(self.NOT_HYPERPARAMETERS))
+        if net is None or criterion is None or optimizer is None:
+            if run_config is None:
+                raise TypeError(
+                    f"{type(self).__name__} needs net, criterion and optimizer, or run_config to build them"
+                )
+            parts = parts_from_config(run_config)
+            if net is None:
+                net = resolve(run_config["net"])(**run_config["net_config"])
+            criterion = criterion if criterion is not None else parts["criterion"]
+            if optimizer is None:
+                optimizer, scheduler = parts["optimizer"], parts["scheduler"]
         self.net, self.criterion = net, criterion
-        self.optimizer_factory, self.optimizer_config = optimizer, optimizer_config
+        self.optimizer_factory, self.optimizer_config = optimizer, dict(optimizer_config or {})
         self.scheduler_factory, self.scheduler_config = scheduler, dict(scheduler_config or {})
         accepted = accepted_kwargs(scheduler) if scheduler is not None else set()
         if accepted is not None and "T_max" in accepted:
@@ -65,6 +114,10 @@ class RegressionModule(pl.LightningModule):
             self._accumulate("val_sse", (pred.detach().reshape(n, -1) - y2).pow(2).sum(0))
             self._accumulate("val_sy", y2.sum(0))
             self._accumulate("val_syy", y2.pow(2).sum(0))
+        elif stage == "val" and pred.ndim == y.ndim + 1 and is_class_target(y):
+            # Class scores [n, C] (or [n, C, ...] against [n, ...]): count the right argmax.
+            hits = pred.detach().argmax(1) == y
+            self._accumulate("val_hits", hits.sum(dtype=loss.dtype) / (hits.numel() / n))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -87,6 +140,9 @@ class RegressionModule(pl.LightningModule):
         if sse is not None:
             sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
             self.log(VAL_R2, (1 - sse / sst).mean(), sync_dist=True)
+        hits = self._sums.pop("val_hits", None)
+        if hits is not None:
+            self.log(VAL_ACC, hits / n, sync_dist=True)
 
     def on_train_epoch_start(self):
         # Read before the epoch: by its end Lightning has already stepped the scheduler.

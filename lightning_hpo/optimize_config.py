@@ -13,8 +13,13 @@ from typing import Any
 
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.metrics import LOGGED_METRICS
-from lightning_hpo.run_config import RunConfig, run_config_from_dict, unknown_key
+from lightning_hpo.metrics import metric_name_problem
+from lightning_hpo.run_config import (
+    RunConfig,
+    check_module_config,
+    run_config_from_dict,
+    unknown_key,
+)
 from lightning_hpo.search_space import Param, kwargs_target, parse_space
 from lightning_hpo.validation import is_int
 from lightning_hpo.yamlio import load_yaml
@@ -29,7 +34,7 @@ class OptimizeConfig:
     study_name: str = "Optimize_MLP_Example"
     trials: int = 20  # the study's total, across restarts and workers
     seed: int | None = 42  # seeds the sampler
-    metric: str = "val_loss"  # what the LightningModule logs and the study optimizes
+    metric: str = "val_loss"  # any metric the LightningModule logs; the study optimizes it
     direction: str = "minimize"
     sampler: dict[str, Any] = field(
         default_factory=lambda: {"name": "optuna.samplers.TPESampler", "kwargs": {}}
@@ -137,12 +142,11 @@ def optimize_config_from_dict(
             f"expected minimize or maximize, got {cfg.direction!r}",
             "set direction: minimize or direction: maximize",
         )
-    if cfg.metric not in LOGGED_METRICS:
+    problem = metric_name_problem(cfg.metric)
+    if problem:
+        # Whether the module logs it is known once it validates a batch (preflight).
         raise ConfigError(
-            source,
-            "metric",
-            f"{cfg.metric!r} is never logged by the LightningModule",
-            f"use one of: {', '.join(LOGGED_METRICS)}",
+            source, "metric", problem, "name a metric the LightningModule logs, e.g. val_loss"
         )
     for part in ("sampler", "pruner"):
         spec = getattr(cfg, part)
@@ -213,6 +217,8 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
         target = kwargs_target(run, p.group) if p.group else None
         if target is not None:
             check_kwargs(target, {p.key: None}, source, f"search_space.{p.group}", require=False)
+        if p.group == "module_config":
+            check_module_config(target, [p.key], source, "search_space.module_config")
     for part, make in (("sampler", cfg.make_sampler), ("pruner", cfg.make_pruner)):
         try:
             make()

@@ -11,12 +11,13 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import check_kwargs, resolve
+from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
 from lightning_hpo.validation import is_int
 from lightning_hpo.yamlio import load_yaml
 
@@ -24,6 +25,19 @@ _EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
 _CHECKPOINT = {"save_best": True, "save_last": True}
 _IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data")
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
+DEFAULT_MODULE = "lightning_hpo.module.SupervisedModule"
+# What a run hands its LightningModule's constructor itself (the README's module contract):
+# built from the config's own keys, so never set in module_config. run_config only when taken.
+MODULE_ARGUMENTS = (
+    "net",
+    "criterion",
+    "optimizer",
+    "optimizer_config",
+    "scheduler",
+    "scheduler_config",
+    "epochs",
+    "run_config",
+)
 
 
 @dataclass
@@ -42,6 +56,7 @@ class RunConfig:
     data: str = (
         "lightning_hpo.data.synthetic_regression"  # (train, val) factory or LightningDataModule
     )
+    module: str = DEFAULT_MODULE  # the LightningModule class: the built-in, or your own
     net_config: dict[str, Any] = field(
         default_factory=lambda: {"nodes": 64, "layers": 4, "activation": "GELU"}
     )
@@ -49,6 +64,7 @@ class RunConfig:
     scheduler_config: dict[str, Any] = field(default_factory=lambda: {"eta_min": 1.0e-5})
     criterion_config: dict[str, Any] = field(default_factory=dict)
     data_config: dict[str, Any] = field(default_factory=dict)
+    module_config: dict[str, Any] = field(default_factory=dict)  # the module's own extra arguments
     early_stopping_config: dict[str, Any] = field(default_factory=lambda: dict(_EARLY_STOPPING))
     checkpoint_config: dict[str, Any] = field(default_factory=lambda: dict(_CHECKPOINT))
     strategy: str = "auto"  # Lightning strategy, e.g. ddp_spawn
@@ -201,6 +217,14 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
     values["checkpoint_config"] = _check_section(
         "checkpoint_config", values.get("checkpoint_config", {}), _CHECKPOINT, source
     )
+    for key in values.get("module_config", {}):
+        if key in MODULE_ARGUMENTS:
+            raise ConfigError(
+                source,
+                f"module_config.{key}",
+                "is handed to the module by the run itself",
+                f"set it through the run config's own keys; module_config holds only the module's other arguments ({', '.join(MODULE_ARGUMENTS)} are the run's)",
+            )
     cfg = RunConfig(**values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
         raise ConfigError(
@@ -227,8 +251,77 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
             "scheduler": ("optimizer", "T_max"),
         }
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
+    check_module(cfg, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
+
+
+def check_module(cfg: RunConfig, source: str) -> None:
+    """``module`` names a LightningModule class taking the run's arguments (``MODULE_ARGUMENTS``)
+    and ``module_config``."""
+    import lightning.pytorch as pl
+
+    cls = resolve(cfg.module, source, "module")
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise ConfigError(
+            source,
+            "module",
+            f"{cfg.module} is not a lightning.pytorch.LightningModule subclass",
+            f"name one, e.g. a subclass of {DEFAULT_MODULE}",
+        )
+    accepted = _init_arguments(cls)
+    missing = [a for a in MODULE_ARGUMENTS if a != "run_config" and a not in (accepted or (a,))]
+    if missing:
+        raise ConfigError(
+            source,
+            "module",
+            f"{cfg.module} takes no argument {missing[0]!r}, but the run constructs it with "
+            + ", ".join(f"{a}=..." for a in MODULE_ARGUMENTS if a != "run_config"),
+            f"accept those arguments (or **kwargs), e.g. subclass {DEFAULT_MODULE}",
+        )
+    check_module_config(cls, cfg.module_config, source)
+    check_kwargs(cls, cfg.module_config, source, "module_config", skip=MODULE_ARGUMENTS)
+
+
+def check_module_config(
+    cls: type, keys: Iterable[str], source: str, prefix: str = "module_config"
+) -> None:
+    """Refuse a ``module_config`` key the module's constructor does not take, following
+    ``**kwargs`` handed on to ``super().__init__`` (``_init_arguments``)."""
+    accepted = _init_arguments(cls)
+    if accepted is None:
+        return
+    valid = sorted(accepted - set(MODULE_ARGUMENTS))
+    for key in keys:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            raise ConfigError(
+                source,
+                f"{prefix}.{key}",
+                f"{cls.__qualname__} takes no argument '{key}'",
+                f"did you mean '{near[0]}'?"
+                if near
+                else f"valid keys: {', '.join(valid) or 'none'}",
+            )
+
+
+def _init_arguments(cls: type) -> set[str] | None:
+    """The keyword arguments a class's constructor takes, following ``**kwargs`` up the
+    classes it inherits from (a subclass that hands them on to ``super().__init__``);
+    None when they reach a constructor that takes any."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        accepted = accepted_kwargs(klass.__init__)
+        if accepted is not None:
+            return names | (accepted - {"self"})
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        names.discard("self")
+    return None
 
 
 def check_strategy(strategy: str, source: str) -> None:

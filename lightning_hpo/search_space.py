@@ -253,7 +253,7 @@ def kwargs_target(run: RunConfig, group: str):
     name = group.removesuffix("_config")
     path = (
         getattr(run, name, None)
-        if name in ("net", "optimizer", "scheduler", "criterion", "data")
+        if name in ("net", "optimizer", "scheduler", "criterion", "data", "module")
         else None
     )
     return resolve(path) if path else None

@@ -25,7 +25,7 @@ from lightning_hpo.components import (
     build_net,
     config_errors,
     hparams_of,
-    module_kwargs,
+    module_arguments,
 )
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
@@ -191,7 +191,7 @@ def fit_fused(
     monitor, mode = options.monitor, options.mode
     states = SeedStates(seeds)
     module = FusedModule(
-        net=stack(nets, stacking), mode=stacking, states=states, **module_kwargs(cfg)
+        net=stack(nets, stacking), mode=stacking, states=states, **module_arguments(cfg, dm)
     )
     results = [
         SeedResult(seed, run_dir, mode=mode, together=len(seeds))
@@ -249,7 +249,9 @@ def plan_fusion(
     dm = build_data(cfg, seeds[0])
     with config_errors(cfg, "net"):
         nets = [build_net(cfg, dm, seed) for seed in seeds]
-    stacking, reason = blocker(dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices)
+    stacking, reason = blocker(
+        dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices, resolve(cfg.module)
+    )
     return dm, nets, stacking, reason
 
 

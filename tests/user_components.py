@@ -9,7 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from lightning_hpo.module import SupervisedModule
+
 IN_FEATURES, OUT_FEATURES = 3, 2
+USER_METRIC = "val_mae"  # logged by MAEModule only
 
 
 def three_to_two(n: int = 240, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -130,3 +133,28 @@ class FailingNet(nn.Module):
 
     def forward(self, x):
         raise RuntimeError("this network always fails")
+
+
+class MAEModule(SupervisedModule):
+    """A user LightningModule: the built-in one plus a metric of its own, ``val_mae`` (the mean
+    absolute error times ``scale``, an argument from ``module_config``)."""
+
+    def __init__(self, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+        self._abs: list[torch.Tensor] = []
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        x, y = batch[0], batch[1]
+        self._abs.append((self(x) - y).abs().flatten())
+
+    def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
+        if self._abs:
+            self.log(USER_METRIC, self.scale * torch.cat(self._abs).mean())
+            self._abs.clear()
+
+
+class NotAModule(nn.Module):
+    """An nn.Module, but no LightningModule: refused as ``module``."""

@@ -1,0 +1,104 @@
+"""Trained networks back from run folders: ``load_run(run_dir)`` for inference.
+
+A run folder (``runs/<project>/<group>/<seed>/``, a study's trial seeds included) holds
+``config.yaml`` and ``checkpoints/best.ckpt`` and ``last.ckpt``; a fused run's seed folder
+holds that seed's slice only, so every folder loads the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning_hpo.errors import ConfigError
+
+CHECKPOINTS = {"best": "best.ckpt", "last": "last.ckpt"}
+_NET_PREFIX = "net."  # the module keeps its network as ``self.net`` (the module contract)
+
+
+def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
+    """``run_dir/checkpoints/<which>.ckpt``, or a ConfigError saying what the folder lacks."""
+    source = str(run_dir)
+    if which not in CHECKPOINTS:
+        raise ConfigError(
+            source,
+            "which",
+            f"expected 'best' or 'last', got {which!r}",
+            "use which='best' or 'last'",
+        )
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(
+            source,
+            None,
+            "is not a run folder (no config.yaml)",
+            "pass one seed's folder, e.g. runs/<project>/<group>/<seed>",
+        )
+    path = folder / "checkpoints" / CHECKPOINTS[which]
+    if not path.is_file():
+        present = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+        raise ConfigError(
+            source,
+            None,
+            f"has no checkpoints/{CHECKPOINTS[which]}"
+            + (f" (it has {', '.join(present)})" if present else " (no checkpoints at all)"),
+            "train with checkpoint_config save_best/save_last: true, or ask for the one it has",
+        )
+    return path
+
+
+def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu"):
+    """The trained network of a run folder, in eval mode, ready for inference.
+
+    The network is rebuilt from the ``run_config`` the module saved as a hyperparameter
+    (its ``net_config`` includes the sizes taken from the data), or, for a module that
+    saves none, from the folder's ``config.yaml`` and its data; then the checkpoint's
+    ``net.*`` weights are loaded, strictly.
+
+    Args:
+        run_dir: one seed's folder, ``runs/<project>/<group>/<seed>``.
+        which: ``"best"`` (the best epoch by the monitored metric) or ``"last"``.
+        map_location: where the weights go, as for ``torch.load``.
+
+    Returns:
+        The ``nn.Module`` (``module.net`` of the trained LightningModule), in eval mode.
+
+    Raises:
+        ConfigError: the folder is not a run folder or lacks the checkpoint.
+    """
+    import torch
+
+    from lightning_hpo.imports import resolve
+
+    path = checkpoint_path(run_dir, which)
+    # Our own files, written by Lightning: optimizer and loop states need full unpickling.
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    saved = checkpoint.get("hyper_parameters", {}).get("run_config")
+    if saved is not None:
+        net = resolve(saved["net"])(**saved["net_config"])
+    else:
+        net = _net_from_folder(Path(run_dir))
+    state = {
+        k.removeprefix(_NET_PREFIX): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(_NET_PREFIX)
+    }
+    if not state:
+        raise ConfigError(
+            str(path),
+            "state_dict",
+            "holds no net.* weights: the module keeps its network under another name",
+            "keep the network as self.net (the module contract), or load the checkpoint yourself",
+        )
+    net.load_state_dict(state)
+    return net.to(map_location).eval()
+
+
+def _net_from_folder(run_dir: Path):
+    """The run's network built from its config.yaml, sized from its data."""
+    from lightning_hpo.components import build_data, build_net
+    from lightning_hpo.run_config import run_config_from_dict
+    from lightning_hpo.yamlio import load_yaml
+
+    cfg = run_config_from_dict(load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    return build_net(cfg, build_data(cfg, cfg.seeds[0]), cfg.seeds[0])
