@@ -13,7 +13,11 @@ shrinks both studies alike. ``--threads`` passes torch's thread count to tune.py
 (default 1: on a shared 2-core machine two intra-op threads make epoch times erratic;
 ``--threads 0`` leaves torch's default).
 
-Run: ``python benchmarks/bench_study.py [--trials N] [--repeats R] [--versus nop|sequential]``,
+``--versus median`` adds a third study, the template with ``optuna.pruners.MedianPruner``
+(start-up 10 trials, warm-up 10 epochs, as PFL), so PFL, NopPruner and Median compare in
+one run.
+
+Run: ``python benchmarks/bench_study.py [--trials N] [--repeats R] [--versus nop|median|sequential]``,
 ``--quick`` for a smoke run (3 trials x 1 seed x 12 epochs).
 """
 
@@ -35,16 +39,27 @@ from _common import ROOT, median, print_table  # noqa: E402
 from lightning_hpo.attrs import EPOCHS_ATTR, N_SEEDS_ATTR  # noqa: E402
 
 
-def nop_config(tmp: Path) -> Path:
+def pruner_config(tmp: Path, block: str, name: str) -> Path:
+    """A copy of the optimize template whose whole pruner block (name + kwargs) is ``block``."""
     text = (ROOT / "configs" / "optimize_template.yaml").read_text()
-    # Replace the whole pruner block (name + kwargs) with NopPruner.
-    text, n = re.subn(
-        r"(?ms)^pruner:.*?(?=^\S)", "pruner:\n  name: optuna.pruners.NopPruner\n\n", text
-    )
+    text, n = re.subn(r"(?ms)^pruner:.*?(?=^\S)", f"pruner:\n{block}\n", text)
     assert n == 1, "pruner block not found in optimize_template.yaml"
-    path = tmp / "optimize_nop.yaml"
+    path = tmp / f"optimize_{name}.yaml"
     path.write_text(text)
     return path
+
+
+def nop_config(tmp: Path) -> Path:
+    return pruner_config(tmp, "  name: optuna.pruners.NopPruner\n", "nop")
+
+
+def median_config(tmp: Path) -> Path:
+    """MedianPruner with the template's start-up and warm-up."""
+    block = (
+        "  name: optuna.pruners.MedianPruner\n  kwargs:\n"
+        "    n_startup_trials: 10\n    n_warmup_steps: 10\n"
+    )
+    return pruner_config(tmp, block, "median")
 
 
 def seed_epochs(trial) -> int:
@@ -152,9 +167,10 @@ def main() -> None:
     ap.add_argument("--show-log", action="store_true", help="print tune.py's per-trial lines")
     ap.add_argument(
         "--versus",
-        choices=("nop", "sequential"),
+        choices=("nop", "median", "sequential"),
         default="nop",
-        help="nop: the shipped study vs NopPruner; sequential: vs fuse_seeds: false (default: %(default)s)",
+        help="nop: the shipped study vs NopPruner; median: vs NopPruner and MedianPruner (startup "
+        "10, warm-up 10), one after the other; sequential: vs fuse_seeds: false (default: %(default)s)",
     )
     ap.add_argument(
         "--baseline",
@@ -177,6 +193,13 @@ def main() -> None:
     elif args.versus == "nop":
         other = "NopPruner"
         configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (nop_config(tmp), None, ROOT)}
+    elif args.versus == "median":
+        other = "NopPruner"
+        configs = {
+            "PFL (as shipped)": (shipped, None, ROOT),
+            other: (nop_config(tmp), None, ROOT),
+            "MedianPruner": (median_config(tmp), None, ROOT),
+        }
     else:
         other = "seed after seed"
         configs = {"PFL (as shipped)": (shipped, None, ROOT), other: (shipped, "false", ROOT)}
@@ -214,17 +237,21 @@ def main() -> None:
             )
         )
     p, n = agg["PFL (as shipped)"], agg[other]
-    rows.append(
-        (
-            f"ratio shipped / {other}",
-            f"{p['wall'] / n['wall']:.2f}",
-            f"{p['epochs'] / n['epochs']:.2f}",
-            "",
-            "",
-            f"{p['best'] / n['best']:.3f}",
-            "",
+    for label in agg:
+        if label == "PFL (as shipped)":
+            continue
+        a = agg[label]
+        rows.append(
+            (
+                f"ratio shipped / {label}",
+                f"{p['wall'] / a['wall']:.2f}",
+                f"{p['epochs'] / a['epochs']:.2f}",
+                "",
+                "",
+                f"{p['best'] / a['best']:.3f}",
+                "",
+            )
         )
-    )
     nop = results[other][0]
     shape = f"{nop['trials']} trials, {int(n['full']) // max(1, nop['trials'])} seed-epochs per trial ({nop['seeds']} seed(s) each)"
     print_table(

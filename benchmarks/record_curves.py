@@ -1,11 +1,20 @@
 """Record full validation curves for replaying pruners (benchmarks/bench_pruners.py).
 
-For each task, ``--configs`` configurations are sampled with Optuna's RandomSampler
-(seed ``--sampler-seed``) from the default search space (configs/optimize_template.yaml:
-nodes {32, 64, 128}, layers 3..5, lr 1e-4..1e-2 log) and trained to the end (50 epochs,
-1 seed) with the plain in-memory PyTorch loop of ``_common.plain_fit``. That loop uses the
-same RNG calls as the project's Lightning path, so for the default task a curve equals
-what ``fit_seed`` records for that config and seed (checked in bench_epoch.py).
+For each task, configurations are sampled with Optuna's RandomSampler (seed
+``--sampler-seed``) from the task's search space and trained to the end with the plain
+in-memory PyTorch loop of ``_common.plain_fit`` (AdamW, cosine to 1e-5 over the run).
+That loop uses the same RNG calls as the project's Lightning path, so for the default
+task a curve equals what ``fit_seed`` records for that config and seed (checked in
+bench_epoch.py).
+
+* ``synthetic`` and ``spirals`` (the first recording): 200 configurations of the default
+  search space (configs/optimize_template.yaml: nodes {32, 64, 128}, layers 3..5,
+  lr 1e-4..1e-2 log; batch 256), 50 epochs, one seed (89).
+* ``wine`` and ``friedman`` (the noisy tasks): 120 configurations of a noisier space
+  (nodes {32, 64, 128}, layers 2..4, lr 3e-4..3e-2 log, batch {8, 16, 32, 64}), 30
+  epochs, the run template's three seeds (89, 231, 928). The replayed curve (``values``)
+  is the seeds' mean per epoch, which is what a trial whose seeds train fused reports;
+  each seed's curve is kept too (``seed_values``).
 
 Tasks:
 
@@ -14,11 +23,19 @@ Tasks:
 * ``spirals``: 3-class two-dimensional spirals (6k points, 20 % validation, angular
   noise), cross-entropy; spiky curves at high learning rates (77 of 200 rise by >20 %
   somewhere after epoch 10, 19 end >10 % above their minimum).
+* ``wine``: scikit-learn's bundled wine data (178 samples, 13 features standardised on
+  the training part, 3 classes, 30 % validation), cross-entropy. With 53 validation
+  samples and batches down to 8 the curves are noisy and spiky, and many overfit late.
+* ``friedman``: Friedman's regression #1 (10 uniform features, 5 of them irrelevant,
+  2,000 points, 20 % validation) with heavy-tailed noise (Student's t, 3 degrees of
+  freedom, about as much variance as the signal), target standardised, MSE.
 
 Output: benchmarks/data/curves_<task>.json.gz with the params and the per-epoch
 validation losses rounded to 6 significant digits (null for non-finite values).
 
-Run: ``python benchmarks/record_curves.py`` (~7.5 minutes on 2 busy cores),
+Run: ``python benchmarks/record_curves.py --tasks wine,friedman`` (the noisy tasks, a few
+minutes on 2 cores; scikit-learn is needed for ``wine`` only: ``pip install -e .[bench]``),
+``--tasks synthetic,spirals`` for the first two (~7.5 minutes on 2 busy cores),
 ``--quick`` for a smoke run into a temporary folder.
 """
 
@@ -32,6 +49,7 @@ import multiprocessing as mp
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +57,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, cpu_count  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-TASKS = ("synthetic", "spirals")
+TASKS = ("synthetic", "spirals", "wine", "friedman")
+SEEDS = (89, 231, 928)  # the run template's seeds
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """How a task is recorded: its search space, run length and seeds."""
+
+    space: str  # "default" (the optimize template's) or "noisy" (small batches, high lr)
+    configs: int
+    epochs: int
+    seeds: tuple[int, ...]
+
+
+SETUPS = {
+    "synthetic": TaskSetup("default", 200, 50, SEEDS[:1]),
+    "spirals": TaskSetup("default", 200, 50, SEEDS[:1]),
+    "wine": TaskSetup("noisy", 120, 30, SEEDS),
+    "friedman": TaskSetup("noisy", 120, 30, SEEDS),
+}
 
 
 def spirals(
@@ -65,6 +102,46 @@ def spirals(
     return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
 
 
+def wine(val_fraction: float = 0.3, seed: int = 42):
+    """scikit-learn's bundled wine data (no download), standardised on its training part."""
+    import torch
+    from sklearn.datasets import load_wine
+    from torch.utils.data import TensorDataset
+
+    features, labels = load_wine(return_X_y=True)
+    x, y = torch.tensor(features, dtype=torch.float32), torch.tensor(labels)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(len(x) * val_fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    x = (x - x[train].mean(0)) / x[train].std(0)
+    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+
+def friedman(n: int = 2000, noise: float = 0.6, val_fraction: float = 0.2, seed: int = 42):
+    """Friedman's regression #1 plus Student-t(3) noise of ``noise`` times the signal's
+    scale (about 4.8), features and target standardised on the training part."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 10, generator=g)
+    signal = (
+        10 * torch.sin(math.pi * x[:, 0] * x[:, 1])
+        + 20 * (x[:, 2] - 0.5) ** 2
+        + 10 * x[:, 3]
+        + 5 * x[:, 4]
+    )
+    # Student's t with 3 degrees of freedom: a normal over sqrt(chi-square(3) / 3).
+    chi2 = (torch.randn(n, 3, generator=g) ** 2).sum(1)
+    y = signal + noise * 4.8 * torch.randn(n, generator=g) / (chi2 / 3).sqrt()
+    perm = torch.randperm(n, generator=g)
+    n_val = int(round(n * val_fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    x = (x - x[train].mean(0)) / x[train].std(0)
+    y = ((y - y[train].mean()) / y[train].std()).unsqueeze(1)
+    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+
 def task_data(task: str):
     from torch import nn
 
@@ -76,6 +153,12 @@ def task_data(task: str):
     if task == "spirals":
         train, val = spirals()
         return train, val, nn.CrossEntropyLoss(), 3
+    if task == "wine":
+        train, val = wine()
+        return train, val, nn.CrossEntropyLoss(), 3
+    if task == "friedman":
+        train, val = friedman()
+        return train, val, nn.MSELoss(), 1
     raise ValueError(task)
 
 
@@ -88,43 +171,76 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _train_one(job: tuple[str, int, dict, int, int]) -> tuple[int, list, float]:
-    task, index, params, epochs, seed = job
+def _rounded(values: list[float]) -> list[float | None]:
+    return [float(f"{v:.6g}") if math.isfinite(v) else None for v in values]
+
+
+def _train_one(job: tuple[str, int, dict, int, tuple[int, ...]]) -> tuple[int, list, float]:
+    """One configuration, every seed: (index, per-seed curves, seconds)."""
+    task, index, params, epochs, seeds = job
     if task not in _CACHE:
         _CACHE[task] = task_data(task)
     train, val, criterion, out = _CACHE[task]
     from _common import plain_fit
 
     start = time.perf_counter()
-    values = plain_fit(
-        train,
-        val,
-        epochs=epochs,
-        seed=seed,
-        nodes=params["net_config_nodes"],
-        layers=params["net_config_layers"],
-        lr=params["optimizer_config_lr"],
-        criterion=criterion,
-        out_features=out,
-    )
-    rounded = [float(f"{v:.6g}") if math.isfinite(v) else None for v in values]
-    return index, rounded, time.perf_counter() - start
+    curves = [
+        plain_fit(
+            train,
+            val,
+            epochs=epochs,
+            seed=seed,
+            nodes=params["net_config_nodes"],
+            layers=params["net_config_layers"],
+            lr=params["optimizer_config_lr"],
+            batch_size=params.get("batch_size", 256),
+            criterion=criterion,
+            out_features=out,
+        )
+        for seed in seeds
+    ]
+    return index, curves, time.perf_counter() - start
 
 
-def sample_configs(n: int, seed: int) -> list[dict]:
-    """``n`` parameter sets from the default optimize config's search space, RandomSampler(seed)."""
+def seed_mean(curves: list[list[float]]) -> list[float]:
+    """Per-epoch mean over seeds (non-finite where any seed is), as a fused trial reports."""
+    return [math.fsum(epoch) / len(epoch) for epoch in zip(*curves)]
+
+
+NOISY_SPACE_TEXT = "nodes {32, 64, 128}, layers 2..4, lr 3e-4..3e-2 log, batch_size {8, 16, 32, 64}"
+
+
+def search_space(space: str) -> dict:
+    """Optuna distributions of a recording's search space (see the module docstring)."""
     import optuna
 
-    from lightning_hpo.optimize_config import load_optimize_config
-    from lightning_hpo.run_config import load_run_config
+    if space == "default":
+        from lightning_hpo.optimize_config import load_optimize_config
+        from lightning_hpo.run_config import load_run_config
+
+        run = load_run_config(ROOT / "configs" / "run_template.yaml")
+        return load_optimize_config(
+            ROOT / "configs" / "optimize_template.yaml", run
+        ).distributions()
+    d = optuna.distributions
+    return {
+        "net_config_nodes": d.CategoricalDistribution([32, 64, 128]),
+        "net_config_layers": d.IntDistribution(2, 4),
+        "optimizer_config_lr": d.FloatDistribution(3e-4, 3e-2, log=True),
+        "batch_size": d.CategoricalDistribution([8, 16, 32, 64]),
+    }
+
+
+def sample_configs(n: int, seed: int, space: str = "default") -> list[dict]:
+    """``n`` parameter sets from ``space`` (:func:`search_space`), RandomSampler(seed)."""
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    run = load_run_config(ROOT / "configs" / "run_template.yaml")
-    opt = load_optimize_config(ROOT / "configs" / "optimize_template.yaml", run)
+    distributions = search_space(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     out = []
     for _ in range(n):
-        trial = study.ask(opt.distributions())
+        trial = study.ask(distributions)
         out.append(dict(trial.params))
         study.tell(trial, 0.0)
     return out
@@ -134,12 +250,13 @@ def record(
     task: str,
     configs: list[dict],
     epochs: int,
-    seed: int,
+    seeds: tuple[int, ...],
     processes: int,
     out_dir: Path,
     sampler_seed: int,
+    space: str,
 ) -> Path:
-    jobs = [(task, i, p, epochs, seed) for i, p in enumerate(configs)]
+    jobs = [(task, i, p, epochs, seeds) for i, p in enumerate(configs)]
     curves: list = [None] * len(jobs)
     seconds = [0.0] * len(jobs)
     start = time.perf_counter()
@@ -152,23 +269,37 @@ def record(
                     f"  {task}: {done}/{len(jobs)} configs, {time.perf_counter() - start:.0f} s",
                     flush=True,
                 )
+    several = len(seeds) > 1
+    space_text = (
+        "configs/optimize_template.yaml search_space" if space == "default" else NOISY_SPACE_TEXT
+    )
+    description = __doc__.split("Tasks:")[1].split("Output:")[0].strip()
     payload = {
         "task": task,
-        "description": __doc__.split("Tasks:")[1].split("Output:")[0].strip(),
+        "description": next(
+            p for p in description.split("\n* ") if p.lstrip("* ").startswith(f"``{task}``")
+        ),
         "metric": "val_loss",
         "direction": "minimize",
         "epochs": epochs,
-        "seed": seed,
-        "sampler": f"optuna.samplers.RandomSampler(seed={sampler_seed}) over configs/optimize_template.yaml search_space",
+        "seed": seeds[0],
+        "seeds": list(seeds),
+        "values": "the seeds' mean per epoch" if several else "the seed's curve",
+        "sampler": f"optuna.samplers.RandomSampler(seed={sampler_seed}) over {space_text}",
         "fixed": {
             "optimizer": "AdamW",
             "scheduler": "CosineAnnealingLR(T_max=epochs, eta_min=1e-5)",
-            "batch_size": 256,
             "activation": "GELU",
+            **({"batch_size": 256} if space == "default" else {}),
         },
         "record_seconds": round(time.perf_counter() - start, 1),
         "configs": [
-            {"params": p, "values": c, "train_seconds": round(s, 3)}
+            {
+                "params": p,
+                "values": _rounded(seed_mean(c)),
+                **({"seed_values": [_rounded(v) for v in c]} if several else {}),
+                "train_seconds": round(s, 3),
+            }
             for p, c, s in zip(configs, curves, seconds)
         ],
     }
@@ -188,13 +319,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--configs", type=int, default=200)
-    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--configs", type=int, help="configurations per task (default: the task's)")
+    ap.add_argument("--epochs", type=int, help="epochs per run (default: the task's)")
     ap.add_argument(
-        "--seed",
-        type=int,
-        default=89,
-        help="training seed (default: the run template's first seed, %(default)s)",
+        "--seeds", type=int, help="the first N of the run template's seeds (default: the task's)"
     )
     ap.add_argument("--sampler-seed", type=int, default=0)
     ap.add_argument("--tasks", default=",".join(TASKS))
@@ -208,18 +336,22 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.configs, args.epochs, args.out = 6, 5, Path(tempfile.mkdtemp(prefix="curves_"))
-    configs = sample_configs(args.configs, args.sampler_seed)
     for task in args.tasks.split(","):
+        setup = SETUPS[task]
+        n_configs, epochs = args.configs or setup.configs, args.epochs or setup.epochs
+        seeds = SEEDS[: args.seeds] if args.seeds else setup.seeds
+        configs = sample_configs(n_configs, args.sampler_seed, setup.space)
         start = time.perf_counter()
         path = record(
-            task, configs, args.epochs, args.seed, args.processes, args.out, args.sampler_seed
+            task, configs, epochs, seeds, args.processes, args.out, args.sampler_seed, setup.space
         )
         data = load_curves(task, args.out)
         finals = [c["values"][-1] for c in data["configs"] if c["values"][-1] is not None]
         print(
-            f"{task}: {len(data['configs'])} configs x {args.epochs} epochs in {time.perf_counter() - start:.0f} s "
-            f"({args.processes} processes) -> {path} ({path.stat().st_size / 1024:.0f} KiB); "
-            f"final val_loss min {min(finals):.4g}, median {sorted(finals)[len(finals) // 2]:.4g}, max {max(finals):.4g}"
+            f"{task}: {len(data['configs'])} configs x {epochs} epochs x {len(seeds)} seed(s) in "
+            f"{time.perf_counter() - start:.0f} s ({args.processes} processes) -> {path} "
+            f"({path.stat().st_size / 1024:.0f} KiB); final val_loss min {min(finals):.4g}, "
+            f"median {sorted(finals)[len(finals) // 2]:.4g}, max {max(finals):.4g}"
         )
 
 

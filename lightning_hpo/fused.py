@@ -39,6 +39,7 @@ from lightning_hpo.module import SupervisedModule, is_class_target
 from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
 from lightning_hpo.stacking import (
     Mode,
+    clip_grad_norm_per_seed,
     merge_optimizer_states,
     merge_states,
     optimizer_blocker,
@@ -122,6 +123,18 @@ class FusedModule(SupervisedModule):
         train_loss = self._pop_mean("train")
         if train_loss is not None:
             self._log_per_seed(TRAIN_LOSS, train_loss)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """``trainer_config.gradient_clip_val`` by norm clips each seed by its own gradients'
+        norm, as that seed alone would be (``stacking.clip_grad_norm_per_seed``); clipping
+        by value is element-wise, so Lightning's own already is per seed."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            clip_grad_norm_per_seed(params, float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         if not self.states.stopped_at:

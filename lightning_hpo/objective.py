@@ -44,7 +44,7 @@ def make_objective(
     ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from lightning_hpo.attrs import EPOCHS_ATTR, N_SEEDS_ATTR
+    from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR
     from lightning_hpo.training import FitOptions, fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"
@@ -69,6 +69,11 @@ def make_objective(
         trial.set_user_attr(RUN_DIR, str(run_dir))
         trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
         trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
+        # The schedule PFL reads a cosine's remaining decay from (T_max as the module fills it).
+        trial.set_user_attr(
+            LR_SCHEDULE_ATTR,
+            {"name": cfg.scheduler, "T_max": cfg.scheduler_config.get("T_max", cfg.epochs)},
+        )
         callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
         try:
             results = fit_run(

@@ -21,8 +21,14 @@ predicts its value at a target epoch:
    prediction lands on the raw curve rather than the smoothed one.
 
 :func:`running_best` is the best finite value so far at every epoch, which the pruner
-ranks trials by over the same epochs, and :func:`rank_bound` the bound of a rank band
-among such values.
+ranks trials by over the same epochs (:func:`robust_running_best` the same over the
+curve's running median of three, so a single spike or dip counts for nothing), and
+:func:`rank_bound` the bound of a rank band among such values.
+
+How sure the pruner can be about a curve: :func:`noise_level` is the spread of the recent
+epochs around their local trend, and :func:`lr_remaining` the fraction of the learning
+rate a declared schedule has still to anneal (a cosine schedule's late drop, which no
+fitted curve predicts from the epochs before it).
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from collections.abc import Sequence
 __all__ = [
     "MAX_EMA_SPAN",
     "MIN_POINTS_FOR_FIT",
+    "lr_remaining",
+    "noise_level",
     "predict_final_loss",
     "rank_bound",
+    "robust_running_best",
     "running_best",
 ]
 
@@ -207,3 +216,62 @@ def rank_bound(scores: Sequence[float], fraction: float, top_k: int) -> float | 
     # round() first: 0.55 * 100 is 55.00000000000001 in floating point.
     k = max(top_k, math.ceil(round(fraction * len(scores), 9)))
     return scores[k - 1] if len(scores) >= k else None
+
+
+def robust_running_best(values: Sequence[float], maximize: bool) -> list[float]:
+    """:func:`running_best` of the causal running median of three (``values[i-2..i]``).
+
+    One epoch's outlier, a spike or a lucky dip, never becomes the best so far, so a noisy
+    curve is ranked by the level it holds rather than by its luckiest epoch. The first two
+    entries are the running best of the raw values (there is no median of three yet).
+    Non-finite values are dropped from each window.
+    """
+    medians = []
+    for i in range(len(values)):
+        window = [v for v in values[max(0, i - 2) : i + 1] if math.isfinite(v)]
+        if i < 2 or len(window) < 3:
+            medians.append(values[i] if i < 2 else math.nan)
+        else:
+            window.sort()
+            medians.append(window[1])
+    return running_best(medians, maximize)
+
+
+NOISE_WINDOW = 10  # recent epochs the noise level is measured over
+_MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation, normal noise
+
+
+def noise_level(values: Sequence[float], window: int = NOISE_WINDOW) -> float:
+    """Spread of the last ``window`` finite values around their local trend, as a standard deviation.
+
+    Each inner point's residual from the line through its two neighbours,
+    ``x[i] - (x[i-1] + x[i+1]) / 2``, has variance ``1.5 * sigma**2`` for independent noise
+    of deviation ``sigma``, and a smooth curve's residuals are only its curvature. The
+    median absolute residual makes one spike count for little. Fewer than 3 finite values
+    give 0.
+    """
+    curve = [v for v in values if math.isfinite(v)][-window:]
+    residuals = sorted(
+        abs(curve[i] - (curve[i - 1] + curve[i + 1]) / 2) for i in range(1, len(curve) - 1)
+    )
+    if not residuals:
+        return 0.0
+    k = len(residuals)
+    median = residuals[k // 2] if k % 2 else (residuals[k // 2 - 1] + residuals[k // 2]) / 2
+    return _MAD_TO_SIGMA * median / math.sqrt(1.5)
+
+
+def lr_remaining(schedule: str | None, epoch: int, t_max: int) -> float | None:
+    """Fraction of the learning rate still to anneal after ``epoch`` epochs of a schedule.
+
+    ``schedule`` is the scheduler's import path or class name. For ``CosineAnnealingLR``
+    (period ``t_max``) it is ``(1 + cos(pi * epoch / t_max)) / 2``, which is 1 at the
+    start and 0 at ``t_max``; no scheduler (a constant rate) gives 0; any other schedule,
+    whose shape this function does not know, gives None.
+    """
+    if schedule is None:
+        return 0.0
+    if schedule.rsplit(".", 1)[-1] != "CosineAnnealingLR" or t_max < 1:
+        return None
+    progress = min(max(epoch / t_max, 0.0), 1.0)
+    return (1 + math.cos(math.pi * progress)) / 2

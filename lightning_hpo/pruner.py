@@ -65,8 +65,15 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_hpo.attrs import EPOCHS_ATTR, PFL_ATTR
-from lightning_hpo.pfl import predict_final_loss, rank_bound, running_best
+from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, PFL_ATTR
+from lightning_hpo.pfl import (
+    lr_remaining,
+    noise_level,
+    predict_final_loss,
+    rank_bound,
+    robust_running_best,
+    running_best,
+)
 from lightning_hpo.validation import is_int, is_number
 
 if TYPE_CHECKING:
@@ -78,6 +85,7 @@ __all__ = [
     "Reason",
     "decision_record",
     "epochs_of",
+    "lr_schedule_of",
     "prefix_trial",
     "stored_predictions",
     "trial_curve",
@@ -110,6 +118,18 @@ def epochs_of(trial: FrozenTrial) -> int | None:
     if is_int(value) and value >= 1:
         return value
     return None
+
+
+def lr_schedule_of(trial: FrozenTrial) -> tuple[str | None, int | None] | None:
+    """The trial's ``lr_schedule`` attr as ``(scheduler import path or None, T_max or None)``,
+    or None when absent or malformed (the schedule is then unknown)."""
+    record = trial.user_attrs.get(LR_SCHEDULE_ATTR)
+    if not isinstance(record, dict):
+        return None
+    name, t_max = record.get("name"), record.get("T_max")
+    if name is not None and not isinstance(name, str):
+        return None
+    return name, (t_max if is_int(t_max) and t_max >= 1 else None)
 
 
 def trial_pfl(trial: FrozenTrial, target_epoch: int) -> float:
@@ -164,6 +184,7 @@ Reason = Literal[
     "worse",
     "overruled",
     "protected",
+    "uncertain",
     "ok",
 ]
 
@@ -177,12 +198,17 @@ class PFLDecision:
     than the reference set and not protected by the same-epoch rank), ``"overruled"`` (pruned:
     predicted within the reference set but ranked outside ``overrule_quantile`` over the
     same epochs), ``"protected"`` (kept: predicted worse, but ranked within ``quantile``
-    over the same epochs) and ``"ok"`` (kept).
+    over the same epochs), ``"uncertain"`` (kept: the same numbers without the trial's
+    uncertainty band would prune it) and ``"ok"`` (kept).
 
     ``pfl`` is the trial's predicted final value and ``threshold`` the worst prediction
-    among the ``top_k`` best completed trials; ``score`` is the trial's best value so far,
-    ``protected_bound`` and ``overrule_bound`` the completed trials' best values over as
-    many epochs that it is ranked against (None where too few).
+    among the ``top_k`` best completed trials; ``score`` is the trial's best value so far
+    (over the running median of three epochs with ``robust_best``), ``protected_bound`` and ``overrule_bound`` the completed trials' best values over as
+    many epochs that it is ranked against (None where too few). ``noise`` is the trial's
+    noise level (:func:`lightning_hpo.pfl.noise_level`), ``lr_remaining`` the fraction of
+    its declared cosine schedule still to anneal (None when unknown) and ``band`` how far
+    toward better its ``score`` and ``pfl`` were moved before they were compared:
+    ``noise * (noise_band + schedule_band * lr_remaining)``.
     """
 
     prune: bool
@@ -194,6 +220,9 @@ class PFLDecision:
     score: float | None = None
     protected_bound: float | None = None
     overrule_bound: float | None = None
+    noise: float | None = None
+    lr_remaining: float | None = None
+    band: float | None = None
 
 
 _final_value = attrgetter("value")
@@ -261,6 +290,18 @@ class PFLPruner(optuna.pruners.BasePruner):
     prediction decides; a slow starter whose curve points below the reference set
     survives there. Non-finite values are pruned at once.
 
+    How sure it is: before both comparisons, the trial's best so far and its prediction
+    move toward better by its uncertainty band, ``noise * (noise_band + schedule_band *
+    lr_remaining)``: ``noise`` is the spread of its recent epochs around their trend
+    (:func:`lightning_hpo.pfl.noise_level`) and ``lr_remaining`` the fraction of a cosine
+    schedule still to anneal (the ``lr_schedule`` attr the tuner records; 0 without one).
+    A noisy curve, whose level a high learning rate holds up until the schedule anneals
+    it, is kept while its band reaches the reference set (``"uncertain"``); a smooth
+    curve's band is about nothing, so a hopeless smooth curve is pruned as before. With
+    ``robust_best`` every best-so-far (the trial's and the completed trials') is taken
+    over the running median of three epochs, so one lucky dip neither protects a trial
+    nor raises the bar for the others, and one spike is never its best.
+
     Args:
         n_startup_trials: No pruning until this many trials are COMPLETE (pruned and
             failed trials do not count). Default 10.
@@ -275,6 +316,10 @@ class PFLPruner(optuna.pruners.BasePruner):
         overrule_quantile: Fraction beyond which the same-epoch rank prunes whatever the
             prediction, in [quantile, 1]; None never overrules the prediction. Default
             0.65.
+        noise_band: Width of the uncertainty band in noise levels, >= 0 (0: none).
+        schedule_band: Extra width, in noise levels, per unit of the learning rate a
+            cosine schedule has still to anneal, >= 0 (0: the schedule plays no part).
+        robust_best: Rank best-so-far values over the running median of three epochs.
 
     Raises:
         ValueError: An argument is out of range; the message names it.
@@ -288,6 +333,9 @@ class PFLPruner(optuna.pruners.BasePruner):
         target_epoch: int | None = None,
         quantile: float = 0.5,
         overrule_quantile: float | None = 0.65,
+        noise_band: float = 0.0,
+        schedule_band: float = 0.0,
+        robust_best: bool = False,
     ) -> None:
         _check_int("n_startup_trials", n_startup_trials, 0)
         _check_int("n_warmup_epochs", n_warmup_epochs, 0)
@@ -298,12 +346,20 @@ class PFLPruner(optuna.pruners.BasePruner):
         if overrule_quantile is not None:
             why = f" (at least quantile={quantile:g}: set both)" if quantile > 0 else ""
             _check_fraction("overrule_quantile", overrule_quantile, float(quantile), why)
+        for name, value in (("noise_band", noise_band), ("schedule_band", schedule_band)):
+            if not is_number(value) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if not isinstance(robust_best, bool):
+            raise ValueError(f"robust_best must be a bool, got {robust_best!r}.")
         self._n_startup_trials = n_startup_trials
         self._n_warmup_epochs = n_warmup_epochs
         self._top_k = top_k
         self._target_epoch = target_epoch
         self._quantile = float(quantile)
         self._overrule_quantile = None if overrule_quantile is None else float(overrule_quantile)
+        self._noise_band = float(noise_band)
+        self._schedule_band = float(schedule_band)
+        self._robust_best = robust_best
         self._cache = _DerivedCache()
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
@@ -345,20 +401,31 @@ class PFLPruner(optuna.pruners.BasePruner):
             return PFLDecision(prune=False, reason="warm-up", step=step)
 
         target = self._target_for(trial, completed, len(curve))
-        pfl = predict_final_loss(curve, target)
+        pfl = self._predict(curve, target)
         if math.isnan(pfl):
             return PFLDecision(prune=True, reason="non-finite", step=step, target_epoch=target)
         direction = directions[0]
         maximize = direction == StudyDirection.MAXIMIZE
         threshold = self._threshold(study.study_name, completed, target, direction, trial)
 
-        # The last value is finite (checked above), so the best so far is too.
+        # The last value is finite (checked above), so the raw best so far is too; the
+        # running median can lack one (a non-finite value among the last three).
         score = running_best(curve, maximize)[-1]
+        if self._robust_best:
+            robust = robust_running_best(curve, maximize)[-1]
+            score = robust if math.isfinite(robust) else score
         scores = self._same_epoch_scores(study.study_name, completed, len(curve), maximize, trial)
         protected = rank_bound(scores, self._quantile, self._top_k)
         overrule = None
         if self._overrule_quantile is not None:
             overrule = rank_bound(scores, self._overrule_quantile, self._top_k)
+
+        noise = noise_level(curve)
+        remaining = self._lr_remaining(trial, len(curve), target)
+        band = noise * (self._noise_band + self._schedule_band * (remaining or 0.0))
+        # The trial's numbers moved toward better by its band, for every comparison below.
+        sign = 1.0 if maximize else -1.0
+        hopeful_score, hopeful_pfl = score + sign * band, pfl + sign * band
 
         def decision(prune: bool, reason: Reason) -> PFLDecision:
             return PFLDecision(
@@ -371,18 +438,59 @@ class PFLPruner(optuna.pruners.BasePruner):
                 score=score,
                 protected_bound=protected,
                 overrule_bound=overrule,
+                noise=noise,
+                lr_remaining=remaining,
+                band=band,
             )
 
         if threshold is None or protected is None:
             return decision(False, "no-reference")
+        reason = self._rule(hopeful_score, hopeful_pfl, threshold, protected, overrule, direction)
+        if reason in ("worse", "overruled"):
+            return decision(True, reason)
+        if band > 0 and self._rule(score, pfl, threshold, protected, overrule, direction) in (
+            "worse",
+            "overruled",
+        ):
+            return decision(False, "uncertain")
+        return decision(False, reason)
+
+    @staticmethod
+    def _rule(
+        score: float,
+        pfl: float,
+        threshold: float,
+        protected: float,
+        overrule: float | None,
+        direction: StudyDirection,
+    ) -> Reason:
+        """The decision's reason from the compared numbers: pruned for ``"worse"`` and
+        ``"overruled"``, kept for ``"protected"`` and ``"ok"``."""
         predicted_worse = _is_worse(pfl, threshold, direction)
         if not _is_worse(score, protected, direction):
-            return decision(False, "protected" if predicted_worse else "ok")
+            return "protected" if predicted_worse else "ok"
         if predicted_worse:
-            return decision(True, "worse")
+            return "worse"
         if overrule is not None and _is_worse(score, overrule, direction):
-            return decision(True, "overruled")
-        return decision(False, "ok")
+            return "overruled"
+        return "ok"
+
+    def _predict(self, curve: list[float], target: int) -> float:
+        """The running trial's predicted final value (a replay's ablation overrides it)."""
+        return predict_final_loss(curve, target)
+
+    def _reference_prediction(self, trial: FrozenTrial, target: int) -> float:
+        """A completed trial's predicted final value, for the threshold (as :meth:`_predict`)."""
+        return trial_pfl(trial, target)
+
+    def _lr_remaining(self, trial: FrozenTrial, epochs_done: int, target: int) -> float | None:
+        """:func:`lr_remaining` of the trial's ``lr_schedule`` attr (T_max defaults to the
+        target epoch), or None when it has none."""
+        schedule = lr_schedule_of(trial)
+        if schedule is None:
+            return None
+        name, t_max = schedule
+        return lr_remaining(name, epochs_done, t_max or target)
 
     def _same_epoch_scores(
         self,
@@ -395,8 +503,18 @@ class PFLPruner(optuna.pruners.BasePruner):
         """Completed trials' best values over their first ``n_epochs`` epochs (all of a
         shorter curve), best first; trials without a finite value there are left out."""
         others = [t for t in completed if t.number != trial.number and t.intermediate_values]
+        best_of = robust_running_best if self._robust_best else running_best
+
+        def bests(t: FrozenTrial) -> list[float]:
+            raw = running_best(trial_curve(t), maximize)
+            if not self._robust_best:
+                return raw
+            # Where the running median has no finite value yet, the raw best stands in.
+            robust = best_of(trial_curve(t), maximize)
+            return [r if math.isfinite(r) else b for r, b in zip(robust, raw)]
+
         running_bests = self._cache.lookup(
-            study_name, others, ("best", maximize), lambda t: running_best(trial_curve(t), maximize)
+            study_name, others, ("best", maximize, self._robust_best), bests
         )
         scores = []
         for bests in running_bests:
@@ -430,7 +548,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         best = heapq.nlargest if direction == StudyDirection.MAXIMIZE else heapq.nsmallest
         references = best(self._top_k, candidates, key=_final_value)
         pfls = self._cache.lookup(
-            study_name, references, ("pfl", target), lambda t: trial_pfl(t, target)
+            study_name, references, ("pfl", target), lambda t: self._reference_prediction(t, target)
         )
         pfls = [p for p in pfls if not math.isnan(p)]
         return _worst(pfls, direction) if pfls else None

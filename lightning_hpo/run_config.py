@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
+from lightning_hpo.trainer_options import check_owned, check_trainer_config
 from lightning_hpo.validation import is_int
 from lightning_hpo.yamlio import load_yaml
 
@@ -72,6 +73,9 @@ class RunConfig:
     fuse_seeds: bool | str = (
         "auto"  # train all seeds in one Trainer: auto (when the run allows), true, false
     )
+    trainer_config: dict[str, Any] = field(
+        default_factory=dict
+    )  # extra lightning.Trainer keyword arguments (trainer_options.OWNED are refused)
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -225,6 +229,7 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
                 "is handed to the module by the run itself",
                 f"set it through the run config's own keys; module_config holds only the module's other arguments ({', '.join(MODULE_ARGUMENTS)} are the run's)",
             )
+    check_owned(values.get("trainer_config", {}), source)
     cfg = RunConfig(**values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
         raise ConfigError(
@@ -254,6 +259,9 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
     check_module(cfg, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
+    from lightning_hpo.trainer import accelerator_and_devices  # imports Lightning
+
+    check_trainer_config(cfg.trainer_config, *accelerator_and_devices(cfg), source)
 
 
 def check_module(cfg: RunConfig, source: str) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.imports import resolve
 from lightning_hpo.run_config import RunConfig, unknown_key
+from lightning_hpo.trainer_options import KEY as TRAINER_KEY
+from lightning_hpo.trainer_options import OWNED
 from lightning_hpo.validation import is_number
 
 TYPES = ("int", "float", "categorical")
@@ -244,12 +246,21 @@ def parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
                 raise unknown_key(
                     source, str(key), list(run_fields[group]), prefix=f"search_space.{group}."
                 )
+            if group == TRAINER_KEY and key in OWNED:
+                raise ConfigError(
+                    source,
+                    f"search_space.{group}.{key}",
+                    "is set by lightning-hpo, not trainer_config",
+                    OWNED[key],
+                )
             params.append(parse_param(group, str(key), spec, source))
     return params
 
 
 def kwargs_target(run: RunConfig, group: str):
     """The callable whose keyword arguments a ``<name>_config`` group holds, if any."""
+    if group == TRAINER_KEY:
+        return resolve("lightning.pytorch.Trainer")
     name = group.removesuffix("_config")
     path = (
         getattr(run, name, None)

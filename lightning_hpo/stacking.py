@@ -229,6 +229,29 @@ def optimizer_blocker(
     return None
 
 
+@torch.no_grad()
+def clip_grad_norm_per_seed(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip stacked ``[S, ...]`` gradients so each seed's total 2-norm is at most ``max_norm``,
+    as ``torch.nn.utils.clip_grad_norm_`` would clip that seed's network alone; return the
+    ``[S]`` norms before clipping.
+
+    One norm over all seeds' gradients (what Lightning's clipping computes) would scale
+    every seed by the others' gradients.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    seeds = grads[0].shape[0]
+    norms = torch.stack(
+        [torch.linalg.vector_norm(g.reshape(seeds, -1), 2.0, dim=1) for g in grads], dim=1
+    )
+    total = torch.linalg.vector_norm(norms, 2.0, dim=1)  # [S]
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s own epsilon and clamp
+    for g in grads:
+        g.mul_(coef.to(g.dtype).reshape(seeds, *[1] * (g.ndim - 1)))
+    return total
+
+
 def split_state(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
     """Seed ``index``'s state dict from a stacked one (copies, so a file holds one seed)."""
     return {k: v[index].clone() for k, v in state.items()}

@@ -1,10 +1,10 @@
-"""The Lightning Trainer for a run config: accelerator, devices and strategy, and stopping
-the rank processes a spawn-based strategy started."""
+"""The Lightning Trainer for a run config: accelerator, devices and strategy, the user's
+``trainer_config`` options, and stopping the rank processes a spawn-based strategy started."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -12,7 +12,11 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.run_config import RunConfig
+from lightning_hpo.trainer_options import trainer_errors
+
+# run_config imports accelerator_and_devices (to check trainer_config): no import back at run time.
+if TYPE_CHECKING:
+    from lightning_hpo.run_config import RunConfig
 
 # Strategies that start extra devices' processes by re-running the command line ("auto" picks
 # "ddp" for several devices), and their spawn-based equivalents: see build_trainer.
@@ -51,22 +55,32 @@ def _relaunches_the_script(trainer: pl.Trainer) -> bool:
 def build_trainer(
     cfg: RunConfig, *, progress_bar: bool = False, checkpointing: bool = True, **kwargs: Any
 ) -> pl.Trainer:
-    """A Trainer for ``cfg``'s device, devices and strategy.
+    """A Trainer for ``cfg``'s device, devices and strategy, with its ``trainer_config``.
+
+    ``kwargs`` (the caller's logger, callbacks, plugins, ...) and the run's length, progress
+    bar and checkpointing override ``trainer_config``, which cannot name them anyway
+    (``trainer_options.OWNED``); ``deterministic`` defaults to False.
 
     Several devices run as ``ddp_spawn``: Lightning's ``ddp`` (also what ``auto`` picks) starts
     the other ranks by re-running the command line, which here would start another training
     or tuning run instead of a rank.
     """
     accelerator, devices = accelerator_and_devices(cfg)
-    kwargs |= {
-        "max_epochs": cfg.epochs,
-        "enable_progress_bar": progress_bar,
-        "enable_model_summary": False,
-        "enable_checkpointing": checkpointing,
-        "log_every_n_steps": 1,
-        "deterministic": False,
-    }
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=cfg.strategy, **kwargs)
+    options = cfg.trainer_config
+    kwargs = (
+        {"enable_model_summary": False, "log_every_n_steps": 1, "deterministic": False}
+        | options
+        | kwargs
+        | {
+            "max_epochs": cfg.epochs,
+            "enable_progress_bar": progress_bar,
+            "enable_checkpointing": checkpointing,
+        }
+    )
+    with trainer_errors(options):
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, strategy=cfg.strategy, **kwargs
+        )
     if not _relaunches_the_script(trainer):
         return trainer
     spawned = _SPAWNED_EQUIVALENT.get(cfg.strategy)

@@ -35,6 +35,7 @@ from lightning_hpo.results import SeedResult, TrainResult, load_result
 from lightning_hpo.run_config import RunConfig
 from lightning_hpo.seeds import SeedStates
 from lightning_hpo.trainer import build_trainer, stop_spawned_ranks
+from lightning_hpo.trainer_options import fusion_blocker
 from lightning_hpo.yamlio import dump_yaml
 
 
@@ -252,6 +253,8 @@ def plan_fusion(
     stacking, reason = blocker(
         dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices, resolve(cfg.module)
     )
+    if stacking is not None and fusion_blocker(cfg.trainer_config):
+        stacking, reason = None, fusion_blocker(cfg.trainer_config)
     return dm, nets, stacking, reason
 
 

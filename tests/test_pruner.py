@@ -15,11 +15,18 @@ from hypothesis import strategies as st
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 import lightning_hpo.pruner as pruner_module
-from lightning_hpo.pfl import predict_final_loss, rank_bound
+from lightning_hpo.pfl import (
+    lr_remaining,
+    noise_level,
+    predict_final_loss,
+    rank_bound,
+    robust_running_best,
+)
 from lightning_hpo.pruner import (
     PFLDecision,
     PFLPruner,
     epochs_of,
+    lr_schedule_of,
     prefix_trial,
     stored_predictions,
     trial_curve,
@@ -438,6 +445,12 @@ def test_multi_objective_is_rejected() -> None:
         ({"top_k": 0}, "top_k"),
         ({"target_epoch": 0}, "target_epoch"),
         ({"target_epoch": 2.0}, "target_epoch"),
+        ({"noise_band": -1.0}, "noise_band"),
+        ({"noise_band": math.inf}, "noise_band"),
+        ({"noise_band": "2"}, "noise_band"),
+        ({"schedule_band": math.nan}, "schedule_band"),
+        ({"schedule_band": True}, "schedule_band"),
+        ({"robust_best": 1}, "robust_best"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
@@ -647,3 +660,146 @@ def test_raising_quantile_alone_says_to_raise_overrule_quantile_too() -> None:
     with pytest.raises(ValueError, match=r"overrule_quantile .*at least quantile=0.8: set both"):
         PFLPruner(quantile=0.8)
     assert PFLPruner(quantile=0.8, overrule_quantile=0.9)._overrule_quantile == 0.9
+
+
+# --------------------------------------------------------------------------- how sure it is
+
+
+def _jitter(n: int, amplitude: float, seed: int = 0) -> list[float]:
+    """Deterministic noise, uniform in [-amplitude, amplitude]."""
+    rng = __import__("random").Random(seed)
+    return [amplitude * (2 * rng.random() - 1) for _ in range(n)]
+
+
+def test_noise_level_of_a_smooth_curve_is_its_curvature_only() -> None:
+    assert noise_level([0.5] * 20) == 0.0
+    assert noise_level([1.0 - 0.01 * t for t in range(20)]) == pytest.approx(0.0, abs=1e-12)
+    assert noise_level(exp_curve(1.0, 0.1, 0.2, 30)) < 0.002
+    assert noise_level([]) == noise_level([1.0, 2.0]) == 0.0
+
+
+def test_noise_level_measures_independent_noise_and_shrugs_off_one_spike() -> None:
+    sigma = 0.05
+    rng = __import__("random").Random(1)
+    noisy = [0.5 + rng.gauss(0, sigma) for _ in range(400)]
+    assert noise_level(noisy, window=400) == pytest.approx(sigma, rel=0.2)
+    window = noisy[-10:]
+    spiked = window[:5] + [window[5] * 8] + window[6:]
+    # One spike moves two of the eight residuals' ranks, not their median by much.
+    assert noise_level(spiked) < 2.5 * noise_level(window) + 1e-9
+    # The window is the last `window` finite values.
+    assert noise_level([100.0, -100.0, 100.0] + [0.5] * 10) == 0.0
+    assert noise_level([0.5] * 10 + [math.nan, math.inf]) == 0.0
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_robust_running_best_ignores_a_single_dip_and_spike(maximize: bool) -> None:
+    sign = -1.0 if maximize else 1.0
+    values = [sign * v for v in [1.0, 0.9, 0.8, 0.1, 0.8, 0.75, 5.0, 0.7, 0.7]]
+    robust = [sign * v for v in robust_running_best(values, maximize)]
+    # The lucky dip at index 3 and the spike at 6 are never a median of three.
+    assert robust == [1.0, 0.9, 0.9, 0.8, 0.8, 0.75, 0.75, 0.75, 0.7]
+    # A window with fewer than three finite values has no median: the best stays.
+    gappy = [sign * v for v in [1.0, math.nan, math.nan, 0.5]]
+    assert robust_running_best(gappy, maximize) == [sign * 1.0] * 4
+
+
+def test_lr_remaining() -> None:
+    cosine = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert lr_remaining(cosine, 0, 30) == 1.0
+    assert lr_remaining(cosine, 15, 30) == pytest.approx(0.5)
+    assert lr_remaining("CosineAnnealingLR", 30, 30) == pytest.approx(0.0)
+    assert lr_remaining(cosine, 45, 30) == pytest.approx(0.0)  # past T_max it stays annealed
+    assert lr_remaining(None, 5, 30) == 0.0  # a constant rate has nothing left to anneal
+    assert lr_remaining("torch.optim.lr_scheduler.StepLR", 5, 30) is None
+
+
+def test_lr_schedule_of() -> None:
+    cosine = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    attrs = {"lr_schedule": {"name": cosine, "T_max": 40}}
+    assert lr_schedule_of(create_trial(value=0.0, user_attrs=attrs)) == (cosine, 40)
+    no_scheduler = {"lr_schedule": {"name": None, "T_max": 40}}
+    assert lr_schedule_of(create_trial(value=0.0, user_attrs=no_scheduler)) == (None, 40)
+    for bad in ({"name": 3}, "cosine", None):
+        assert lr_schedule_of(create_trial(value=0.0, user_attrs={"lr_schedule": bad})) is None
+    bad_t_max = {"lr_schedule": {"name": cosine, "T_max": 0}}
+    assert lr_schedule_of(create_trial(value=0.0, user_attrs=bad_t_max)) == (cosine, None)
+
+
+COSINE = {"name": "torch.optim.lr_scheduler.CosineAnnealingLR", "T_max": N_EPOCHS}
+
+
+def _late_bloomer() -> list[float]:
+    """A high learning rate's curve under a cosine schedule: its level follows the rate
+    (0.1 + 1.3 * the fraction still to anneal), noisy (+-0.12), with a spike of about
+    four times its level at step 12; it ends at ~0.1-0.2, below every reference."""
+    noise = _jitter(N_EPOCHS, 0.12)
+    values = [
+        0.1 + 1.3 * lr_remaining("CosineAnnealingLR", t, N_EPOCHS) + noise[t - 1]
+        for t in range(1, N_EPOCHS + 1)
+    ]
+    values[12] = 4.0
+    return values
+
+
+BAND = {"noise_band": 2.0, "schedule_band": 4.0, "robust_best": True}
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_noisy_late_bloomer_with_a_spike_is_kept_by_its_band(direction: str) -> None:
+    sign = _sign(direction)
+    bloomer = _late_bloomer()
+    assert bloomer[-1] < min(REFERENCE_ASYMPTOTES)  # it would end best of all
+    # Without a band, behind the references at step 10 and predicted worse: pruned.
+    study = _study(direction, _pruner())
+    assert _run(study, bloomer, sign, epochs=N_EPOCHS) == 10
+    study = _study(direction, _pruner(**BAND))
+    trial = study.ask()
+    trial.set_user_attr("epochs", N_EPOCHS)
+    trial.set_user_attr("lr_schedule", COSINE)
+    for step, value in enumerate(bloomer):
+        trial.report(sign * value, step)
+        assert not trial.should_prune(), step
+    assert list(stored_predictions(study.trials[-1])) == list(range(10, N_EPOCHS))
+    # Its band is what kept it at step 10: the same numbers without it prune.
+    d = _pruner(**BAND).evaluate(study, prefix_trial(study.trials[-1], 10))
+    assert (d.prune, d.reason) == (False, "uncertain")
+    assert d.band == pytest.approx(d.noise * (2.0 + 4.0 * d.lr_remaining))
+    assert d.lr_remaining == pytest.approx(lr_remaining("CosineAnnealingLR", 11, N_EPOCHS))
+    assert d.noise > 0.03
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [5.0] * N_EPOCHS,  # hopeless and smooth: no band at all
+        [5.0 + v for v in _jitter(N_EPOCHS, 0.12)],  # hopeless and as noisy as the bloomer
+        # Cosine-shaped and smooth, heading for 3.0: a smooth curve earns no schedule credit.
+        [3.0 + r for r in [lr_remaining("CosineAnnealingLR", t, 30) for t in range(1, 31)]],
+    ],
+    ids=["smooth", "noisy", "smooth-cosine"],
+)
+def test_a_hopeless_curve_is_still_pruned_at_the_warm_up_with_the_band(
+    direction: str, values: list[float]
+) -> None:
+    sign = _sign(direction)
+    study = _study(direction, _pruner(**BAND))
+    assert _run(study, values, sign, epochs=N_EPOCHS, lr_schedule=COSINE) == 10
+
+
+def test_the_band_is_derived_from_storage_alone(tmp_path: Path) -> None:
+    """Two pruners, one on a reloaded storage, decide the bloomer identically, band included."""
+    url = f"sqlite:///{tmp_path / 'band.db'}"
+    study = _study("minimize", _pruner(**BAND), storage=url)
+    trial = study.ask()
+    trial.set_user_attr("epochs", N_EPOCHS)
+    trial.set_user_attr("lr_schedule", COSINE)
+    for step, value in enumerate(_late_bloomer()[:15]):
+        trial.report(value, step)
+    first = [_pruner(**BAND).evaluate(study, prefix_trial(study.trials[-1], s)) for s in range(15)]
+    reloaded = optuna.load_study(study_name=None, storage=url)
+    running = reloaded.get_trials(states=(TrialState.RUNNING,))[0]
+    again = [_pruner(**BAND).evaluate(reloaded, prefix_trial(running, s)) for s in range(15)]
+    assert again == first
+    assert {d.reason for d in first[10:]} == {"uncertain"}

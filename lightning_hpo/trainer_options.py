@@ -1,0 +1,205 @@
+"""The run config's ``trainer_config``: extra ``lightning.Trainer`` keyword arguments
+(``precision``, ``gradient_clip_val``, ``accumulate_grad_batches``, ``deterministic``, ...).
+
+Checked like the other ``*_config`` mappings, against ``Trainer``'s signature, and also by
+type against its annotations, so ``gradient_clip_val: fast`` is a config error at load time
+rather than a traceback from inside ``Trainer.fit``. Keywords this tool sets itself are
+refused, each with the run-config key or flag to use instead (``OWNED``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from lightning_hpo.errors import ConfigError
+
+KEY = "trainer_config"
+
+# Trainer keywords a user may not set, and why. Everything else Trainer takes passes through.
+OWNED: dict[str, str] = {
+    "max_epochs": "a run's length is the run config's epochs: set epochs",
+    "max_steps": "a run lasts epochs epochs (its curves, the scheduler's T_max and the pruner count them): set epochs",
+    "max_time": "a run lasts epochs epochs (its curves, the scheduler's T_max and the pruner count them): set epochs",
+    "accelerator": "set the run config's device",
+    "devices": "set the run config's devices (and device)",
+    "strategy": "set the run config's strategy",
+    "num_nodes": "a run trains on one machine: set devices and strategy",
+    "logger": "lightning-hpo logs each seed to its own TensorBoard run",
+    "callbacks": "lightning-hpo sets the callbacks: use checkpoint_config and early_stopping_config",
+    "enable_checkpointing": "use checkpoint_config",
+    "default_root_dir": "runs go under --output",
+    "enable_progress_bar": "pass --progress",
+    "plugins": "lightning-hpo sets the Trainer's plugins: set precision with trainer_config.precision",
+    "fast_dev_run": "it turns off the logging and checkpoints a run records: pass --epochs 1",
+    "barebones": "it turns off the logging and checkpoints a run records",
+    "val_check_interval": "validation runs once per epoch (curves, checkpoints and the pruner count epochs): use check_val_every_n_epoch",
+    "overfit_batches": "it validates on training batches, so val metrics would no longer measure validation",
+    "use_distributed_sampler": "the data gives each device its share of the batches itself",
+}
+
+# Precisions that keep fused seeds independent: no loss scaler shared by every seed.
+FUSABLE_PRECISIONS = {None, 32, 64, "32", "64", "32-true", "64-true", "bf16", "bf16-mixed", "bf16-true", "16-true"}  # fmt: skip
+
+
+# Numbers the Trainer accepts at construction and only fails on (or silently misuses) in fit.
+_AT_LEAST = {
+    "accumulate_grad_batches": 1,
+    "check_val_every_n_epoch": 1,
+    "log_every_n_steps": 1,
+    "gradient_clip_val": 0,
+    "min_epochs": 0,
+    "min_steps": 0,
+    "reload_dataloaders_every_n_epochs": 0,
+}
+
+
+def _trainer():
+    import lightning.pytorch as pl
+
+    return pl.Trainer
+
+
+def check_owned(options: dict[str, Any], source: str) -> None:
+    """Refuse a keyword this tool sets itself, saying what to use instead. Needs no import."""
+    for key in options:
+        if key in OWNED:
+            raise ConfigError(
+                source, f"{KEY}.{key}", "is set by lightning-hpo, not trainer_config", OWNED[key]
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits the annotation ``hint``; None when the hint is not one of the
+    plain kinds a YAML value can be (a class such as ``timedelta``: left to the Trainer)."""
+    origin = typing.get_origin(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        answers = [_matches(value, h) for h in typing.get_args(hint)]
+        return True if any(answers) else (None if None in answers else False)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return None
+
+
+def check_types(options: dict[str, Any], source: str) -> None:
+    """Check each value against ``Trainer.__init__``'s annotation, where it is a plain type."""
+    hints = typing.get_type_hints(_trainer().__init__)
+    for key, value in options.items():
+        if key in hints and _matches(value, hints[key]) is False:
+            raise ConfigError(
+                source,
+                f"{KEY}.{key}",
+                f"lightning.Trainer takes {_describe(hints[key])}, got {value!r}",
+                f"fix {KEY}.{key}",
+            )
+        low = _AT_LEAST.get(key)
+        if low is not None and value is not None and not (math.isfinite(value) and value >= low):
+            raise ConfigError(
+                source,
+                f"{KEY}.{key}",
+                f"must be a finite number >= {low}, got {value!r}",
+                f"fix {KEY}.{key}",
+            )
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+@contextlib.contextmanager
+def trainer_errors(options: dict[str, Any], source: str = "<run config>") -> Iterator[None]:
+    """A Trainer that rejects the user's ``trainer_config`` at construction: a ConfigError."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, MisconfigurationException, RuntimeError) as exc:
+        if not options:
+            raise
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise ConfigError(
+            source,
+            KEY,
+            f"lightning.Trainer rejected {options}: {first}",
+            f"fix {KEY}",
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # The trial construction below must not print Lightning's "GPU available" banner.
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_trainer_config(
+    options: dict[str, Any], accelerator: str, devices: Any, source: str
+) -> None:
+    """Everything about ``trainer_config`` short of training: owned keys, names (with the
+    nearest one), types, and a Trainer built with them on the run's accelerator, which
+    writes nothing."""
+    from lightning_hpo.imports import check_kwargs
+
+    check_owned(options, source)
+    if not options:
+        return
+    trainer_cls = _trainer()
+    check_kwargs(trainer_cls, options, source, KEY, skip=tuple(OWNED), require=False)
+    check_types(options, source)
+    with _quiet(), trainer_errors(options, source):
+        trainer_cls(
+            accelerator=accelerator,
+            devices=devices,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **options,
+        )
+
+
+def fusion_blocker(options: dict[str, Any]) -> str | None:
+    """Why these Trainer options would couple fused seeds, or None.
+
+    Norm clipping is done per seed (``fused.FusedModule.configure_gradient_clipping``), value
+    clipping and gradient accumulation are per element; ``16-mixed`` scales every seed's
+    loss with one GradScaler, which skips every seed's step when one seed's gradient
+    overflows, so it cannot be fused.
+    """
+    precision = options.get("precision")
+    if precision not in FUSABLE_PRECISIONS:
+        return f"trainer_config.precision {precision!r} scales the loss with one GradScaler for every seed (one seed's overflow would skip all seeds' steps)"
+    return None
