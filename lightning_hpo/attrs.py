@@ -24,3 +24,6 @@ RETRIED_FROM = "failed_trial"  # Optuna's own name for a retry's original trial
 
 # Study system attributes.
 STUDY_UID = "lightning_hpo:uid"  # a random id, also written into the study's run folder
+
+# Study user attributes.
+PROVENANCE = "provenance"  # versions, git commit, host, device, command of the study's creator

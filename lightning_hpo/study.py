@@ -19,11 +19,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from lightning_hpo import provenance
 from lightning_hpo.attrs import (
     FAIL_REASON,
     HOST,
     INTERRUPTED,
     PID,
+    PROVENANCE,
     RETRIED_FROM,
     STALE,
     STUDY_UID,
@@ -107,6 +109,8 @@ def create_or_load_study(
                 pruner=opt.make_pruner(),
                 direction=opt.direction,
             )
+            # Its creator's, once: a worker or a rerun that loads it leaves it as it is.
+            study.set_user_attr(PROVENANCE, provenance.collect(run.device))
             _label(study, opt)
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
             study = optuna.load_study(

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from lightning_hpo import provenance
 from lightning_hpo.callbacks import LastCheckpoint, RunRecorder, SeedEarlyStopping
 from lightning_hpo.components import (
     build_components,
@@ -97,10 +98,13 @@ def _fit(
     ckpt_path: Path | None,
     after_fit: Callable[[], None] | None,
 ) -> None:
-    """Write each seed's config.yaml, fit, and write each seed's result.json once it has finished."""
+    """Write each seed's config.yaml and provenance.yaml, fit, and write each seed's
+    result.json once it has finished."""
+    record = provenance.collect(cfg.device)
     for r in recorder.results:
         r.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / "config.yaml")
+        provenance.write(record, r.run_dir)
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():

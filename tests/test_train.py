@@ -252,6 +252,7 @@ def test_short_run_writes_one_folder_per_seed(short_run) -> None:
             "checkpoints",
             "config.yaml",
             "hparams.yaml",
+            "provenance.yaml",
             "result.json",
         ]
         assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
