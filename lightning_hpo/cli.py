@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lightning_hpo import __version__
 from lightning_hpo.errors import ConfigError
 
 # Exit statuses (README, "Exit statuses").
@@ -64,9 +65,9 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
-        default="configs/run_template.yaml",
-        help="run config YAML (default: %(default)s)",
+        help="run config YAML (default: configs/run_template.yaml, else the packaged template)",
     )
+    _version_argument(p)
     p.add_argument("--device", help="override the config's device: auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument(
@@ -152,8 +153,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"lightning-hpo {__version__}")
+
+
+def _default_configs(args: argparse.Namespace) -> None:
+    """Config files not given on the command line: ``configs/...`` when the working
+    directory has it, else the packaged template (``scaffold.default_config``)."""
+    from lightning_hpo.scaffold import OPTIMIZE_TEMPLATE, RUN_TEMPLATE, default_config
+
+    for name, template in (
+        ("config", RUN_TEMPLATE),
+        ("run_config", RUN_TEMPLATE),
+        ("optimize_config", OPTIMIZE_TEMPLATE),
+    ):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, default_config(template))
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
+    _default_configs(args)
     return run_command(_train, args)
 
 
@@ -162,15 +182,14 @@ def _config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-config",
         "--run_config",
-        default="configs/run_template.yaml",
-        help="run config YAML (default: %(default)s)",
+        help="run config YAML (default: configs/run_template.yaml, else the packaged template)",
     )
     p.add_argument(
         "--optimize-config",
         "--optimize_config",
-        default="configs/optimize_template.yaml",
-        help="optimize config YAML (default: %(default)s)",
+        help="optimize config YAML (default: configs/optimize_template.yaml, else the packaged template)",
     )
+    _version_argument(p)
 
 
 def tune_parser() -> argparse.ArgumentParser:
@@ -340,6 +359,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     args = report_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    _default_configs(args)
     return run_command(_report, args)
 
 
@@ -380,8 +400,68 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
     args = tune_parser().parse_args(argv)
+    _default_configs(args)
     args.argv = argv
     return run_command(_tune, args)
+
+
+# --------------------------------------------------------------------------- lightning-hpo
+
+
+def init_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lightning-hpo init",
+        description="Write the run and optimize config templates to DIR/configs/, to edit. "
+        "Never overwrites a file.",
+    )
+    p.add_argument("dir", nargs="?", default=".", help="project folder (default: %(default)s)")
+    _version_argument(p)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _init(args: argparse.Namespace) -> int:
+    from lightning_hpo.scaffold import init
+
+    for path in init(args.dir):
+        print(f"wrote {path}")
+    where = "" if Path(args.dir) == Path(".") else f"cd {args.dir} && "
+    print(f"next: {where}lightning-hpo-train (or lightning-hpo-tune)")
+    return 0
+
+
+def init_main(argv: Sequence[str] | None = None) -> int:
+    return run_command(_init, init_parser().parse_args(argv))
+
+
+# `lightning-hpo <command>` and `python -m lightning_hpo <command>`.
+COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "train": train_main,
+    "tune": tune_main,
+    "report": report_main,
+    "init": init_main,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lightning-hpo train|tune|report|init ...``: the same commands as ``train.py``,
+    ``tune.py``, ``tune.py report``, plus ``init``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    p = argparse.ArgumentParser(
+        prog="lightning-hpo",
+        description="Train PyTorch Lightning models from YAML configs and tune them with Optuna. "
+        "`lightning-hpo <command> --help` describes a command.",
+    )
+    p.add_argument(
+        "command",
+        choices=list(COMMANDS),
+        help="train: train.py; tune: tune.py; report: tune.py report; init: write the config templates",
+    )
+    _version_argument(p)
+    p.parse_args(argv)  # --help, --version, or a usage error: each exits here
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
