@@ -24,6 +24,7 @@ from lightning_hpo.yamlio import load_yaml
 
 _EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
 _CHECKPOINT = {"save_best": True, "save_last": True}
+_KIND = {bool: "true or false", int: "an integer", float: "a number"}
 _IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data")
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
 DEFAULT_MODULE = "lightning_hpo.module.SupervisedModule"
@@ -194,7 +195,7 @@ def _check_section(name: str, value: dict, defaults: dict, source: str) -> dict:
             raise ConfigError(
                 source,
                 f"{name}.{key}",
-                f"expected a {expected.__name__}, got {item!r}",
+                f"expected {_KIND[expected]}, got {item!r}",
                 f"set it like the default ({defaults[key]!r})",
             )
         if expected in (int, float) and (item < 0 or not math.isfinite(item)):
