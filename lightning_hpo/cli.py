@@ -113,12 +113,14 @@ def _train(args: argparse.Namespace) -> int:
 
     from lightning_hpo.console import quiet_lightning
     from lightning_hpo.signals import interrupt_on_signals
-    from lightning_hpo.training import train
+    from lightning_hpo.training import refuse_existing, train
 
     interrupt_on_signals()
     quiet_lightning()
     from lightning_hpo.preflight import preflight_run
 
+    if not (args.resume or args.preflight):
+        refuse_existing(cfg, args.output)  # before the preflight's line: nothing on stdout
     done = _preflight([preflight_run(cfg, args.config)], args.config, args.preflight)
     if done is not None:
         return done

@@ -417,6 +417,6 @@ def format_preflight(results: list[Preflight], source: str) -> str:
         ]
     total = math.fsum(r.seconds for r in results)
     lines.append(
-        f"passed: {len(results)} config(s) built and trained for one batch in {total:.1f} s"
+        f"passed: {len(results)} config(s) built and trained for one batch in {total:.2f} s"
     )
     return "\n".join(lines)

@@ -322,6 +322,18 @@ def seed_dirs(cfg: RunConfig, runs_root: str | Path) -> list[Path]:
     return [Path(runs_root) / cfg.project / group / str(seed) for seed in cfg.seeds]
 
 
+def refuse_existing(cfg: RunConfig, runs_root: str | Path) -> None:
+    """A run folder that already exists is never overwritten: ConfigError, unless resumed."""
+    existing = [d for d in seed_dirs(cfg, runs_root) if d.exists()]
+    if existing:
+        raise ConfigError(
+            str(existing[0]),
+            None,
+            "this run already exists",
+            "pass --resume to continue it, or move the folder away to start over",
+        )
+
+
 def train(
     cfg: RunConfig,
     runs_root: str | Path = "runs",
@@ -339,14 +351,7 @@ def train(
     """
     dirs = seed_dirs(cfg, runs_root)
     if not resume:
-        existing = [d for d in dirs if d.exists()]
-        if existing:
-            raise ConfigError(
-                str(existing[0]),
-                None,
-                "this run already exists",
-                "pass --resume to continue it, or move the folder away to start over",
-            )
+        refuse_existing(cfg, runs_root)
     done = {d: load_result(d) for d in dirs} if resume else {}
     for result in done.values():
         if result is not None and on_seed is not None:

@@ -75,11 +75,22 @@ def test_probe_names_the_one_key_the_component_rejects() -> None:
 
 def test_probe_blames_the_group_when_no_single_key_is_at_fault() -> None:
     def build(a: int, b: int):
+        if a + b > 2:  # both keys together: neither alone is wrong, and neither can go
+            raise ValueError("a + b must be at most 2")
+        return a + b
+
+    with pytest.raises(ConfigError) as info:
+        probe_kwargs(lambda kw: build(**kw), {"a": 2, "b": 2}, "f.yaml", "net_config", build, "b")
+    assert info.value.key == "net_config"
+
+
+def test_probe_blames_a_required_key_of_the_wrong_type() -> None:
+    def build(a: int, b: int):
         return a + b
 
     with pytest.raises(ConfigError) as info:
         probe_kwargs(lambda kw: build(**kw), {"a": 1, "b": "x"}, "f.yaml", "net_config", build, "b")
-    assert info.value.key == "net_config"  # without b, build() lacks a required argument
+    assert info.value.key == "net_config.b"  # b cannot be left out, but it is not an int
 
 
 def test_corners_cover_both_ends_and_every_choice(small_config) -> None:

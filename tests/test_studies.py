@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, HOST, PID, RETRIED_FROM, RETRY_OF, STALE
-from lightning_hpo.cli import EXIT_NO_TRIAL_COMPLETED, tune_main
+from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_NO_TRIAL_COMPLETED, tune_main
 from lightning_hpo.dashboard import dashboard_argument, dashboard_command
 from lightning_hpo.optimize_config import optimize_config_from_dict
 from lightning_hpo.retries import STALE_REASON
@@ -150,14 +150,26 @@ def _cli_configs(tmp_path: Path, **run_overrides) -> list[str]:
 def test_a_study_in_which_no_trial_completed_exits_1_with_the_commonest_reason(
     tmp_path: Path, user_components, capsys
 ) -> None:
-    code = tune_main(_cli_configs(tmp_path, net="user_components.FailingNet", net_config={}))
+    code = tune_main(_cli_configs(tmp_path, net="user_components.LateFailingNet", net_config={}))
     err = capsys.readouterr().err
     assert code == EXIT_NO_TRIAL_COMPLETED
     (line,) = [line for line in err.splitlines() if line.startswith("no trial completed")]
     assert (
         line
-        == "no trial completed: 2 failed, 0 pruned; commonest failure (2 of 2): RuntimeError: this network always fails"
+        == "no trial completed: 2 failed, 0 pruned; commonest failure (2 of 2): RuntimeError: this network fails after a few steps"
     )
+
+
+def test_a_network_that_fails_on_its_first_batch_is_refused_before_the_study(
+    tmp_path: Path, user_components, capsys
+) -> None:
+    code = tune_main(_cli_configs(tmp_path, net="user_components.FailingNet", net_config={}))
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert err.count("\n") == 1, err
+    assert f"{tmp_path / 'run.yaml'}: net_config: user_components.FailingNet" in err
+    assert "RuntimeError: this network always fails" in err
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
 
 
 def test_a_study_with_a_completed_trial_exits_0(tmp_path: Path, capsys) -> None:

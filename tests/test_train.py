@@ -382,7 +382,8 @@ def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(
     output = tmp_path / "runs"
     argv = ["--config", str(path), "--output", str(output)]
     assert train_main(argv) == 0
-    lines = capsys.readouterr().out.splitlines()
+    preflight, *lines = capsys.readouterr().out.splitlines()
+    assert preflight.startswith("preflight passed: 1 config(s) built and trained for one batch")
     cfg = load_run_config(path)
     dirs = seed_dirs(cfg, output)
     histories = [read_result(d)["history"] for d in dirs]
@@ -420,7 +421,7 @@ def test_train_py_reports_each_seed_and_the_mean_then_refuses_to_overwrite(
 
     # With --resume a finished run is read back, not trained again.
     assert train_main([*argv, "--resume"]) == 0
-    assert capsys.readouterr().out.splitlines()[:3] == lines[:3]
+    assert capsys.readouterr().out.splitlines()[1:4] == lines[:3]  # after the preflight line
     assert snapshot(output) == before
 
 

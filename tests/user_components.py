@@ -135,6 +135,22 @@ class FailingNet(nn.Module):
         raise RuntimeError("this network always fails")
 
 
+class LateFailingNet(FailingNet):
+    """Trains ``steps`` batches, then raises: a failure that only real training meets (the
+    preflight's one batch passes), so each trial using it fails."""
+
+    def __init__(self, in_features: int, out_features: int, steps: int = 2):
+        super().__init__(in_features, out_features)
+        self.steps = steps
+
+    def forward(self, x):
+        if self.training:
+            if self.steps <= 0:
+                raise RuntimeError("this network fails after a few steps")
+            self.steps -= 1
+        return self.layer(x)
+
+
 class MAEModule(SupervisedModule):
     """A user LightningModule: the built-in one plus a metric of its own, ``val_mae`` (the mean
     absolute error times ``scale``, an argument from ``module_config``)."""
