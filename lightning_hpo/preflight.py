@@ -162,11 +162,14 @@ def probe_kwargs(
 
 @contextlib.contextmanager
 def _blame(source: str, key: str | None, what: str, fix: str) -> Iterator[None]:
-    """Any exception in the body becomes a ConfigError: ``what`` failed, and why."""
+    """Any exception in the body becomes a ConfigError: ``what`` failed, and why. A ConfigError
+    from a builder that does not know the file (``<run config>``) is given ``source``."""
     try:
         yield
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        if exc.source != "<run config>":
+            raise
+        raise exc.with_source(source) from exc
     except Exception as exc:
         raise ConfigError(source, key, f"{what} failed ({_first_line(exc)})", fix) from exc
 
