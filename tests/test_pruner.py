@@ -227,8 +227,21 @@ def _run(study: optuna.Study, values: list[float], sign: float, **user_attrs: in
     return None
 
 
-def _pruner(**kwargs: int) -> PFLPruner:
-    return PFLPruner(**{"n_startup_trials": 3, "n_warmup_epochs": 10, "top_k": 3, **kwargs})
+# The rule these tables document: the same-epoch bands at 0.5 / 0.65 and no uncertainty
+# band (the shipped defaults differ; test_shipped_defaults_* covers them).
+RULE = {
+    "n_startup_trials": 3,
+    "n_warmup_epochs": 10,
+    "top_k": 3,
+    "quantile": 0.5,
+    "overrule_quantile": 0.65,
+    "noise_band": 0.0,
+    "robust_best": False,
+}
+
+
+def _pruner(**kwargs: object) -> PFLPruner:
+    return PFLPruner(**{**RULE, **kwargs})
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
@@ -434,7 +447,7 @@ def test_multi_objective_is_rejected() -> None:
         ({"quantile": math.nan}, "quantile"),
         ({"quantile": True}, "quantile"),
         ({"quantile": "0.5"}, "quantile"),
-        ({"overrule_quantile": 0.4}, "overrule_quantile"),  # below the default quantile
+        ({"overrule_quantile": 0.3}, "overrule_quantile"),  # below the default quantile
         ({"quantile": 0.7, "overrule_quantile": 0.65}, "overrule_quantile"),
         ({"overrule_quantile": 1.01}, "overrule_quantile"),
         ({"overrule_quantile": False}, "overrule_quantile"),
@@ -461,7 +474,8 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
 def test_constructor_defaults() -> None:
     pruner = PFLPruner()
     assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 10, 5)
-    assert (pruner._target_epoch, pruner._quantile, pruner._overrule_quantile) == (None, 0.5, 0.65)
+    assert (pruner._target_epoch, pruner._quantile, pruner._overrule_quantile) == (None, 0.35, 0.5)
+    assert (pruner._noise_band, pruner._schedule_band, pruner._robust_best) == (1.0, 0.0, True)
     assert PFLPruner(quantile=1, overrule_quantile=None)._overrule_quantile is None
 
 
@@ -565,7 +579,7 @@ def test_two_processes_on_one_storage_agree(tmp_path: Path) -> None:
         from optuna.trial import TrialState
         from lightning_hpo.pruner import PFLPruner
         study = optuna.load_study(study_name=None, storage={url!r})
-        pruner = PFLPruner(n_startup_trials=3, n_warmup_epochs=10, top_k=3)
+        pruner = PFLPruner(**{RULE!r})
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         out = []
         for t in sorted(running, key=lambda t: t.number):
@@ -803,3 +817,32 @@ def test_the_band_is_derived_from_storage_alone(tmp_path: Path) -> None:
     again = [_pruner(**BAND).evaluate(reloaded, prefix_trial(running, s)) for s in range(15)]
     assert again == first
     assert {d.reason for d in first[10:]} == {"uncertain"}
+
+
+def test_shipped_defaults_keep_a_noisy_trial_whose_band_reaches_the_protected_set() -> None:
+    """PFLPruner() itself, 12 smooth references: a trend just outside the overrule bound
+    at step 10 is pruned; the same trend with +-0.15 noise is kept ("uncertain"), and a
+    hopeless one as noisy is still pruned."""
+    study = optuna.create_study()
+    study.add_trials(
+        _completed(exp_curve(1.0, 0.1, 0.30 + 0.05 * i, N_EPOCHS), 1.0) for i in range(12)
+    )
+    trend = exp_curve(1.0, 0.1, 0.6, N_EPOCHS)
+    noise = _jitter(N_EPOCHS, 0.15, seed=3)
+
+    def at_step_10(values: list[float]) -> PFLDecision:
+        trial = create_trial(
+            state=TrialState.RUNNING,
+            intermediate_values=dict(enumerate(values)),
+            user_attrs={"epochs": N_EPOCHS},
+        )
+        return PFLPruner().evaluate(study, prefix_trial(trial, 10))
+
+    smooth = at_step_10(trend)
+    assert (smooth.prune, smooth.reason) == (True, "worse")
+    assert smooth.score > smooth.overrule_bound and smooth.band < 0.01
+    noisy = at_step_10([v + e for v, e in zip(trend, noise)])
+    assert (noisy.prune, noisy.reason) == (False, "uncertain")
+    assert noisy.score - noisy.band <= noisy.protected_bound < noisy.score
+    hopeless = at_step_10([v + 2.0 + e for v, e in zip(trend, noise)])
+    assert (hopeless.prune, hopeless.reason) == (True, "worse")
