@@ -226,14 +226,19 @@ def robust_running_best(values: Sequence[float], maximize: bool) -> list[float]:
     entries are the running best of the raw values (there is no median of three yet).
     Non-finite values are dropped from each window.
     """
-    medians = []
-    for i in range(len(values)):
-        window = [v for v in values[max(0, i - 2) : i + 1] if math.isfinite(v)]
-        if i < 2 or len(window) < 3:
-            medians.append(values[i] if i < 2 else math.nan)
-        else:
-            window.sort()
-            medians.append(window[1])
+    # Written out rather than sorting a window per epoch: a process's first decision
+    # derives this for every completed trial (~20 ms at 1,000 trials x 100 epochs, 3x less).
+    medians = list(values[:2])
+    inf, nan = math.inf, math.nan
+    for i in range(2, len(values)):
+        a, b, c = values[i - 2], values[i - 1], values[i]
+        # Chained comparisons are False for NaN and both infinities.
+        if not (-inf < a < inf and -inf < b < inf and -inf < c < inf):
+            medians.append(nan)
+            continue
+        if a > b:
+            a, b = b, a
+        medians.append(b if c > b else c if c > a else a)
     return running_best(medians, maximize)
 
 
