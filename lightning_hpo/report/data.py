@@ -118,6 +118,7 @@ class ReplayedTrial:
     threshold: float | None = None
     score: float | None = None
     overrule_bound: float | None = None
+    band: float | None = None  # how far toward better score and pfl moved (PFLDecision.band)
 
 
 @dataclass(frozen=True)

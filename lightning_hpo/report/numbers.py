@@ -398,6 +398,7 @@ def _replay_one(
                 threshold=decision.threshold,
                 score=decision.score,
                 overrule_bound=decision.overrule_bound,
+                band=decision.band,
             )
     return ReplayedTrial(number=number, value=trial.value, would_prune=False)
 

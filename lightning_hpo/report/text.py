@@ -141,13 +141,15 @@ def _audit_lines(audit: Audit, metric: str) -> list[str]:
         if not t.would_prune:
             continue
         # Overruled: predicted within the reference set, but far behind at the same epoch.
+        # The band (PFL's uncertainty) moved both numbers toward better before comparing.
+        band = f" (uncertainty band {_num(t.band)})" if t.band else ""
         if t.reason == "overruled":
             detail = (
-                f"best so far {_num(t.score)} vs same-epoch bound {_num(t.overrule_bound)} "
+                f"best so far {_num(t.score)}{band} vs same-epoch bound {_num(t.overrule_bound)} "
                 f"(overruled; predicted {_num(t.pfl)})"
             )
         elif t.pfl is not None:
-            detail = f"predicted {_num(t.pfl)} vs threshold {_num(t.threshold)}"
+            detail = f"predicted {_num(t.pfl)}{band} vs threshold {_num(t.threshold)}"
         else:
             detail = t.reason
         lines.append(
