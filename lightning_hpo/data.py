@@ -176,7 +176,7 @@ class StackedLoaders:
             yield [torch.stack(parts) for parts in zip(*batches)]
 
 
-class RegressionData(pl.LightningDataModule):
+class SupervisedData(pl.LightningDataModule):
     """Serves a (train, val) pair of datasets; TensorDatasets from memory, others via DataLoader.
 
     Args:
@@ -192,7 +192,7 @@ class RegressionData(pl.LightningDataModule):
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
         self.fused_seeds: list[int] | None = None  # set by fuse(): one training batch per seed
 
-    def fuse(self, seeds: list[int]) -> RegressionData:
+    def fuse(self, seeds: list[int]) -> SupervisedData:
         """Serve stacked training batches, each seed's from its own shuffle (fused seeds)."""
         self.fused_seeds = list(seeds)
         return self
@@ -261,7 +261,7 @@ def build_datamodule(
             f"{getattr(factory, '__qualname__', factory)} must return (train_dataset, val_dataset), got {type(result).__name__}"
         )
     train, val = result
-    return RegressionData(train, val, batch_size, seed)
+    return SupervisedData(train, val, batch_size, seed)
 
 
 def feature_sizes(dm: pl.LightningDataModule) -> tuple[int, int]:

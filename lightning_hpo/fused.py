@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_hpo.data import RegressionData
+from lightning_hpo.data import SupervisedData
 from lightning_hpo.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
 from lightning_hpo.module import SupervisedModule, is_class_target
 from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
@@ -394,7 +394,7 @@ def blocker(
             f"module {module.__module__}.{module.__qualname__} is not the built-in "
             f"{SupervisedModule.__module__}.{SupervisedModule.__qualname__}, whose steps fused training runs",
         )
-    if not isinstance(dm, RegressionData):
+    if not isinstance(dm, SupervisedData):
         return (
             None,
             "the data is a LightningDataModule, which draws its own batches; fusing needs a (train, val) dataset factory",

@@ -23,7 +23,7 @@ import lightning_hpo.training as training
 from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, train_main
 from lightning_hpo.components import build_module
 from lightning_hpo.data import (
-    RegressionData,
+    SupervisedData,
     TensorBatches,
     build_datamodule,
     feature_sizes,
@@ -145,10 +145,10 @@ def test_tensor_batches_ranks_split_the_data(shuffle: bool) -> None:
 def test_tensor_datasets_are_served_from_memory_and_other_datasets_by_a_dataloader(
     user_components,
 ) -> None:
-    dm = RegressionData(*user_components.three_to_two(), batch_size=16)
+    dm = SupervisedData(*user_components.three_to_two(), batch_size=16)
     assert isinstance(dm.train_dataloader(), TensorBatches)
     assert isinstance(dm.val_dataloader(), TensorBatches)
-    dm = RegressionData(*user_components.plain_datasets(), batch_size=16)
+    dm = SupervisedData(*user_components.plain_datasets(), batch_size=16)
     loader = dm.train_dataloader()
     assert isinstance(loader, DataLoader)
     x, y = next(iter(loader))
@@ -159,7 +159,7 @@ def test_tensor_datasets_are_served_from_memory_and_other_datasets_by_a_dataload
 
 def test_feature_sizes_of_integer_labels_count_the_classes() -> None:
     x, labels = torch.randn(20, 5), torch.arange(20) % 4
-    dm = RegressionData(TensorDataset(x, labels), TensorDataset(x, labels), batch_size=20)
+    dm = SupervisedData(TensorDataset(x, labels), TensorDataset(x, labels), batch_size=20)
     assert feature_sizes(dm) == (5, 4)
 
 

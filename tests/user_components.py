@@ -39,7 +39,7 @@ class PairDataset(Dataset):
 
 
 def plain_datasets(n: int = 120, seed: int = 0) -> tuple[PairDataset, PairDataset]:
-    """Like three_to_two, but as PairDatasets, so RegressionData must use a DataLoader."""
+    """Like three_to_two, but as PairDatasets, so SupervisedData must use a DataLoader."""
     train, val = three_to_two(n, seed)
     return PairDataset(*train.tensors), PairDataset(*val.tensors)
 
