@@ -1,6 +1,6 @@
 """Predicted-Final-Loss (PFL) pruner: its decisions, from what the study stores.
 
-(About 440 lines, most of them this docstring and ``evaluate``'s explained steps: the
+(About 580 lines, most of them this docstring and ``evaluate``'s explained steps: the
 rule's parts, reference set, same-epoch bands and cache, read one another's state, and
 stay together; the curve arithmetic is apart, in :mod:`lightning_hpo.pfl`.)
 
@@ -23,8 +23,20 @@ extrapolate to implausible values, e.g. a negative cross-entropy), while the com
 trials' predictions sit near their final values. On replayed learning curves
 (``benchmarks/bench_pruners.py``) the prediction alone lost the best configuration; gated
 by the same-epoch rank but never overruled it trained more epochs than
-:class:`optuna.pruners.MedianPruner`; with the overrule it trains fewer epochs than the
-median pruner at no more regret on both recorded tasks.
+:class:`optuna.pruners.MedianPruner`; with the overrule it trained fewer epochs than the
+median pruner at no more regret on both smooth recorded tasks.
+
+How sure it is: on noisy curves (a high learning rate with small batches, a spike, then
+the cosine schedule's late drop) the same rule cut the configuration that ends best, as
+the median pruner does. So every comparison first moves the trial's numbers toward better
+by its uncertainty band: its own noise level (the spread of its recent epochs around
+their local trend), widened while a declared cosine schedule still has decay to come;
+and with ``robust_best`` best-so-far values are taken over a running median of three
+epochs, so one spike or one lucky dip changes no rank. This is a cheap, storage-derived
+stand-in for the predictive uncertainty of Domhan et al. (2015), who prune when the
+probability of beating the best is small. The defaults are the setting
+``benchmarks/bench_pruners.py`` selects over its four recorded tasks; its table reports
+every task with the setting chosen on the other three.
 
 Every decision is derived from what the study stores (completed trials, the running
 trial's intermediate values and user attrs). The only in-memory state is a cache of
@@ -41,7 +53,8 @@ stock ``PyTorchLightningPruningCallback`` reports it. A trial of several seeds r
 one value per epoch (the tuner's mean over seeds trained together, or its first seed's
 value when they train one after another), so trials compare epoch by epoch whatever
 their seeds. The tuner records the run's epoch count in the user attr ``epochs`` (the
-pruner's default target epoch) and the seeds per trial in ``n_seeds`` (informational).
+pruner's default target epoch), the seeds per trial in ``n_seeds`` (informational) and
+the scheduler with its period in ``lr_schedule`` (the schedule term of the band).
 
 Stored predictions
 ------------------
