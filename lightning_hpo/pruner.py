@@ -528,11 +528,12 @@ class PFLPruner(optuna.pruners.BasePruner):
         best_of = robust_running_best if self._robust_best else running_best
 
         def bests(t: FrozenTrial) -> list[float]:
-            raw = running_best(trial_curve(t), maximize)
-            if not self._robust_best:
-                return raw
+            curve = trial_curve(t)
+            robust = best_of(curve, maximize)
+            if not self._robust_best or all(math.isfinite(r) for r in robust):
+                return robust
             # Where the running median has no finite value yet, the raw best stands in.
-            robust = best_of(trial_curve(t), maximize)
+            raw = running_best(curve, maximize)
             return [r if math.isfinite(r) else b for r, b in zip(robust, raw)]
 
         running_bests = self._cache.lookup(
