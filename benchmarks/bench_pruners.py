@@ -18,9 +18,10 @@ Figures per pruner and task, over the orders ("best" = lowest final val_loss):
 * top-10% pruned: fraction of the true top-10 % configurations that were pruned (mean).
 
 PFL's defaults are chosen by leave-one-task-out: every setting of ``GRID`` is replayed on
-every task, and the PFL row of a task is the setting that scores best on the OTHER tasks
+every task in ``--grid-orders`` selection orders (seeds 1000..., apart from the table's
+0...), and the PFL row of a task is the setting that scores best there on the OTHER tasks
 (``select``: fewest missed targets, then the smallest shortfall, then the fewest epochs),
-so that row's figures are out of sample. The shipped defaults are the setting selected on
+replayed again in the table's orders, so that row's figures are out of sample. The shipped defaults are the setting selected on
 all tasks together, which the script checks against ``PFLPruner()``.
 
 Rows: PFL (left-out setting), its "last value" ablation (the same setting with the
@@ -34,8 +35,8 @@ on that task, in sample) and of Median/Percentile pruners on it.
 
 Needs scipy (``pip install -e .[bench]``) for Optuna's WilcoxonPruner.
 
-Run: ``python benchmarks/bench_pruners.py`` (about 10 minutes on 2 cores: the grid is
-most of it), ``--quick`` for a smoke run (2 orders, 2 grid settings),
+Run: ``python benchmarks/bench_pruners.py`` (3-5 minutes on 2 busy cores, most of it the
+grid), ``--quick`` for a smoke run (2 orders, 2 grid settings),
 ``--single-seed`` to replay the first seed's curve instead of the seeds' mean.
 """
 

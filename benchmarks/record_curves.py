@@ -33,8 +33,9 @@ Tasks:
 Output: benchmarks/data/curves_<task>.json.gz with the params and the per-epoch
 validation losses rounded to 6 significant digits (null for non-finite values).
 
-Run: ``python benchmarks/record_curves.py --tasks wine,friedman`` (the noisy tasks, a few
-minutes on 2 cores; scikit-learn is needed for ``wine`` only: ``pip install -e .[bench]``),
+Run: ``python benchmarks/record_curves.py --tasks wine,friedman`` (the noisy tasks: 3 and
+21 minutes on 2 busy cores; scikit-learn is needed for ``wine`` only:
+``pip install -e .[bench]``),
 ``--tasks synthetic,spirals`` for the first two (~7.5 minutes on 2 busy cores),
 ``--quick`` for a smoke run into a temporary folder.
 """
