@@ -172,6 +172,7 @@ def decision_record(decision: PFLDecision, previous: Any = None) -> dict[str, An
         "prune": decision.prune,
         "predicted": decision.pfl,
         "threshold": decision.threshold,
+        "band": decision.band,
         "history": history,
     }
 

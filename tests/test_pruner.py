@@ -775,6 +775,8 @@ def test_a_noisy_late_bloomer_with_a_spike_is_kept_by_its_band(direction: str) -
         trial.report(sign * value, step)
         assert not trial.should_prune(), step
     assert list(stored_predictions(study.trials[-1])) == list(range(10, N_EPOCHS))
+    record = study.trials[-1].user_attrs["pfl"]  # what optuna-dashboard shows
+    assert record["step"] == N_EPOCHS - 1 and record["band"] > 0
     # Its band is what kept it at step 10: the same numbers without it prune.
     d = _pruner(**BAND).evaluate(study, prefix_trial(study.trials[-1], 10))
     assert (d.prune, d.reason) == (False, "uncertain")
