@@ -158,11 +158,17 @@ def test_two_local_workers_reach_the_exact_total_in_one_stream_with_split_thread
     assert {m[2] for m in lines} == {"6"}
     assert proc.stdout.count("Best trial:") == 1
 
-    # Both workers trained, each with its share of the CPUs this process may use.
+    # Both workers trained, each with its share of the CPUs this process may use. Before
+    # them, the parent built the data for its preflight (the run config and the search
+    # space's corners), and no trial.
     records = [line.split() for line in log.read_text().splitlines()]
+    parent = records[0][0]
+    preflight = [r for r in records if r[0] == parent]
+    assert records[: len(preflight)] == preflight
+    records = records[len(preflight) :]
     assert len(records) == 6
     pids = {pid for pid, _ in records}
-    assert len(pids) == 2
+    assert len(pids) == 2 and parent not in pids
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert {int(threads) for _, threads in records} == {max(1, cpus // 2)}
 
@@ -466,8 +472,12 @@ def test_ddp_ranks_each_train_their_own_half_of_every_seeds_epoch(ddp_study) -> 
     assert len(set(train_targets)) == len(train_targets) == 240  # a target names its sample
     share = len(train_targets) // 2  # each rank's samples per seed and epoch
     processes = _seen_by_process(ddp_study.seen)
-    # Only spawned ranks trained (never the tune.py process itself): ranks 0 and 1 for each
-    # trial, trial after trial.
+    # The tune.py process itself trained only its preflight's batch, on one device (no rank),
+    # before the study. Only spawned ranks trained the trials: ranks 0 and 1 for each trial,
+    # trial after trial.
+    main = [p for p in processes if p[0] == -1]
+    processes = [p for p in processes if p[0] >= 0]
+    assert len(main) == 1 and main[0][1] < processes[0][1]
     pairs = processes[:2], processes[2:]
     assert len(processes) == 4 and [sorted(rank for rank, _, _ in pair) for pair in pairs] == [
         [0, 1],
