@@ -233,7 +233,9 @@ def preflight_run(
             serve, cfg.data_config, source, "data_config", resolve(cfg.data), f"{cfg.data}"
         )
         x, y = (t.to(device) for t in batch[:2])
-        detail.append(f"{_short(cfg.data)}: batch {_shape(x)} -> {_shape(y)} {y.dtype}")
+        detail.append(
+            f"{_short(cfg.data)}: batch {_shape(x)} -> {_shape(y)} {str(y.dtype).removeprefix('torch.')}"
+        )
         detail.append(f"validation batch {_shape(val_batch[0])}")
 
     def forward(net_config: dict[str, Any]):
