@@ -96,7 +96,7 @@ class FusedModule(SupervisedModule):
         elif shared and pred.ndim == y.ndim + 2 and is_class_target(y):
             hits = pred.detach().argmax(2) == y  # [S, n, ...]
             self._accumulate(
-                "val_hits", hits.flatten(1).sum(1, dtype=losses.dtype) / (hits[0].numel() / n)
+                "val_hits", hits.flatten(1).sum(1, dtype=torch.float32) / (hits[0].numel() / n)
             )
         return losses.sum()
 

@@ -99,6 +99,8 @@ class SupervisedModule(pl.LightningModule):
         return self.net(x)
 
     def _accumulate(self, name: str, value: torch.Tensor) -> None:
+        # At least float32: an epoch's sums in bf16/fp16 (trainer_config precision) lose counts.
+        value = value.to(torch.promote_types(value.dtype, torch.float32))
         self._sums[name] = self._sums[name] + value if name in self._sums else value
 
     def _step(self, batch, stage: str) -> torch.Tensor:
@@ -117,7 +119,7 @@ class SupervisedModule(pl.LightningModule):
         elif stage == "val" and pred.ndim == y.ndim + 1 and is_class_target(y):
             # Class scores [n, C] (or [n, C, ...] against [n, ...]): count the right argmax.
             hits = pred.detach().argmax(1) == y
-            self._accumulate("val_hits", hits.sum(dtype=loss.dtype) / (hits.numel() / n))
+            self._accumulate("val_hits", hits.sum(dtype=torch.float32) / (hits.numel() / n))
         return loss
 
     def training_step(self, batch, batch_idx):
