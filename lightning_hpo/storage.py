@@ -21,8 +21,13 @@ from lightning_hpo.errors import ConfigError
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL with any password replaced by ``***``: the one after ``user:`` and one given
+    as a query parameter (``?password=...``, as libpq and SQLAlchemy drivers accept)."""
+    url = _QUERY_SECRET.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     at = rest.rfind("@")  # a password may itself hold '@' or '/'
     if not sep or at < 0 or ":" not in rest[:at]:

@@ -28,6 +28,7 @@ ARGV = [
     "--storage",
     f"postgresql://bob:{SECRET}@db.example/hpo",
     f"--storage=mysql+pymysql://al:{SECRET}@db.example/hpo",
+    f"--storage=postgresql://db.example/hpo?sslmode=require&password={SECRET}",
     "--trials",
     "2",
 ]
@@ -87,6 +88,7 @@ def test_storage_passwords_never_reach_the_command_line_record() -> None:
     assert SECRET not in command
     assert "postgresql://bob:***@db.example/hpo" in command
     assert "--storage=mysql+pymysql://al:***@db.example/hpo" in command
+    assert "postgresql://db.example/hpo?sslmode=require&password=***" in command
 
 
 def test_every_seed_folder_of_a_run_has_its_provenance(
