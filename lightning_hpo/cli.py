@@ -90,11 +90,11 @@ def _preflight_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _preflight(results, source: str, only: bool) -> int | None:
+def _preflight(results, only: bool, space_source: str | None = None) -> int | None:
     """Print the preflight's table (``--preflight``, then stop with 0) or its one-line cost."""
     from lightning_hpo.preflight import format_preflight
 
-    table = format_preflight(results, source)
+    table = format_preflight(results, space_source)
     if only:
         print(table)
         return 0
@@ -121,7 +121,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if not (args.resume or args.preflight):
         refuse_existing(cfg, args.output)  # before the preflight's line: nothing on stdout
-    done = _preflight([preflight_run(cfg, args.config)], args.config, args.preflight)
+    done = _preflight([preflight_run(cfg, args.config)], args.preflight)
     if done is not None:
         return done
 
@@ -295,7 +295,7 @@ def _tune(args: argparse.Namespace) -> int:
         from lightning_hpo.preflight import preflight_study
 
         checks = preflight_study(run, opt, args.run_config, args.optimize_config)
-        done = _preflight(checks, args.optimize_config, args.preflight)
+        done = _preflight(checks, args.preflight, args.optimize_config)
         if done is not None:
             return done
     if args.threads:

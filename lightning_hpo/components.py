@@ -27,10 +27,11 @@ from lightning_hpo.run_config import RunConfig
 
 def net_kwargs(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
     """The network's arguments: ``net_config``, plus ``in_features``/``out_features`` from
-    the data when the network takes them."""
+    the data when the network takes them and ``net_config`` does not give both."""
     kwargs = dict(cfg.net_config)
+    sizes = {"in_features", "out_features"}
     accepted = accepted_kwargs(resolve(cfg.net))
-    if accepted is None or {"in_features", "out_features"} <= accepted:
+    if (accepted is None or sizes <= accepted) and not sizes <= kwargs.keys():
         kwargs["in_features"], kwargs["out_features"] = feature_sizes(dm)
     return kwargs
 

@@ -91,7 +91,11 @@ def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu"
             "keep the network as self.net (the module contract), or load the checkpoint yourself",
         )
     net.load_state_dict(state)
-    return net.to(map_location).eval()
+    # A device moves the network there; a dict or function only placed the checkpoint's
+    # tensors for loading, and the network stays where it was built (the CPU).
+    if isinstance(map_location, (str, torch.device)):
+        net = net.to(map_location)
+    return net.eval()
 
 
 def _net_from_folder(run_dir: Path):

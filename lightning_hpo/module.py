@@ -18,6 +18,17 @@ def is_class_target(y: torch.Tensor) -> bool:
     return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
+def scheduler_arguments(
+    scheduler: Callable, config: Mapping[str, Any], epochs: int
+) -> dict[str, Any]:
+    """The scheduler's keyword arguments: its config, with ``T_max`` (a cosine schedule's
+    length) filled in as the run's epochs when the config leaves it out."""
+    arguments = dict(config)
+    if "T_max" in (accepted_kwargs(scheduler) or ()):
+        arguments.setdefault("T_max", epochs)
+    return arguments
+
+
 def parts_from_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
     """The criterion, optimizer and scheduler a run config names, as the module takes them.
 
@@ -90,9 +101,8 @@ class SupervisedModule(pl.LightningModule):
         self.net, self.criterion = net, criterion
         self.optimizer_factory, self.optimizer_config = optimizer, dict(optimizer_config or {})
         self.scheduler_factory, self.scheduler_config = scheduler, dict(scheduler_config or {})
-        accepted = accepted_kwargs(scheduler) if scheduler is not None else set()
-        if accepted is not None and "T_max" in accepted:
-            self.scheduler_config.setdefault("T_max", epochs)
+        if scheduler is not None:
+            self.scheduler_config = scheduler_arguments(scheduler, self.scheduler_config, epochs)
         self._sums: dict[str, torch.Tensor] = {}
 
     def forward(self, x):

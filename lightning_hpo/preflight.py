@@ -33,9 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.metrics import VAL_LOSS, logged_names, require_logged
 from lightning_hpo.run_config import RunConfig
 
-__all__ = ["Check", "Preflight", "format_preflight", "preflight_run", "preflight_study"]
+__all__ = [
+    "Check",
+    "Preflight",
+    "format_preflight",
+    "preflight_run",
+    "preflight_study",
+    "probe_kwargs",
+    "space_corners",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class Preflight:
 
     label: str
     device: str
+    source: str = "<run config>"
     checks: list[Check] = field(default_factory=list)
     parameters: int = 0  # the network's
     metrics: dict[str, float] = field(default_factory=dict)
@@ -202,25 +212,23 @@ def _short(path: str) -> str:
     return path.rsplit(".", 1)[-1]
 
 
-def preflight_run(
-    cfg: RunConfig, source: str = "<run config>", label: str = "run config"
-) -> Preflight:
-    """Build every component of ``cfg`` and train it for one batch (see the module doc).
-
-    Raises:
-        ConfigError: naming the file and key of the first component that fails.
-    """
-    import lightning.pytorch as pl
+def _is_pair(batch: Any) -> bool:
+    """Whether a batch is ``(x, y, ...)`` tensors, as the built-in module takes it."""
     import torch
 
-    from lightning_hpo.components import build_module, build_net
-    from lightning_hpo.data import build_datamodule
-    from lightning_hpo.imports import accepted_kwargs, resolve
-    from lightning_hpo.trainer import build_trainer
+    return (
+        isinstance(batch, (list, tuple))
+        and len(batch) >= 2
+        and all(torch.is_tensor(t) for t in batch[:2])
+    )
 
-    device = _device(cfg)
-    result = Preflight(label, str(device))
-    seed = cfg.seeds[0]
+
+def _serve(cfg: RunConfig, seed: int):
+    """``probe(data_config)``: the DataModule and its first training and validation batch."""
+    import lightning.pytorch as pl
+
+    from lightning_hpo.data import build_datamodule
+    from lightning_hpo.imports import resolve
 
     def serve(data_config: dict[str, Any]):
         pl.seed_everything(seed, workers=True, verbose=False)  # as components.build_data
@@ -228,15 +236,19 @@ def preflight_run(
         dm.setup("fit")
         return dm, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
 
-    with result.check("data") as detail:
-        dm, batch, val_batch = probe_kwargs(
-            serve, cfg.data_config, source, "data_config", resolve(cfg.data), f"{cfg.data}"
-        )
-        x, y = (t.to(device) for t in batch[:2])
-        detail.append(
-            f"{_short(cfg.data)}: batch {_shape(x)} -> {_shape(y)} {str(y.dtype).removeprefix('torch.')}"
-        )
-        detail.append(f"validation batch {_shape(val_batch[0])}")
+    return serve
+
+
+def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, device) -> None:
+    """The net, loss, optimizer step and scheduler step, each on its own ``*_config``."""
+    import torch
+
+    from lightning_hpo.components import build_net
+    from lightning_hpo.imports import resolve
+    from lightning_hpo.module import parts_from_config, scheduler_arguments
+
+    seed = cfg.seeds[0]
+    x, y = (t.to(device) for t in batch[:2])
 
     def forward(net_config: dict[str, Any]):
         net = build_net(dataclasses.replace(cfg, net_config=net_config), dm, seed).to(device)
@@ -255,10 +267,8 @@ def preflight_run(
         detail.append(f"{_short(cfg.net)}: {result.parameters:,} parameters, output {_shape(pred)}")
 
     def score(criterion_config: dict[str, Any]):
-        criterion = resolve(cfg.criterion)
-        if isinstance(criterion, type):
-            criterion = criterion(**criterion_config)
-        loss = criterion(pred, y)
+        run_config = cfg.to_dict() | {"criterion_config": criterion_config}
+        loss = parts_from_config(run_config)["criterion"](pred, y)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise TypeError(f"expected a scalar tensor, got {_shape(loss)}")
         return loss
@@ -282,14 +292,12 @@ def preflight_run(
             source,
             "optimizer_config",
             optimizer_cls,
-            f"{cfg.optimizer}",
+            cfg.optimizer,
         )
         scheduler = None
         if cfg.scheduler:
             scheduler_cls = resolve(cfg.scheduler)
-            scheduler_config = dict(cfg.scheduler_config)
-            if "T_max" in (accepted_kwargs(scheduler_cls) or ()):
-                scheduler_config.setdefault("T_max", cfg.epochs)  # as the module fills it in
+            scheduler_config = scheduler_arguments(scheduler_cls, cfg.scheduler_config, cfg.epochs)
 
             def schedule(kw: dict[str, Any]) -> None:
                 scratch = optimizer_cls(list(net.parameters()), **cfg.optimizer_config)
@@ -298,12 +306,7 @@ def preflight_run(
                 scheduler.step()
 
             probe_kwargs(
-                schedule,
-                scheduler_config,
-                source,
-                "scheduler_config",
-                scheduler_cls,
-                f"{cfg.scheduler}",
+                schedule, scheduler_config, source, "scheduler_config", scheduler_cls, cfg.scheduler
             )
             scheduler = scheduler_cls(optimizer, **scheduler_config)
         with _blame(source, "optimizer_config", f"{cfg.optimizer}'s step", "fix optimizer_config"):
@@ -319,9 +322,17 @@ def preflight_run(
                 scheduler.step()
             detail.append(f"{_short(cfg.scheduler)} {scheduler_config}")
 
+
+def _check_lightning(result: Preflight, cfg: RunConfig, source: str, dm) -> None:
+    """The LightningModule trains and validates one batch in a ``fast_dev_run`` Trainer."""
+    import torch
+
+    from lightning_hpo.components import build_module
+    from lightning_hpo.trainer import build_trainer
+
     with result.check("Lightning") as detail:
-        with _blame(source, "net", "building the LightningModule", "fix the run config"):
-            module = build_module(cfg, dm, seed)
+        with _blame(source, "module", "building the LightningModule", "fix the run config"):
+            module = build_module(cfg, dm, cfg.seeds[0])
         with tempfile.TemporaryDirectory(prefix="lightning-hpo-preflight-") as scratch:
             with _blame(source, "trainer_config", "building the Trainer", "fix trainer_config"):
                 trainer = build_trainer(
@@ -345,6 +356,56 @@ def preflight_run(
         }
         logged = ", ".join(sorted(result.metrics)) or "nothing"
         detail.append(f"{type(module).__qualname__} logs {logged}")
+
+
+def preflight_run(
+    cfg: RunConfig,
+    source: str = "<run config>",
+    label: str = "run config",
+    monitor: str | None = VAL_LOSS,
+) -> Preflight:
+    """Build every component of ``cfg`` and train it for one batch (see the module doc).
+
+    A batch that is not ``(x, y)`` tensors (a dict, say, for a module of your own) skips the
+    component checks: the Lightning check then covers them. ``monitor`` is the metric the run
+    checkpoints and early-stops on; the module must log it (None: the caller checks).
+
+    Raises:
+        ConfigError: naming the file and key of the first component that fails.
+    """
+    from lightning_hpo.imports import resolve
+
+    device = _device(cfg)
+    result = Preflight(label, str(device), source)
+    with result.check("data") as detail:
+        dm, batch, val_batch = probe_kwargs(
+            _serve(cfg, cfg.seeds[0]),
+            cfg.data_config,
+            source,
+            "data_config",
+            resolve(cfg.data),
+            cfg.data,
+        )
+        if _is_pair(batch):
+            x, y = batch[:2]
+            dtype = str(y.dtype).removeprefix("torch.")
+            detail.append(f"{_short(cfg.data)}: batch {_shape(x)} -> {_shape(y)} {dtype}")
+            detail.append(f"validation batch {_shape(val_batch[0])}")
+        else:
+            detail.append(f"{_short(cfg.data)}: a {type(batch).__name__} batch, not (x, y)")
+            detail.append("the module's own step checks the rest")
+    if _is_pair(batch):
+        _check_parts(result, cfg, source, dm, batch, device)
+    _check_lightning(result, cfg, source, dm)
+    if monitor is not None and monitor not in logged_names(result.metrics):
+        logged = ", ".join(logged_names(result.metrics)) or "nothing"
+        raise ConfigError(
+            source,
+            "module",
+            f"{cfg.module} never logs {monitor!r}, which the run checkpoints and stops early "
+            f"on (it logs {logged})",
+            f"log {monitor} in validation, e.g. by subclassing the built-in module",
+        )
     return result
 
 
@@ -390,32 +451,26 @@ def preflight_study(run: RunConfig, opt, run_source: str, opt_source: str) -> li
             module never logs it (naming what it does log); for a corner that fails, naming
             the corner's values.
     """
-    base = preflight_run(run, run_source)
-    if opt.metric not in base.metrics:
-        logged = ", ".join(sorted(base.metrics)) or "nothing"
-        raise ConfigError(
-            opt_source,
-            "metric",
-            f"{opt.metric!r} is never logged: one training and validation batch logged {logged}",
-            "set metric to one of those, or log it from your LightningModule",
-        )
+    base = preflight_run(run, run_source, monitor=None)
+    require_logged(opt.metric, base.metrics, opt_source)  # what trials monitor instead
     results = [base]
     for label, cfg, chosen in space_corners(opt, run):
         where = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
-        result = preflight_run(cfg, f"{opt_source} (search space, {label}: {where})", label)
+        corner_source = f"{opt_source} (search space, {label}: {where})"
+        result = preflight_run(cfg, corner_source, label, monitor=None)
         results.append(dataclasses.replace(result, label=f"{label}: {where}"))
     return results
 
 
-def format_preflight(results: list[Preflight], source: str) -> str:
+def format_preflight(results: list[Preflight], space_source: str | None = None) -> str:
     """What was checked, as a short table: every check of the run config, then one line per
-    corner of the search space."""
+    corner of the search space (from ``space_source``, the optimize config)."""
     first, corners = results[0], results[1:]
-    lines = [f"preflight of {source} on {first.device}:"]
+    lines = [f"preflight of {first.source} on {first.device}:"]
     width = max(len(c.name) for c in first.checks)
     lines += [f"  {c.name:<{width}}  {c.seconds * 1000:5.0f} ms  {c.detail}" for c in first.checks]
     if corners:
-        lines.append(f"search space, {len(corners)} corners:")
+        lines.append(f"search space of {space_source}, {len(corners)} corners:")
         lines += [
             f"  {r.seconds * 1000:5.0f} ms  {r.parameters:>10,} parameters  {r.label}"
             for r in corners

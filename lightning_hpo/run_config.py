@@ -258,11 +258,36 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
         }
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
     check_module(cfg, source)
+    check_scheduler(cfg, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
     from lightning_hpo.trainer import accelerator_and_devices  # imports Lightning
 
     check_trainer_config(cfg.trainer_config, *accelerator_and_devices(cfg), source)
+
+
+def check_scheduler(cfg: RunConfig, source: str) -> None:
+    """Refuse a scheduler that steps on a metric (ReduceLROnPlateau) where the built-in
+    ``configure_optimizers`` would hand it none."""
+    if cfg.scheduler is None:
+        return
+    import torch
+
+    from lightning_hpo.module import SupervisedModule
+
+    scheduler = resolve(cfg.scheduler, source, "scheduler")
+    module = resolve(cfg.module, source, "module")
+    plateau = isinstance(scheduler, type) and issubclass(
+        scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+    if plateau and module.configure_optimizers is SupervisedModule.configure_optimizers:
+        raise ConfigError(
+            source,
+            "scheduler",
+            f"{cfg.scheduler} steps on a metric, which the built-in module does not give it",
+            "use a schedule that steps by epoch (CosineAnnealingLR, StepLR, ...), or a module "
+            "of your own whose configure_optimizers names the metric",
+        )
 
 
 def check_module(cfg: RunConfig, source: str) -> None:

@@ -145,7 +145,8 @@ def test_tune_preflight_checks_each_corner_and_opens_no_storage(
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "search space, 4 corners:" in out
+    assert out.startswith(f"preflight of {run} on cpu:")
+    assert f"search space of {opt}, 4 corners:" in out
     assert "low corner: optimizer_config_lr=0.0001, net_config_layers=1" in out
     assert "high corner: optimizer_config_lr=0.01, net_config_layers=3" in out
     assert out.splitlines()[-1].startswith("passed: 5 config(s)")
@@ -164,7 +165,7 @@ def test_tune_refuses_a_metric_the_module_never_logs_naming_those_it_does(
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert err.count("\n") == 1 and f"{opt}: metric: 'val_los' is never logged" in err
-    assert "lr, train_loss, val_loss, val_r2" in err
+    assert "it logs: lr, train_loss, val_loss, val_r2" in err and "did you mean 'val_loss'?" in err
     assert list(cwd.iterdir()) == []
 
 
@@ -176,3 +177,32 @@ def test_a_real_run_reports_the_preflight_cost_first(
     assert train_main(["--config", str(config), "--output", str(cwd / "runs")]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("preflight passed: 1 config(s) built and trained for one batch in")
+
+
+def test_a_module_that_never_logs_val_loss_is_refused_before_train_writes(
+    tmp_path, monkeypatch, capsys, write_config, user_components
+) -> None:
+    config = write_config(module="user_components.QuietModule")
+    cwd = _in_empty_cwd(tmp_path, monkeypatch)
+    code = train_main(["--config", str(config), "--output", str(cwd / "runs")])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and err.count("\n") == 1, err
+    assert f"{config}: module: user_components.QuietModule never logs 'val_loss'" in err
+    assert "(it logs lr, train_loss, val_quiet)" in err
+    assert list(cwd.iterdir()) == []
+
+
+def test_batches_that_are_not_pairs_leave_the_checks_to_the_module(
+    small_config, user_components, quiet
+) -> None:
+    cfg = small_config(
+        data="user_components.DictBatches",
+        data_config={},
+        module="user_components.DictModule",
+        net="user_components.TinyNet",
+        net_config={"in_features": 3, "out_features": 2},
+    )
+    result = preflight_run(cfg, "run.yaml")
+    assert [c.name for c in result.checks] == ["data", "Lightning"]
+    assert "a dict batch, not (x, y)" in result.checks[0].detail
+    assert {"val_loss", "val_r2"} <= set(result.metrics)

@@ -5,9 +5,10 @@ Importable as ``user_components`` (tests/ is on sys.path; see conftest.py).
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_hpo.module import SupervisedModule
 
@@ -170,6 +171,43 @@ class MAEModule(SupervisedModule):
         if self._abs:
             self.log(USER_METRIC, self.scale * torch.cat(self._abs).mean())
             self._abs.clear()
+
+
+class DictBatches(pl.LightningDataModule):
+    """Serves each batch as a dict ``{"x": ..., "y": ...}``, which only a module of its own
+    (``DictModule``) reads; the network's sizes are then given in net_config."""
+
+    def __init__(self, batch_size: int = 32, n: int = 96):
+        super().__init__()
+        train, val = three_to_two(n)
+        self.batch_size = batch_size
+        self.train_rows, self.val_rows = (
+            [{"x": x, "y": y} for x, y in zip(*part.tensors)] for part in (train, val)
+        )
+
+    def train_dataloader(self):
+        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_rows, batch_size=self.batch_size)
+
+
+class DictModule(SupervisedModule):
+    """The built-in module, reading ``{"x", "y"}`` batches."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step([batch["x"], batch["y"]], batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step([batch["x"], batch["y"]], batch_idx)
+
+
+class QuietModule(SupervisedModule):
+    """Logs its own validation metric only, not ``val_loss`` (which train.py monitors)."""
+
+    def on_validation_epoch_end(self):
+        self._sums.clear()
+        self.log("val_quiet", torch.tensor(1.0))
 
 
 class NotAModule(nn.Module):
