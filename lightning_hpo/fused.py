@@ -36,6 +36,7 @@ from torch.utils.data import TensorDataset
 from lightning_hpo.data import SupervisedData
 from lightning_hpo.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
 from lightning_hpo.module import SupervisedModule, is_class_target
+from lightning_hpo.run_files import BEST, LAST, checkpoint_file
 from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
 from lightning_hpo.stacking import (
     Mode,
@@ -335,14 +336,14 @@ class SeedCheckpoints(Callback):
         # Lightning's own Trainer.save_checkpoint dumps the state anew for every file.
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         for seed, run_dir in zip(self.states.seeds, self.run_dirs):
-            folder = run_dir / "checkpoints"
+            last, best = checkpoint_file(run_dir, LAST), checkpoint_file(run_dir, BEST)
             if self.save_last:
-                trainer.strategy.save_checkpoint(checkpoint, folder / "last.ckpt")
+                trainer.strategy.save_checkpoint(checkpoint, last)
             if seed in improved:
                 if self.save_last and trainer.is_global_zero:
-                    _copy_atomically(folder / "last.ckpt", folder / "best.ckpt")
+                    _copy_atomically(last, best)
                 elif not self.save_last:
-                    trainer.strategy.save_checkpoint(checkpoint, folder / "best.ckpt")
+                    trainer.strategy.save_checkpoint(checkpoint, best)
         trainer.strategy.barrier("SeedCheckpoints")
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.run_files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 
-CHECKPOINTS = {"best": "best.ckpt", "last": "last.ckpt"}
 _NET_PREFIX = "net."  # the module keeps its network as ``self.net`` (the module contract)
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     """``run_dir/checkpoints/<which>.ckpt``, or a ConfigError saying what the folder lacks."""
     source = str(run_dir)
-    if which not in CHECKPOINTS:
+    if which not in (BEST, LAST):
         raise ConfigError(
             source,
             "which",
@@ -27,20 +27,20 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
             "use which='best' or 'last'",
         )
     folder = Path(run_dir)
-    if not (folder / "config.yaml").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise ConfigError(
             source,
             None,
             "is not a run folder (no config.yaml)",
             "pass one seed's folder, e.g. runs/<project>/<group>/<seed>",
         )
-    path = folder / "checkpoints" / CHECKPOINTS[which]
+    path = checkpoint_file(folder, which)
     if not path.is_file():
-        present = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+        present = sorted(p.name for p in path.parent.glob("*.ckpt"))
         raise ConfigError(
             source,
             None,
-            f"has no checkpoints/{CHECKPOINTS[which]}"
+            f"has no {CHECKPOINT_DIR}/{path.name}"
             + (f" (it has {', '.join(present)})" if present else " (no checkpoints at all)"),
             "train with checkpoint_config save_best/save_last: true, or ask for the one it has",
         )
@@ -104,5 +104,6 @@ def _net_from_folder(run_dir: Path):
     from lightning_hpo.run_config import run_config_from_dict
     from lightning_hpo.yamlio import load_yaml
 
-    cfg = run_config_from_dict(load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    path = run_dir / CONFIG_FILE
+    cfg = run_config_from_dict(load_yaml(path), str(path))
     return build_net(cfg, build_data(cfg, cfg.seeds[0]), cfg.seeds[0])

@@ -34,6 +34,7 @@ from lightning_hpo.imports import resolve
 from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.results import SeedResult, TrainResult, load_result
 from lightning_hpo.run_config import RunConfig
+from lightning_hpo.run_files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 from lightning_hpo.seeds import SeedStates
 from lightning_hpo.trainer import build_trainer, stop_spawned_ranks
 from lightning_hpo.trainer_options import fusion_blocker
@@ -55,8 +56,8 @@ def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list
     if cfg.checkpoint_config["save_best"]:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="best",
+                dirpath=run_dir / CHECKPOINT_DIR,
+                filename=BEST,
                 monitor=monitor,
                 mode=mode,
                 save_top_k=1,
@@ -65,7 +66,7 @@ def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list
         )
     if cfg.checkpoint_config["save_last"]:
         # After the best one, so last.ckpt holds this epoch's best-checkpoint state for --resume.
-        callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
+        callbacks.append(LastCheckpoint(run_dir / CHECKPOINT_DIR))
     return callbacks
 
 
@@ -103,7 +104,7 @@ def _fit(
     record = provenance.collect(cfg.device)
     for r in recorder.results:
         r.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / "config.yaml")
+        dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / CONFIG_FILE)
         provenance.write(record, r.run_dir)
     start = time.perf_counter()
     try:
@@ -162,7 +163,7 @@ def fit_seed(
         progress_bar=options.progress_bar,
         checkpointing=len(own) > 1,
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = checkpoint_file(run_dir, LAST)
     resume_from = last if options.resume and last.exists() else None
     _fit(cfg, trainer, module, dm, recorder, resume_from, options.after_fit)
     return result
@@ -230,7 +231,7 @@ def fit_fused(
         checkpointing=False,
         plugins=[io],
     )
-    last = [Path(d) / "checkpoints" / "last.ckpt" for d in run_dirs]
+    last = [checkpoint_file(d, LAST) for d in run_dirs]
     dm.fuse(list(seeds))
     _fit(
         cfg,

@@ -1,0 +1,15 @@
+"""What a run folder (``runs/<project>/<group>/<seed>/``) holds, named once for the code
+that writes it (training, fused seeds) and the code that reads it back (``load_run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"  # the resolved run config of this seed: trains it again
+CHECKPOINT_DIR = "checkpoints"
+BEST, LAST = "best", "last"  # the checkpoints' names, without the ``.ckpt`` suffix
+
+
+def checkpoint_file(run_dir: str | Path, which: str) -> Path:
+    """``run_dir/checkpoints/<which>.ckpt``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"{which}.ckpt"
