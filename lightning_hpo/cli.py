@@ -59,9 +59,9 @@ def check_writable(folder: str | Path, source: str) -> None:
         )
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py", description="Train the model a run config describes, once per seed."
+        prog=prog, description="Train the model a run config describes, once per seed."
     )
     p.add_argument(
         "--config",
@@ -83,6 +83,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _preflight_argument(p: argparse.ArgumentParser) -> None:
+    """``--preflight``, as train.py and tune.py both take it."""
     p.add_argument(
         "--preflight",
         action="store_true",
@@ -173,8 +174,8 @@ def _default_configs(args: argparse.Namespace) -> None:
             setattr(args, name, default_config(template))
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = train_parser(prog).parse_args(argv)
     _default_configs(args)
     return run_command(_train, args)
 
@@ -194,9 +195,9 @@ def _config_arguments(p: argparse.ArgumentParser) -> None:
     _version_argument(p)
 
 
-def tune_parser() -> argparse.ArgumentParser:
+def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tune.py",
+        prog=prog,
         description="Run (or continue) an Optuna study over a run config. `tune.py report` summarises a study.",
     )
     _config_arguments(p)
@@ -328,9 +329,9 @@ def _tune(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- tune.py report
 
 
-def report_parser() -> argparse.ArgumentParser:
+def report_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tune.py report",
+        prog=prog,
         description="Summarise a study: best trials, importances, range edges, a pruning audit "
         "and plots. Read-only.",
     )
@@ -359,8 +360,8 @@ def report_parser() -> argparse.ArgumentParser:
     return p
 
 
-def report_main(argv: Sequence[str] | None = None) -> int:
-    args = report_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def report_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = report_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     _default_configs(args)
     return run_command(_report, args)
 
@@ -397,11 +398,11 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def tune_main(argv: Sequence[str] | None = None) -> int:
+def tune_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
-        return report_main(argv[1:])
-    args = tune_parser().parse_args(argv)
+        return report_main(argv[1:], f"{prog or Path(sys.argv[0]).name} report")
+    args = tune_parser(prog).parse_args(argv)
     _default_configs(args)
     args.argv = argv
     return run_command(_tune, args)
@@ -410,9 +411,10 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- lightning-hpo
 
 
-def init_parser() -> argparse.ArgumentParser:
+def init_parser(prog: str | None = "lightning-hpo init") -> argparse.ArgumentParser:
+    """``init [DIR]``: its one argument, the folder to write ``configs/`` into."""
     p = argparse.ArgumentParser(
-        prog="lightning-hpo init",
+        prog=prog,
         description="Write the run and optimize config templates to DIR/configs/, to edit. "
         "Never overwrites a file.",
     )
@@ -432,12 +434,12 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def init_main(argv: Sequence[str] | None = None) -> int:
-    return run_command(_init, init_parser().parse_args(argv))
+def init_main(argv: Sequence[str] | None = None, prog: str | None = "lightning-hpo init") -> int:
+    return run_command(_init, init_parser(prog).parse_args(argv))
 
 
 # `lightning-hpo <command>` and `python -m lightning_hpo <command>`.
-COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
+COMMANDS: dict[str, Callable[[Sequence[str] | None, str], int]] = {
     "train": train_main,
     "tune": tune_main,
     "report": report_main,
@@ -445,14 +447,14 @@ COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "lightning-hpo") -> int:
     """``lightning-hpo train|tune|report|init ...``: the same commands as ``train.py``,
     ``tune.py``, ``tune.py report``, plus ``init``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]](argv[1:], f"{prog} {argv[0]}")
     p = argparse.ArgumentParser(
-        prog="lightning-hpo",
+        prog=prog,
         description="Train PyTorch Lightning models from YAML configs and tune them with Optuna. "
         "`lightning-hpo <command> --help` describes a command.",
     )
