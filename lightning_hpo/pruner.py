@@ -319,9 +319,18 @@ class PFLPruner(optuna.pruners.BasePruner):
     Args:
         n_startup_trials: No pruning until this many trials are COMPLETE (pruned and
             failed trials do not count). Default 10.
-        n_warmup_epochs: No pruning while the trial has reported this many epochs or
-            fewer, unless that is its whole run (its ``epochs`` attr); non-finite values
-            are pruned regardless. Default 10.
+        n_warmup_epochs: Fewest epochs of warm-up, >= 0: no pruning while the trial has
+            reported this many epochs or fewer, unless that is its whole run (its
+            ``epochs`` attr); non-finite values are pruned regardless. Default 0 (the
+            warm-up is ``warmup_fraction`` of the run alone).
+        warmup_fraction: The warm-up as a share of the run, in (0, 1]: no pruning while
+            the trial has reported ``round(warmup_fraction * epochs)`` epochs or fewer,
+            ``epochs`` being the run's length as the pruner reads it from the storage (the
+            target epoch: ``target_epoch``, else the trial's ``epochs`` attr, else the
+            longest completed curve). The warm-up is the longer of this and
+            ``n_warmup_epochs``, so one setting suits runs of 30 and of 50 epochs alike
+            (6 and 10 epochs at 0.2). None: a fixed warm-up of ``n_warmup_epochs``.
+            Default 0.2.
         top_k: Size of the reference set: the best completed trials by final value. Also
             the fewest completed trials a running trial is protected among. Default 5.
         target_epoch: Epoch count of a full run. Defaults to the trial's ``epochs``
@@ -331,18 +340,20 @@ class PFLPruner(optuna.pruners.BasePruner):
             prediction, in [quantile, 1]; None never overrules the prediction. Default
             0.5.
         noise_band: Width of the uncertainty band in noise levels, >= 0 (0: none).
-            Default 1.
+            Default 0.
         schedule_band: Extra width, in noise levels, per unit of the learning rate a
             cosine schedule has still to anneal, >= 0 (0: the schedule plays no part).
-            Default 0.
+            Default 4: a noisy curve is given room while its schedule has far to anneal,
+            none once it has annealed or without a cosine schedule.
         robust_best: Rank best-so-far values over the running median of three epochs.
             Default True.
 
-    The defaults of ``quantile``, ``overrule_quantile``, ``noise_band``,
-    ``schedule_band``, ``robust_best`` and ``n_warmup_epochs`` are the setting that
-    ``benchmarks/bench_pruners.py`` selects on its four recorded tasks together; chosen
-    with one task left out, the settings differ from task to task (see the README's
-    Performance section for the left-out figures).
+    The defaults of ``n_warmup_epochs``, ``warmup_fraction``, ``quantile``,
+    ``overrule_quantile``, ``noise_band``, ``schedule_band`` and ``robust_best`` are the
+    setting that ``benchmarks/bench_pruners.py`` selects on its four recorded tasks
+    together; chosen with one task left out, it is the same setting on three tasks and
+    differs on the fourth (see the README's Performance section for the left-out
+    figures).
 
     Raises:
         ValueError: An argument is out of range; the message names it.
@@ -351,17 +362,24 @@ class PFLPruner(optuna.pruners.BasePruner):
     def __init__(
         self,
         n_startup_trials: int = 10,
-        n_warmup_epochs: int = 10,
+        n_warmup_epochs: int = 0,
+        warmup_fraction: float | None = 0.2,
         top_k: int = 5,
         target_epoch: int | None = None,
         quantile: float = 0.35,
         overrule_quantile: float | None = 0.5,
-        noise_band: float = 1.0,
-        schedule_band: float = 0.0,
+        noise_band: float = 0.0,
+        schedule_band: float = 4.0,
         robust_best: bool = True,
     ) -> None:
         _check_int("n_startup_trials", n_startup_trials, 0)
         _check_int("n_warmup_epochs", n_warmup_epochs, 0)
+        if warmup_fraction is not None and (
+            not is_number(warmup_fraction) or not 0 < warmup_fraction <= 1
+        ):
+            raise ValueError(
+                f"warmup_fraction must be a number in (0, 1] or None, got {warmup_fraction!r}."
+            )
         _check_int("top_k", top_k, 1)
         if target_epoch is not None:
             _check_int("target_epoch", target_epoch, 1)
@@ -376,6 +394,7 @@ class PFLPruner(optuna.pruners.BasePruner):
             raise ValueError(f"robust_best must be a bool, got {robust_best!r}.")
         self._n_startup_trials = n_startup_trials
         self._n_warmup_epochs = n_warmup_epochs
+        self._warmup_fraction = None if warmup_fraction is None else float(warmup_fraction)
         self._top_k = top_k
         self._target_epoch = target_epoch
         self._quantile = float(quantile)
@@ -418,12 +437,12 @@ class PFLPruner(optuna.pruners.BasePruner):
 
         curve = trial_curve(trial)
         epochs = epochs_of(trial)
-        # A curve that holds the whole run counts even inside the warm-up, so a run of at
-        # most n_warmup_epochs epochs is still decided once, at its last epoch.
-        if len(curve) <= self._n_warmup_epochs and (epochs is None or len(curve) < epochs):
+        target = self._target_for(trial, completed, len(curve))
+        # A curve that holds the whole run counts even inside the warm-up, so a run no
+        # longer than its warm-up is still decided once, at its last epoch.
+        if len(curve) <= self.warmup_epochs(target) and (epochs is None or len(curve) < epochs):
             return PFLDecision(prune=False, reason="warm-up", step=step)
 
-        target = self._target_for(trial, completed, len(curve))
         pfl = self._predict(curve, target)
         if math.isnan(pfl):
             return PFLDecision(prune=True, reason="non-finite", step=step, target_epoch=target)
@@ -477,6 +496,14 @@ class PFLPruner(optuna.pruners.BasePruner):
         ):
             return decision(False, "uncertain")
         return decision(False, reason)
+
+    def warmup_epochs(self, run_epochs: int) -> int:
+        """Epochs of warm-up for a run of ``run_epochs`` epochs: ``n_warmup_epochs``, or
+        ``warmup_fraction`` of the run (to the nearest epoch, halves up) where longer."""
+        if self._warmup_fraction is None:
+            return self._n_warmup_epochs
+        share = math.floor(self._warmup_fraction * run_epochs + 0.5)
+        return max(self._n_warmup_epochs, share)
 
     @staticmethod
     def _rule(

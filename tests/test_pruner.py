@@ -227,15 +227,18 @@ def _run(study: optuna.Study, values: list[float], sign: float, **user_attrs: in
     return None
 
 
-# The rule these tables document: the same-epoch bands at 0.5 / 0.65 and no uncertainty
-# band (the shipped defaults differ; test_shipped_defaults_* covers them).
+# The rule these tables document: a fixed warm-up of 10 epochs, the same-epoch bands at
+# 0.5 / 0.65 and no uncertainty band (the shipped defaults differ; test_shipped_defaults_*
+# covers them).
 RULE = {
     "n_startup_trials": 3,
     "n_warmup_epochs": 10,
+    "warmup_fraction": None,
     "top_k": 3,
     "quantile": 0.5,
     "overrule_quantile": 0.65,
     "noise_band": 0.0,
+    "schedule_band": 0.0,
     "robust_best": False,
 }
 
@@ -257,6 +260,48 @@ def test_decision_table(direction: str, name: str) -> None:
 def test_warmup(direction: str, n_warmup_epochs: int) -> None:
     study = _study(direction, _pruner(n_warmup_epochs=n_warmup_epochs))
     assert _run(study, [5.0] * N_EPOCHS, _sign(direction)) == n_warmup_epochs
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize(("fraction", "epochs"), [(0.2, 20), (0.2, 30), (0.5, 24), (0.33, 30)])
+def test_warmup_fraction_follows_the_trials_epochs(
+    direction: str, fraction: float, epochs: int
+) -> None:
+    """A hopeless trial is first pruned just after round(fraction * epochs) epochs, epochs
+    being its own ``epochs`` attr (the references' curves are N_EPOCHS long)."""
+    study = _study(direction, _pruner(n_warmup_epochs=0, warmup_fraction=fraction))
+    first = _run(study, [5.0] * epochs, _sign(direction), epochs=epochs)
+    assert first == math.floor(fraction * epochs + 0.5)
+
+
+def test_warmup_fraction_without_an_epochs_attr_follows_the_longest_completed_curve() -> None:
+    study = _study("minimize", _pruner(n_warmup_epochs=0, warmup_fraction=0.5))
+    assert _run(study, [5.0] * N_EPOCHS, 1.0) == N_EPOCHS // 2
+
+
+def test_warmup_is_the_longer_of_the_epochs_and_the_share() -> None:
+    pruner = PFLPruner(n_warmup_epochs=4, warmup_fraction=0.1)
+    assert [pruner.warmup_epochs(n) for n in (10, 30, 45, 50, 100)] == [4, 4, 5, 5, 10]
+    assert PFLPruner(n_warmup_epochs=7).warmup_epochs(100) == 20  # the default share, 0.2
+    assert PFLPruner(n_warmup_epochs=7, warmup_fraction=None).warmup_epochs(100) == 7
+
+
+def test_warmup_fraction_is_derived_from_storage_alone(tmp_path: Path) -> None:
+    """A fresh pruner on a reloaded storage reads the run's length from the stored
+    ``epochs`` attr: warm-up through round(0.25 * 20) = 5 epochs, then pruned."""
+    url = f"sqlite:///{tmp_path / 'warmup.db'}"
+    study = _study("minimize", _pruner(), storage=url)
+    trial = study.ask()
+    trial.set_user_attr("epochs", 20)
+    for step in range(8):
+        trial.report(5.0, step)
+    reloaded = optuna.load_study(study_name=None, storage=url)
+    running = reloaded.get_trials(states=(TrialState.RUNNING,))[0]
+    pruner = _pruner(n_warmup_epochs=0, warmup_fraction=0.25)
+    reasons = [pruner.evaluate(reloaded, prefix_trial(running, s)).reason for s in range(8)]
+    assert reasons[:5] == ["warm-up"] * 5
+    assert all(r != "warm-up" for r in reasons[5:])
+    assert pruner.evaluate(reloaded, prefix_trial(running, 5)).prune
 
 
 # --------------------------------------------------------------------------- the same-epoch guard
@@ -455,6 +500,12 @@ def test_multi_objective_is_rejected() -> None:
         ({"n_startup_trials": 1.5}, "n_startup_trials"),
         ({"n_warmup_epochs": -1}, "n_warmup_epochs"),
         ({"n_warmup_epochs": True}, "n_warmup_epochs"),
+        ({"warmup_fraction": 0}, "warmup_fraction"),
+        ({"warmup_fraction": -0.1}, "warmup_fraction"),
+        ({"warmup_fraction": 1.5}, "warmup_fraction"),
+        ({"warmup_fraction": math.nan}, "warmup_fraction"),
+        ({"warmup_fraction": True}, "warmup_fraction"),
+        ({"warmup_fraction": "0.2"}, "warmup_fraction"),
         ({"top_k": 0}, "top_k"),
         ({"target_epoch": 0}, "target_epoch"),
         ({"target_epoch": 2.0}, "target_epoch"),
@@ -473,9 +524,11 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
 
 def test_constructor_defaults() -> None:
     pruner = PFLPruner()
-    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 10, 5)
+    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 0, 5)
+    assert pruner._warmup_fraction == 0.2
+    assert [pruner.warmup_epochs(n) for n in (10, 30, 50)] == [2, 6, 10]
     assert (pruner._target_epoch, pruner._quantile, pruner._overrule_quantile) == (None, 0.35, 0.5)
-    assert (pruner._noise_band, pruner._schedule_band, pruner._robust_best) == (1.0, 0.0, True)
+    assert (pruner._noise_band, pruner._schedule_band, pruner._robust_best) == (0.0, 4.0, True)
     assert PFLPruner(quantile=1, overrule_quantile=None)._overrule_quantile is None
 
 
@@ -822,9 +875,11 @@ def test_the_band_is_derived_from_storage_alone(tmp_path: Path) -> None:
 
 
 def test_shipped_defaults_keep_a_noisy_trial_whose_band_reaches_the_protected_set() -> None:
-    """PFLPruner() itself, 12 smooth references: a trend just outside the overrule bound
-    at step 10 is pruned; the same trend with +-0.15 noise is kept ("uncertain"), and a
-    hopeless one as noisy is still pruned."""
+    """PFLPruner() itself, 12 smooth references, a trial under a cosine schedule: a trend
+    just outside the overrule bound at step 10 is pruned; the same trend with +-0.15 noise
+    is kept ("uncertain": the schedule still has far to anneal), and a hopeless one as
+    noisy is still pruned. Without a cosine schedule the defaults give no band at all
+    (noise_band=0), so the noisy trend is pruned too."""
     study = optuna.create_study()
     study.add_trials(
         _completed(exp_curve(1.0, 0.1, 0.30 + 0.05 * i, N_EPOCHS), 1.0) for i in range(12)
@@ -832,11 +887,12 @@ def test_shipped_defaults_keep_a_noisy_trial_whose_band_reaches_the_protected_se
     trend = exp_curve(1.0, 0.1, 0.6, N_EPOCHS)
     noise = _jitter(N_EPOCHS, 0.15, seed=3)
 
-    def at_step_10(values: list[float]) -> PFLDecision:
+    def at_step_10(values: list[float], schedule: dict | None = COSINE) -> PFLDecision:
+        attrs: dict = {"epochs": N_EPOCHS}
+        if schedule is not None:
+            attrs["lr_schedule"] = schedule
         trial = create_trial(
-            state=TrialState.RUNNING,
-            intermediate_values=dict(enumerate(values)),
-            user_attrs={"epochs": N_EPOCHS},
+            state=TrialState.RUNNING, intermediate_values=dict(enumerate(values)), user_attrs=attrs
         )
         return PFLPruner().evaluate(study, prefix_trial(trial, 10))
 
@@ -846,5 +902,8 @@ def test_shipped_defaults_keep_a_noisy_trial_whose_band_reaches_the_protected_se
     noisy = at_step_10([v + e for v, e in zip(trend, noise)])
     assert (noisy.prune, noisy.reason) == (False, "uncertain")
     assert noisy.score - noisy.band <= noisy.protected_bound < noisy.score
+    assert noisy.band == pytest.approx(noisy.noise * 4.0 * noisy.lr_remaining)
     hopeless = at_step_10([v + 2.0 + e for v, e in zip(trend, noise)])
     assert (hopeless.prune, hopeless.reason) == (True, "worse")
+    unscheduled = at_step_10([v + e for v, e in zip(trend, noise)], schedule=None)
+    assert unscheduled.prune and unscheduled.band == 0.0
