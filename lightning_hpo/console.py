@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # Set by quiet_lightning(); spawned DDP ranks inherit it through the callbacks.
 _state = {"quiet": False}
@@ -16,15 +17,32 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's per-Trainer banners ("GPU available: ...") that bury our output,
     here and in the ranks a spawn-based DDP strategy starts for this process's runs."""
     import lightning.pytorch  # noqa: F401 - its import sets its loggers to INFO: come after it
 
     _state["quiet"] = True
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    for name in _LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.13, harmless
+
+
+@contextlib.contextmanager
+def banners_off() -> Iterator[None]:
+    """Lightning's banners silenced for the body only (a Trainer built just to check options)."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def note_once(message: str, echo: Callable[[str], None] | None = None) -> None:

@@ -10,13 +10,13 @@ refused, each with the run-config key or flag to use instead (``OWNED``).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import types
 import typing
 from collections.abc import Iterator
 from typing import Any
 
+from lightning_hpo.console import banners_off
 from lightning_hpo.errors import ConfigError
 
 KEY = "trainer_config"
@@ -151,20 +151,6 @@ def trainer_errors(options: dict[str, Any], source: str = "<run config>") -> Ite
         ) from None
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # The trial construction below must not print Lightning's "GPU available" banner.
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def check_trainer_config(
     options: dict[str, Any], accelerator: str, devices: Any, source: str
 ) -> None:
@@ -179,7 +165,7 @@ def check_trainer_config(
     trainer_cls = _trainer()
     check_kwargs(trainer_cls, options, source, KEY, skip=tuple(OWNED), require=False)
     check_types(options, source)
-    with _quiet(), trainer_errors(options, source):
+    with banners_off(), trainer_errors(options, source):
         trainer_cls(
             accelerator=accelerator,
             devices=devices,
