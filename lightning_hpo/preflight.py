@@ -225,14 +225,10 @@ def _is_pair(batch: Any) -> bool:
 
 def _serve(cfg: RunConfig, seed: int):
     """``probe(data_config)``: the DataModule and its first training and validation batch."""
-    import lightning.pytorch as pl
-
-    from lightning_hpo.data import build_datamodule
-    from lightning_hpo.imports import resolve
+    from lightning_hpo.components import build_data
 
     def serve(data_config: dict[str, Any]):
-        pl.seed_everything(seed, workers=True, verbose=False)  # as components.build_data
-        dm = build_datamodule(resolve(cfg.data), data_config, cfg.batch_size, seed)
+        dm = build_data(dataclasses.replace(cfg, data_config=data_config), seed)
         dm.setup("fit")
         return dm, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
 
