@@ -35,6 +35,7 @@ from typing import Any
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.metrics import VAL_LOSS, logged_names, require_logged
 from lightning_hpo.run_config import RunConfig
+from lightning_hpo.validation import fits_annotation
 
 __all__ = [
     "Check",
@@ -122,10 +123,7 @@ def _mistyped(ctor: Callable, kwargs: dict[str, Any]) -> str | None:
             expected = type(param.default)
         if expected not in _PLAIN.values():
             continue
-        numeric = expected is float and isinstance(value, int) and not isinstance(value, bool)
-        if not (isinstance(value, expected) or numeric) or (
-            expected is not bool and isinstance(value, bool)
-        ):
+        if fits_annotation(value, expected) is False:
             wrong.append(key)
     return wrong[0] if len(wrong) == 1 else None
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning_hpo.console import banners_off
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.validation import fits_annotation
 
 KEY = "trainer_config"
 
@@ -74,35 +75,11 @@ def check_owned(options: dict[str, Any], source: str) -> None:
             )
 
 
-def _matches(value: Any, hint: Any) -> bool | None:
-    """Whether ``value`` fits the annotation ``hint``; None when the hint is not one of the
-    plain kinds a YAML value can be (a class such as ``timedelta``: left to the Trainer)."""
-    origin = typing.get_origin(hint)
-    if hint is typing.Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        answers = [_matches(value, h) for h in typing.get_args(hint)]
-        return True if any(answers) else (None if None in answers else False)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return None
-
-
 def check_types(options: dict[str, Any], source: str) -> None:
     """Check each value against ``Trainer.__init__``'s annotation, where it is a plain type."""
     hints = typing.get_type_hints(_trainer().__init__)
     for key, value in options.items():
-        if key in hints and _matches(value, hints[key]) is False:
+        if key in hints and fits_annotation(value, hints[key]) is False:
             raise ConfigError(
                 source,
                 f"{KEY}.{key}",
