@@ -123,7 +123,7 @@ def plain_fit(
     import torch
     from torch import nn
 
-    from lightning_hpo.model import MLP
+    from lightning_hpo.builtin.mlp import MLP
 
     xt, yt = train.tensors[0], train.tensors[1]
     xv, yv = val.tensors[0], val.tensors[1]

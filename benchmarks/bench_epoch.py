@@ -9,7 +9,7 @@ Paths (all on the default task: MLP 64x4 GELU, synthetic 8k/2k, AdamW 5e-3, cosi
 to 1e-5, batch 256, validation every epoch):
 
 * ``plain``: plain PyTorch loop, in-memory batches, one ``float()`` per epoch.
-* ``project``: ``lightning_hpo.training.fit_seed`` on the default RunConfig (TensorBoard
+* ``project``: ``lightning_hpo.training.runs.fit_seed`` on the default RunConfig (TensorBoard
   logger, best.ckpt + last.ckpt), i.e. what train.py and every tuning trial run.
 * ``project -ckpt``: the same with ``checkpoint_config: {save_best: false, save_last: false}``
   (a config switch that exists today).
@@ -53,10 +53,13 @@ quiet()
 
 import torch  # noqa: E402
 
-from lightning_hpo import components, console, data, module, training  # noqa: E402
-from lightning_hpo.data import synthetic_regression  # noqa: E402
-from lightning_hpo.module import SupervisedModule  # noqa: E402
-from lightning_hpo.run_config import RunConfig  # noqa: E402
+from lightning_hpo import console  # noqa: E402
+from lightning_hpo.builtin import data, module  # noqa: E402
+from lightning_hpo.builtin.data import synthetic_regression  # noqa: E402
+from lightning_hpo.builtin.module import SupervisedModule  # noqa: E402
+from lightning_hpo.config.run import RunConfig  # noqa: E402
+from lightning_hpo.training import runs as training  # noqa: E402
+from lightning_hpo.training.runs import components  # noqa: E402
 
 NO_CKPT = {"save_best": False, "save_last": False}
 
@@ -132,10 +135,10 @@ class EpochStepModule(ManualOptModule):
 
 @contextlib.contextmanager
 def patched(**changes):
-    """Temporarily replace names in lightning_hpo.components / .data / .module."""
+    """Temporarily replace names in lightning_hpo.training.components / .data / .module."""
     saved = []
     for name, value in changes.items():
-        # The run config's module path resolves to lightning_hpo.module.SupervisedModule.
+        # The run config's module path resolves to lightning_hpo.builtin.module.SupervisedModule.
         owner = {"TensorBatches": data, "SupervisedModule": module}.get(name, components)
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)

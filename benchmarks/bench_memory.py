@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
+    from lightning_hpo.config.optimize import optimize_config_from_dict
+    from lightning_hpo.config.run import run_config_from_dict
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.optimize_config import optimize_config_from_dict
-    from lightning_hpo.run_config import run_config_from_dict
-    from lightning_hpo.study import TuneSettings
-    from lightning_hpo.tuning import tune
+    from lightning_hpo.tuning.optimize import tune
+    from lightning_hpo.tuning.study import TuneSettings
 
     quiet_lightning()  # after Lightning's import, which sets its own log levels
     quiet()

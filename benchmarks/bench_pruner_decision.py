@@ -31,7 +31,7 @@ from optuna.trial import TrialState, create_trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_hpo.pruner import PFLPruner  # noqa: E402
+from lightning_hpo.pruners.pfl import PFLPruner  # noqa: E402
 
 
 def _curves(n_trials: int, n_epochs: int, seed: int = 0) -> list[list[float]]:

@@ -57,10 +57,10 @@ def main() -> None:
 
     import torch
 
+    from lightning_hpo.builtin.data import synthetic_regression
+    from lightning_hpo.config.run import load_run_config
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.data import synthetic_regression
-    from lightning_hpo.run_config import load_run_config
-    from lightning_hpo.training import train
+    from lightning_hpo.training.runs import train
 
     torch.set_num_threads(args.threads)
     quiet_lightning()

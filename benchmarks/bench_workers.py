@@ -40,7 +40,7 @@ def run_study(
     """(wall seconds, first-start-to-last-end seconds, finished trials) of one ``tune.py`` run."""
     import optuna
 
-    from lightning_hpo.yamlio import dump_yaml, load_yaml
+    from lightning_hpo.config.yamlio import dump_yaml, load_yaml
 
     opt = load_yaml(ROOT / "configs" / "optimize_template.yaml")
     opt["pruner"] = None  # equal work per trial

@@ -18,7 +18,7 @@ bench_epoch.py).
 
 Tasks:
 
-* ``synthetic``: the project's default task (lightning_hpo.data.synthetic_regression,
+* ``synthetic``: the project's default task (lightning_hpo.builtin.data.synthetic_regression,
   8k/2k points, MSE) with the run template's settings (AdamW, cosine to 1e-5, batch 256).
 * ``spirals``: 3-class two-dimensional spirals (6k points, 20 % validation, angular
   noise), cross-entropy; spiky curves at high learning rates (77 of 200 rise by >20 %
@@ -147,7 +147,7 @@ def task_data(task: str):
     from torch import nn
 
     if task == "synthetic":
-        from lightning_hpo.data import synthetic_regression
+        from lightning_hpo.builtin.data import synthetic_regression
 
         train, val = synthetic_regression()
         return train, val, nn.MSELoss(), 1
@@ -216,8 +216,8 @@ def search_space(space: str) -> dict:
     import optuna
 
     if space == "default":
-        from lightning_hpo.optimize_config import load_optimize_config
-        from lightning_hpo.run_config import load_run_config
+        from lightning_hpo.config.optimize import load_optimize_config
+        from lightning_hpo.config.run import load_run_config
 
         run = load_run_config(ROOT / "configs" / "run_template.yaml")
         return load_optimize_config(

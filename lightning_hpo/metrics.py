@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.seeds import split_seed_metric
+from lightning_hpo.fused.seeds import split_seed_metric
 
 TRAIN_LOSS, VAL_LOSS, LR = "train_loss", "val_loss", "lr"
 VAL_R2 = "val_r2"  # regression targets (floating point)

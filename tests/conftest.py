@@ -43,7 +43,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def small_config_dict() -> Callable[..., dict[str, Any]]:
     """``make(**overrides)``: the template as a dict, shrunk, with ``overrides`` on top."""
-    from lightning_hpo.yamlio import load_yaml
+    from lightning_hpo.config.yamlio import load_yaml
 
     template = load_yaml(RUN_TEMPLATE)
 
@@ -56,7 +56,7 @@ def small_config_dict() -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def small_config(small_config_dict):
     """``make(**overrides)``: a validated, resolved RunConfig for a sub-second CPU run."""
-    from lightning_hpo.run_config import check_components, run_config_from_dict
+    from lightning_hpo.config.run import check_components, run_config_from_dict
 
     def make(**overrides: Any):
         cfg = run_config_from_dict(small_config_dict(**overrides), "<small config>")
@@ -69,7 +69,7 @@ def small_config(small_config_dict):
 @pytest.fixture
 def write_config(tmp_path, small_config_dict) -> Callable[..., Path]:
     """``write(name="run.yaml", **overrides)``: a small config written as YAML under tmp_path."""
-    from lightning_hpo.yamlio import dump_yaml
+    from lightning_hpo.config.yamlio import dump_yaml
 
     def write(name: str = "run.yaml", **overrides: Any) -> Path:
         path = tmp_path / name

@@ -273,7 +273,7 @@ def open_study(url: str, study_name: str):
     """The study as another process sees it (no heartbeat of its own)."""
     import optuna
 
-    from lightning_hpo.storage import open_storage
+    from lightning_hpo.storage.connect import open_storage
 
     return optuna.load_study(study_name=study_name, storage=open_storage(url, heartbeat=None))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main
+from lightning_hpo.config.run import RunConfig, load_run_config
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.run_config import RunConfig, load_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "bad_inputs" / "run"

@@ -14,14 +14,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_hpo.builtin.data import SeedBatches, TensorBatches
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main
-from lightning_hpo.components import build_components, build_data, build_net
-from lightning_hpo.data import SeedBatches, TensorBatches
+from lightning_hpo.config.run import load_run_config
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.fused import blocker
-from lightning_hpo.run_config import load_run_config
-from lightning_hpo.stacking import optimizer_blocker, stack
-from lightning_hpo.training import FitOptions, fit_run, seed_dirs, train
+from lightning_hpo.fused.module import blocker
+from lightning_hpo.fused.stacking import optimizer_blocker, stack
+from lightning_hpo.training.components import build_components, build_data, build_net
+from lightning_hpo.training.runs import FitOptions, fit_run, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -338,7 +338,7 @@ def test_tune_refuses_fuse_seeds_true_before_the_study_opens(
     write_config, tmp_path: Path, user_components, capsys
 ) -> None:
     from lightning_hpo.cli import tune_main
-    from lightning_hpo.yamlio import dump_yaml
+    from lightning_hpo.config.yamlio import dump_yaml
 
     run = write_config(
         seeds=[1, 2], net="user_components.BatchNormNet", net_config={}, fuse_seeds=True

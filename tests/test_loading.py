@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lightning_hpo
+from lightning_hpo.builtin.module import SupervisedModule
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.loading import load_run
-from lightning_hpo.module import SupervisedModule
-from lightning_hpo.training import FitOptions, fit_run, seed_dirs
+from lightning_hpo.training.loading import load_run
+from lightning_hpo.training.runs import FitOptions, fit_run, seed_dirs
 
 pytestmark = pytest.mark.usefixtures("quiet")
 

@@ -22,10 +22,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import create_trial
 
+from lightning_hpo.config.optimize import load_optimize_config, optimize_config_from_dict
+from lightning_hpo.config.run import RunConfig, run_config_from_dict
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.optimize_config import load_optimize_config, optimize_config_from_dict
-from lightning_hpo.pruner import PFLPruner
-from lightning_hpo.run_config import RunConfig, run_config_from_dict
+from lightning_hpo.pruners.pfl import PFLPruner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -282,7 +282,7 @@ def test_reference_chapter_pruner_path_is_rejected_naming_the_key(tmp_path: Path
 
 def test_good_tiny_configs_load(tiny_configs) -> None:
     # The configs the error tests start from are themselves valid.
-    from lightning_hpo.run_config import load_run_config
+    from lightning_hpo.config.run import load_run_config
 
     run_path, opt_path = tiny_configs
     run = load_run_config(run_path)
@@ -674,7 +674,7 @@ def test_existing_study_with_incompatible_search_space(tmp_path: Path, tiny_conf
 
 def test_existing_study_with_compatible_config_is_accepted_in_process(tmp_path: Path) -> None:
     # The counterpart of the two checks above: same direction, same choices, loads fine.
-    from lightning_hpo.study import TuneSettings, create_or_load_study
+    from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
 
     run = small_run()
     opt = opt_from(

@@ -17,7 +17,7 @@ import pytest
 
 from lightning_hpo import __version__
 from lightning_hpo.cli import EXIT_BAD_INPUT
-from lightning_hpo.scaffold import template_dir, templates
+from lightning_hpo.config.scaffold import template_dir, templates
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

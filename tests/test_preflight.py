@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main, tune_main
+from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.preflight import preflight_run, probe_kwargs, space_corners
-from lightning_hpo.yamlio import dump_yaml
+from lightning_hpo.training.preflight import preflight_run, probe_kwargs, space_corners
 
 SPACE = {
     "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}},
@@ -94,7 +94,7 @@ def test_probe_blames_a_required_key_of_the_wrong_type() -> None:
 
 
 def test_corners_cover_both_ends_and_every_choice(small_config) -> None:
-    from lightning_hpo.optimize_config import optimize_config_from_dict
+    from lightning_hpo.config.optimize import optimize_config_from_dict
 
     run = small_config()
     opt = optimize_config_from_dict({"study_name": "s", "search_space": SPACE}, run, "o.yaml")
@@ -111,7 +111,7 @@ def test_corners_cover_both_ends_and_every_choice(small_config) -> None:
 
 
 def test_corners_without_many_choices_are_just_the_two_ends(small_config) -> None:
-    from lightning_hpo.optimize_config import optimize_config_from_dict
+    from lightning_hpo.config.optimize import optimize_config_from_dict
 
     run = small_config()
     space = {"optimizer_config": SPACE["optimizer_config"]}

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from lightning_hpo import __version__, provenance
+from lightning_hpo import __version__
 from lightning_hpo.attrs import PROVENANCE
-from lightning_hpo.optimize_config import optimize_config_from_dict
-from lightning_hpo.study import TuneSettings, create_or_load_study
-from lightning_hpo.training import train
-from lightning_hpo.tuning import tune
-from lightning_hpo.yamlio import load_yaml
+from lightning_hpo.config.optimize import optimize_config_from_dict
+from lightning_hpo.config.yamlio import load_yaml
+from lightning_hpo.training import provenance
+from lightning_hpo.training.runs import train
+from lightning_hpo.tuning.optimize import tune
+from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
 
 pytestmark = pytest.mark.usefixtures("quiet")
 

@@ -14,15 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-import lightning_hpo.pruner as pruner_module
-from lightning_hpo.pfl import (
+import lightning_hpo.pruners.pfl as pruner_module
+from lightning_hpo.pruners.curves import (
     lr_remaining,
     noise_level,
     predict_final_loss,
     rank_bound,
     robust_running_best,
 )
-from lightning_hpo.pruner import (
+from lightning_hpo.pruners.pfl import (
     PFLDecision,
     PFLPruner,
     epochs_of,
@@ -630,7 +630,7 @@ def test_two_processes_on_one_storage_agree(tmp_path: Path) -> None:
         f"""
         import json, optuna
         from optuna.trial import TrialState
-        from lightning_hpo.pruner import PFLPruner
+        from lightning_hpo.pruners.pfl import PFLPruner
         study = optuna.load_study(study_name=None, storage={url!r})
         pruner = PFLPruner(**{RULE!r})
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

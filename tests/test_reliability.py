@@ -38,11 +38,11 @@ from services import (  # noqa: F401 - fixtures
 )
 
 from lightning_hpo.attrs import HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SURPLUS
-from lightning_hpo.results import RESULT_FILE
-from lightning_hpo.storage import open_storage
-from lightning_hpo.study import TuneSettings, counted, create_or_load_study
-from lightning_hpo.training import train
-from lightning_hpo.tuning import tune
+from lightning_hpo.storage.connect import open_storage
+from lightning_hpo.training.results import RESULT_FILE
+from lightning_hpo.training.runs import train
+from lightning_hpo.tuning.optimize import tune
+from lightning_hpo.tuning.study import TuneSettings, counted, create_or_load_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -65,7 +65,7 @@ def write_configs(
     folder: Path, small_config_dict, trials: int, **run_overrides
 ) -> tuple[Path, Path]:
     """A small run config (2000 points, so long runs are long) and an optimize config in ``folder``."""
-    from lightning_hpo.yamlio import dump_yaml
+    from lightning_hpo.config.yamlio import dump_yaml
 
     run_cfg, opt = folder / "run.yaml", folder / "optimize.yaml"
     dump_yaml(
@@ -304,8 +304,8 @@ USER_MODULE = '''
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_hpo.data import synthetic_regression
-from lightning_hpo.model import MLP
+from lightning_hpo.builtin.data import synthetic_regression
+from lightning_hpo.builtin.mlp import MLP
 
 
 def inf_val(n=300):
@@ -348,7 +348,7 @@ def user_module(tmp_path, monkeypatch):
 
 def tiny_study(small_config, tmp_path, trials: int, pruner: str | None = None, **run_overrides):
     """(run config, optimize config, settings) for an in-process study of ``trials`` tiny trials."""
-    from lightning_hpo.optimize_config import optimize_config_from_dict
+    from lightning_hpo.config.optimize import optimize_config_from_dict
 
     run_cfg = small_config(project="Rel", data_config={"n": 300}, **run_overrides)
     space = {
@@ -412,7 +412,7 @@ import sys
 
 import optuna
 
-from lightning_hpo.storage import open_storage
+from lightning_hpo.storage.connect import open_storage
 
 url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -434,7 +434,7 @@ WORKERS, PER_WORKER = 4, 25
 
 def concurrent_workers(tmp_path: Path, url: str, small_config) -> None:
     """Create the study once, then 4 processes × 25 trivial trials on it; check the result."""
-    from lightning_hpo.optimize_config import optimize_config_from_dict
+    from lightning_hpo.config.optimize import optimize_config_from_dict
 
     run_cfg = small_config()
     opt = optimize_config_from_dict(

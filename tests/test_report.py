@@ -19,8 +19,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lightning_hpo.cli import report_main
-from lightning_hpo.optimize_config import optimize_config_from_dict
-from lightning_hpo.pruner import PFLPruner
+from lightning_hpo.config.optimize import optimize_config_from_dict
+from lightning_hpo.config.run import run_config_from_dict
+from lightning_hpo.config.search_space import Param
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.pruners.pfl import PFLPruner
 from lightning_hpo.report import (
     EDGE_MARGIN,
     boundary_warnings,
@@ -29,9 +32,6 @@ from lightning_hpo.report import (
     prediction_accuracy,
     replay_top_k,
 )
-from lightning_hpo.run_config import run_config_from_dict
-from lightning_hpo.search_space import Param
-from lightning_hpo.yamlio import dump_yaml
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -104,7 +104,7 @@ def call(argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.tuning import TuneSettings, tune
+    from lightning_hpo.tuning.optimize import TuneSettings, tune
 
     quiet_lightning()
     root = tmp_path_factory.mktemp("report")
@@ -183,7 +183,7 @@ def test_audit_epochs_match_the_intermediate_values(built: Built, report: dict[s
 
 
 def test_prediction_errors_use_the_stored_predictions(built: Built, report: dict[str, Any]) -> None:
-    from lightning_hpo.pruner import stored_predictions
+    from lightning_hpo.pruners.pfl import stored_predictions
 
     errors = []
     for t in built.study.get_trials(states=(TrialState.COMPLETE,)):

@@ -23,8 +23,8 @@ from optuna.trial import create_trial
 from services import mysql_url, optimize_yaml, postgres_url, redis_url  # noqa: F401 - fixtures
 
 from lightning_hpo.cli import report_main
-from lightning_hpo.storage import redact
-from lightning_hpo.yamlio import dump_yaml
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.storage.connect import redact
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

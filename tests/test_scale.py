@@ -36,8 +36,8 @@ from services import (  # noqa: F401 - fixtures
 )
 
 from lightning_hpo.attrs import INTERRUPTED, PID
-from lightning_hpo.pruner import PFLPruner
-from lightning_hpo.study import counted
+from lightning_hpo.pruners.pfl import PFLPruner
+from lightning_hpo.tuning.study import counted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,7 +52,7 @@ import os
 import optuna
 import torch
 
-from lightning_hpo.data import synthetic_regression
+from lightning_hpo.builtin.data import synthetic_regression
 
 
 def record_threads(log, n=300):
@@ -286,9 +286,9 @@ def test_two_separate_tune_processes_on_postgresql_reach_the_exact_total(
 def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_the_total(
     tmp_path, small_config, monkeypatch, quiet
 ) -> None:
-    from lightning_hpo import tuning
-    from lightning_hpo.optimize_config import optimize_config_from_dict
-    from lightning_hpo.study import TuneSettings, create_or_load_study
+    from lightning_hpo.config.optimize import optimize_config_from_dict
+    from lightning_hpo.tuning import optimize as tuning
+    from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
 
     run_cfg = small_config(project="Scale", data_config={"n": 300})
     opt = optimize_config_from_dict(
@@ -331,8 +331,8 @@ def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_th
 def test_two_machines_joining_at_the_same_moment_get_different_suggestions(
     tmp_path, small_config
 ) -> None:
-    from lightning_hpo.optimize_config import optimize_config_from_dict
-    from lightning_hpo.study import TuneSettings, create_or_load_study
+    from lightning_hpo.config.optimize import optimize_config_from_dict
+    from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
 
     run_cfg = small_config()
     opt = optimize_config_from_dict(
@@ -362,7 +362,7 @@ def test_pfl_in_one_process_decides_with_trials_another_process_completed(postgr
         f"""
         import math, optuna
         from optuna.distributions import FloatDistribution
-        from lightning_hpo.storage import open_storage
+        from lightning_hpo.storage.connect import open_storage
         study = optuna.create_study(study_name={STUDY!r}, storage=open_storage({postgres_url!r}, heartbeat=None))
         for c in (0.10, 0.11, 0.12):
             curve = {{e: 1.0 * math.exp(-0.3 * e) + c for e in range({epochs})}}
@@ -427,7 +427,7 @@ def ddp_study(tmp_path_factory, small_config_dict) -> DdpStudy:
     """Two trials of two fused seeds, each trained by 2 CPU processes (ddp_spawn, gloo); a
     stand-in pruner prunes trial 0 at step 1. The loss notes the training targets each
     process sees."""
-    from lightning_hpo.yamlio import dump_yaml
+    from lightning_hpo.config.yamlio import dump_yaml
 
     folder = tmp_path_factory.mktemp("ddp")
     user = folder / "user"
@@ -466,7 +466,7 @@ def _seen_by_process(seen: Path) -> list[tuple[int, float, list[list[float]]]]:
 
 @pytest.mark.slow
 def test_ddp_ranks_each_train_their_own_half_of_every_seeds_epoch(ddp_study) -> None:
-    from lightning_hpo.data import synthetic_regression
+    from lightning_hpo.builtin.data import synthetic_regression
 
     train_targets = synthetic_regression(n=DDP_N)[0].tensors[1].flatten().tolist()
     assert len(set(train_targets)) == len(train_targets) == 240  # a target names its sample

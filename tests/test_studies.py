@@ -21,14 +21,14 @@ from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, HOST, PID, RETRIED_FROM, RETRY_OF, STALE
 from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_NO_TRIAL_COMPLETED, tune_main
-from lightning_hpo.dashboard import dashboard_argument, dashboard_command
-from lightning_hpo.optimize_config import optimize_config_from_dict
-from lightning_hpo.retries import STALE_REASON
-from lightning_hpo.run_config import check_components, run_config_from_dict
-from lightning_hpo.study import TuneSettings, create_or_load_study, fail_dead_trials
-from lightning_hpo.tuning import tune
-from lightning_hpo.workers import usable_cpus
-from lightning_hpo.yamlio import dump_yaml
+from lightning_hpo.config.optimize import optimize_config_from_dict
+from lightning_hpo.config.run import check_components, run_config_from_dict
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.storage.dashboard import dashboard_argument, dashboard_command
+from lightning_hpo.storage.stale import STALE_REASON
+from lightning_hpo.tuning.optimize import tune
+from lightning_hpo.tuning.study import TuneSettings, create_or_load_study, fail_dead_trials
+from lightning_hpo.tuning.workers import usable_cpus
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -183,7 +183,7 @@ def test_a_signal_exits_128_plus_its_number_and_names_itself_on_the_trial(
 ) -> None:
     args = _cli_configs(tmp_path, epochs=400, data_config={"n": 4000})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lightning_hpo.cli", *args],
+        [sys.executable, "-m", "lightning_hpo", "tune", *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -19,21 +19,21 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_hpo.training as training
-from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, train_main
-from lightning_hpo.components import build_module
-from lightning_hpo.data import (
+import lightning_hpo.training.runs as training
+from lightning_hpo.builtin.data import (
     SupervisedData,
     TensorBatches,
     build_datamodule,
     feature_sizes,
     synthetic_regression,
 )
+from lightning_hpo.builtin.mlp import MLP
+from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, train_main
+from lightning_hpo.config.run import load_run_config
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.model import MLP
-from lightning_hpo.results import RESULT_FILE
-from lightning_hpo.run_config import load_run_config
-from lightning_hpo.training import FitOptions, fit_seed, seed_dirs, train
+from lightning_hpo.training.components import build_module
+from lightning_hpo.training.results import RESULT_FILE
+from lightning_hpo.training.runs import FitOptions, fit_seed, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_hpo.config.optimize import optimize_config_from_dict
+from lightning_hpo.config.run import check_components, load_run_config, run_config_from_dict
+from lightning_hpo.config.trainer_options import OWNED, fusion_blocker
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.optimize_config import optimize_config_from_dict
-from lightning_hpo.run_config import check_components, load_run_config, run_config_from_dict
-from lightning_hpo.stacking import clip_grad_norm_per_seed
-from lightning_hpo.trainer import build_trainer
-from lightning_hpo.trainer_options import OWNED, fusion_blocker
-from lightning_hpo.training import plan_fusion, train
+from lightning_hpo.fused.stacking import clip_grad_norm_per_seed
+from lightning_hpo.training.runs import plan_fusion, train
+from lightning_hpo.training.trainer import build_trainer
 
 pytestmark = pytest.mark.usefixtures("quiet")
 

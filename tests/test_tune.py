@@ -21,13 +21,13 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from lightning_hpo.attrs import HOST, INTERRUPTED, PFL_ATTR, PID
-from lightning_hpo.optimize_config import load_optimize_config, optimize_config_from_dict
-from lightning_hpo.pruner import PFLPruner, prefix_trial, stored_predictions
-from lightning_hpo.results import load_result
-from lightning_hpo.run_config import check_components, load_run_config, run_config_from_dict
-from lightning_hpo.study import TuneSettings, counted, create_or_load_study
-from lightning_hpo.training import train
-from lightning_hpo.tuning import finish, tune
+from lightning_hpo.config.optimize import load_optimize_config, optimize_config_from_dict
+from lightning_hpo.config.run import check_components, load_run_config, run_config_from_dict
+from lightning_hpo.pruners.pfl import PFLPruner, prefix_trial, stored_predictions
+from lightning_hpo.training.results import load_result
+from lightning_hpo.training.runs import train
+from lightning_hpo.tuning.optimize import finish, tune
+from lightning_hpo.tuning.study import TuneSettings, counted, create_or_load_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -119,8 +119,8 @@ import math
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_hpo.data import synthetic_regression
-from lightning_hpo.model import MLP
+from lightning_hpo.builtin.data import synthetic_regression
+from lightning_hpo.builtin.mlp import MLP
 
 _calls = {"data": 0, "nets": 0}
 

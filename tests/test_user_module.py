@@ -13,16 +13,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from lightning_hpo.config.optimize import optimize_config_from_dict
+from lightning_hpo.config.run import check_components, run_config_from_dict
+from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.loading import load_run
 from lightning_hpo.metrics import metric_name_problem, require_logged
-from lightning_hpo.optimize_config import optimize_config_from_dict
-from lightning_hpo.results import load_result
-from lightning_hpo.run_config import check_components, run_config_from_dict
-from lightning_hpo.study import TuneSettings
-from lightning_hpo.training import check_fusion, plan_fusion, train
-from lightning_hpo.tuning import tune
-from lightning_hpo.yamlio import load_yaml
+from lightning_hpo.training.loading import load_run
+from lightning_hpo.training.results import load_result
+from lightning_hpo.training.runs import check_fusion, plan_fusion, train
+from lightning_hpo.tuning.optimize import tune
+from lightning_hpo.tuning.study import TuneSettings
 
 pytestmark = pytest.mark.usefixtures("quiet")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,7 +131,7 @@ def test_tune_on_a_metric_only_the_user_module_logs(user_components, tmp_path: P
 def test_a_metric_nobody_logs_stops_the_run_naming_the_logged_ones(
     user_components, tmp_path: Path
 ) -> None:
-    from lightning_hpo.training import FitOptions, fit_run
+    from lightning_hpo.training.runs import FitOptions, fit_run
 
     cfg = user_run(seeds=[1])
     with pytest.raises(ConfigError, match="'val_mea' is never logged") as error:
@@ -152,7 +152,7 @@ def test_a_user_module_cannot_fuse_and_says_why(user_components) -> None:
 
 
 def test_the_built_in_module_named_explicitly_still_fuses(user_components) -> None:
-    cfg = user_run(module="lightning_hpo.module.SupervisedModule", module_config={})
+    cfg = user_run(module="lightning_hpo.builtin.module.SupervisedModule", module_config={})
     *_, stacking, reason = plan_fusion(cfg, [1, 2])
     assert stacking is not None, reason
 

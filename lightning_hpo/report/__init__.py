@@ -2,7 +2,7 @@
 
 The report reads a study without changing it: it works on a study another process is
 still running, and never creates a study, a storage file, or Optuna's tables in a
-database that lacks them (``lightning_hpo.storage.open_study``). Its parts:
+database that lacks them (``lightning_hpo.storage.connect.open_study``). Its parts:
 
 - ``data``: what a report holds, as frozen dataclasses (``Report``);
 - ``numbers``: computing every number of the report (``build_report``);

@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from lightning_hpo.optimize_config import OptimizeConfig
-    from lightning_hpo.pruner import PFLPruner
-    from lightning_hpo.search_space import Param
+    from lightning_hpo.config.optimize import OptimizeConfig
+    from lightning_hpo.config.search_space import Param
+    from lightning_hpo.pruners.pfl import PFLPruner
 
 EDGE_MARGIN = 0.05  # a best value within 5% of the range's width from an end is "at the edge"
 PROGRESS_EDGES = (0.25, 0.5, 0.75, 1.0)  # buckets of the audit's prediction errors
@@ -263,7 +263,7 @@ def epoch_savings(trials: Sequence[FrozenTrial]) -> EpochSavings:
     """
     from optuna.trial import TrialState
 
-    from lightning_hpo.pruner import epochs_of
+    from lightning_hpo.pruners.pfl import epochs_of
 
     run = sum(len(t.intermediate_values) for t in trials)
     saved = pruned = unknown = 0
@@ -294,7 +294,7 @@ def prediction_accuracy(complete: Sequence[FrozenTrial]) -> PredictionAccuracy:
     (the ``epochs`` user attr, else the trial's own length), and end at 25%, 50%, 75%
     and 100%.
     """
-    from lightning_hpo.pruner import epochs_of, stored_predictions
+    from lightning_hpo.pruners.pfl import epochs_of, stored_predictions
 
     rows: list[tuple[float, float, float | None]] = []  # (progress, error, relative error)
     trials = 0
@@ -337,8 +337,8 @@ def replay_pruner(opt: OptimizeConfig) -> tuple[PFLPruner, bool]:
     """A new instance of the config's pruner when it is a PFLPruner, else a stand-in
     PFLPruner built from whichever of the config's pruner kwargs it accepts (e.g.
     n_startup_trials). The flag says whether it is a stand-in."""
-    from lightning_hpo.imports import accepted_kwargs
-    from lightning_hpo.pruner import PFLPruner
+    from lightning_hpo.config.imports import accepted_kwargs
+    from lightning_hpo.pruners.pfl import PFLPruner
 
     pruner = opt.make_pruner()
     if isinstance(pruner, PFLPruner):
@@ -381,7 +381,7 @@ def replay_top_k(
 def _replay_one(
     pruner: PFLPruner, study: optuna.Study, trial: FrozenTrial, number: int
 ) -> ReplayedTrial:
-    from lightning_hpo.pruner import prefix_trial
+    from lightning_hpo.pruners.pfl import prefix_trial
 
     # Not the last step: training is over by then, so a prune there would cut nothing.
     for step in sorted(trial.intermediate_values)[:-1]:

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from lightning_hpo.optimize_config import OptimizeConfig
+    from lightning_hpo.config.optimize import OptimizeConfig
+    from lightning_hpo.config.search_space import Param
     from lightning_hpo.report.data import Importances, Report
-    from lightning_hpo.search_space import Param
 
 LOG_DECADES = 1.5  # plot values spanning more decades than this on a log axis
 STATE_COLOURS = {
@@ -130,7 +130,7 @@ def plot_curves(
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    from lightning_hpo.pruner import epochs_of, trial_curve
+    from lightning_hpo.pruners.pfl import epochs_of, trial_curve
 
     curves = {t.number: trial_curve(t) for t in trials}
     # Decided on the measured values alone: a prediction may fall below 0 and is then left out.
@@ -199,7 +199,7 @@ def _draw_prediction(
     1 if drawn."""
     from optuna.trial import TrialState
 
-    from lightning_hpo.pruner import stored_predictions
+    from lightning_hpo.pruners.pfl import stored_predictions
 
     predictions = stored_predictions(trial)
     if trial.state != TrialState.PRUNED or not predictions:

@@ -1,7 +1,7 @@
 """Predicted-Final-Loss (PFL): extrapolating a learning curve to the end of training.
 
 Pure arithmetic on curves given as plain sequences of floats (no Optuna); the pruner
-that ranks trials with it is :mod:`lightning_hpo.pruner`.
+that ranks trials with it is :mod:`lightning_hpo.pruners.pfl`.
 
 :func:`predict_final_loss` takes ``values[i]``, the metric after epoch ``i + 1``, and
 predicts its value at a target epoch:

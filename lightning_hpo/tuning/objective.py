@@ -21,11 +21,11 @@ from typing import Any
 import optuna
 
 from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, HOST, INTERRUPTED, PID, RUN_DIR, SURPLUS
+from lightning_hpo.config.optimize import OptimizeConfig
+from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.optimize_config import OptimizeConfig
-from lightning_hpo.run_config import RunConfig
-from lightning_hpo.signals import ignore_further_signals, last_signal
-from lightning_hpo.study import TuneSettings, counted, study_project
+from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
+from lightning_hpo.tuning.study import TuneSettings, counted, study_project
 
 
 class TrialFailed(Exception):
@@ -45,7 +45,7 @@ def make_objective(
     from optuna_integration import PyTorchLightningPruningCallback
 
     from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR
-    from lightning_hpo.training import FitOptions, fit_run
+    from lightning_hpo.training.runs import FitOptions, fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"
 

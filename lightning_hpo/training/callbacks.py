@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_hpo.console import is_quiet, quiet_lightning
+from lightning_hpo.fused.seeds import SeedStates, seed_metric
 from lightning_hpo.metrics import require_logged
-from lightning_hpo.results import SeedResult
-from lightning_hpo.seeds import SeedStates, seed_metric
+from lightning_hpo.training.results import SeedResult
 
 # The key under which RunRecorder hands each seed's history back from spawned DDP ranks.
 HISTORY_KEY = "lightning_hpo/history"

@@ -22,8 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lightning_hpo.storage import redact
-from lightning_hpo.yamlio import dump_yaml, load_yaml
+from lightning_hpo.config.yamlio import dump_yaml, load_yaml
+from lightning_hpo.storage.connect import redact
 
 FILE = "provenance.yaml"
 

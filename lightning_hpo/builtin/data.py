@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_hpo.imports import accepted_kwargs
+from lightning_hpo.config.imports import accepted_kwargs
 
 
 def synthetic_regression(

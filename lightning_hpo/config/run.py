@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
+from lightning_hpo.config.trainer_options import check_owned, check_trainer_config
+from lightning_hpo.config.validation import is_int
+from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.trainer_options import check_owned, check_trainer_config
-from lightning_hpo.validation import is_int
-from lightning_hpo.yamlio import load_yaml
 
 _EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
 _CHECKPOINT = {"save_best": True, "save_last": True}
 _KIND = {bool: "true or false", int: "an integer", float: "a number"}
 _IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data")
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
-DEFAULT_MODULE = "lightning_hpo.module.SupervisedModule"
+DEFAULT_MODULE = "lightning_hpo.builtin.module.SupervisedModule"
 # What a run hands its LightningModule's constructor itself (the README's module contract):
 # built from the config's own keys, so never set in module_config. run_config only when taken.
 MODULE_ARGUMENTS = (
@@ -51,13 +51,11 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [89, 231, 928])
     epochs: int = 50
     batch_size: int = 256
-    net: str = "lightning_hpo.model.MLP"  # any nn.Module class
+    net: str = "lightning_hpo.builtin.mlp.MLP"  # any nn.Module class
     optimizer: str = "torch.optim.AdamW"  # any torch optimizer class
     scheduler: str | None = "torch.optim.lr_scheduler.CosineAnnealingLR"  # or null
     criterion: str = "torch.nn.MSELoss"  # any loss module class or function
-    data: str = (
-        "lightning_hpo.data.synthetic_regression"  # (train, val) factory or LightningDataModule
-    )
+    data: str = "lightning_hpo.builtin.data.synthetic_regression"  # (train, val) factory or LightningDataModule
     module: str = DEFAULT_MODULE  # the LightningModule class: the built-in, or your own
     net_config: dict[str, Any] = field(
         default_factory=lambda: {"nodes": 64, "layers": 4, "activation": "GELU"}
@@ -261,7 +259,7 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
     check_scheduler(cfg, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
-    from lightning_hpo.trainer import accelerator_and_devices  # imports Lightning
+    from lightning_hpo.training.trainer import accelerator_and_devices  # imports Lightning
 
     check_trainer_config(cfg.trainer_config, *accelerator_and_devices(cfg), source)
 
@@ -273,7 +271,7 @@ def check_scheduler(cfg: RunConfig, source: str) -> None:
         return
     import torch
 
-    from lightning_hpo.module import SupervisedModule
+    from lightning_hpo.builtin.module import SupervisedModule
 
     scheduler = resolve(cfg.scheduler, source, "scheduler")
     module = resolve(cfg.module, source, "module")

@@ -2,11 +2,11 @@
 
 (About 580 lines, most of them this docstring and ``evaluate``'s explained steps: the
 rule's parts, reference set, same-epoch bands and cache, read one another's state, and
-stay together; the curve arithmetic is apart, in :mod:`lightning_hpo.pfl`.)
+stay together; the curve arithmetic is apart, in :mod:`lightning_hpo.pruners.curves`.)
 
 The pruner extrapolates each learning curve to the end of training
-(:func:`lightning_hpo.pfl.predict_final_loss`; the arithmetic lives in
-:mod:`lightning_hpo.pfl`) and prunes a running trial whose predicted final value is
+(:func:`lightning_hpo.pruners.curves.predict_final_loss`; the arithmetic lives in
+:mod:`lightning_hpo.pruners.curves`) and prunes a running trial whose predicted final value is
 worse than the worst prediction among the ``top_k`` best completed trials, provided the
 trial's own evidence agrees: its best value so far must also rank outside the best
 ``quantile`` of the completed trials over the SAME epochs (their curves cut to its
@@ -79,7 +79,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, PFL_ATTR
-from lightning_hpo.pfl import (
+from lightning_hpo.config.validation import is_int, is_number
+from lightning_hpo.pruners.curves import (
     lr_remaining,
     noise_level,
     predict_final_loss,
@@ -87,7 +88,6 @@ from lightning_hpo.pfl import (
     robust_running_best,
     running_best,
 )
-from lightning_hpo.validation import is_int, is_number
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -219,7 +219,7 @@ class PFLDecision:
     among the ``top_k`` best completed trials; ``score`` is the trial's best value so far
     (over the running median of three epochs with ``robust_best``), ``protected_bound`` and ``overrule_bound`` the completed trials' best values over as
     many epochs that it is ranked against (None where too few). ``noise`` is the trial's
-    noise level (:func:`lightning_hpo.pfl.noise_level`), ``lr_remaining`` the fraction of
+    noise level (:func:`lightning_hpo.pruners.curves.noise_level`), ``lr_remaining`` the fraction of
     its declared cosine schedule still to anneal (None when unknown) and ``band`` how far
     toward better its ``score`` and ``pfl`` were moved before they were compared:
     ``noise * (noise_band + schedule_band * lr_remaining)``.
@@ -307,7 +307,7 @@ class PFLPruner(optuna.pruners.BasePruner):
     How sure it is: before both comparisons, the trial's best so far and its prediction
     move toward better by its uncertainty band, ``noise * (noise_band + schedule_band *
     lr_remaining)``: ``noise`` is the spread of its recent epochs around their trend
-    (:func:`lightning_hpo.pfl.noise_level`) and ``lr_remaining`` the fraction of a cosine
+    (:func:`lightning_hpo.pruners.curves.noise_level`) and ``lr_remaining`` the fraction of a cosine
     schedule still to anneal (the ``lr_schedule`` attr the tuner records; 0 without one).
     A noisy curve, whose level a high learning rate holds up until the schedule anneals
     it, is kept while its band reaches the reference set (``"uncertain"``); a smooth

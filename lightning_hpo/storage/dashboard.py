@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 
-from lightning_hpo.storage import redact, storage_file
+from lightning_hpo.storage.connect import redact, storage_file
 
 
 def dashboard_argument(url: str) -> str:

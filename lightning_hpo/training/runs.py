@@ -18,9 +18,17 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from lightning_hpo import provenance
-from lightning_hpo.callbacks import LastCheckpoint, RunRecorder, SeedEarlyStopping
-from lightning_hpo.components import (
+from lightning_hpo.config.imports import resolve
+from lightning_hpo.config.run import RunConfig
+from lightning_hpo.config.trainer_options import fusion_blocker
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.console import note_once
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.fused.seeds import SeedStates
+from lightning_hpo.metrics import VAL_LOSS
+from lightning_hpo.training import provenance
+from lightning_hpo.training.callbacks import LastCheckpoint, RunRecorder, SeedEarlyStopping
+from lightning_hpo.training.components import (
     build_components,
     build_data,
     build_net,
@@ -28,17 +36,9 @@ from lightning_hpo.components import (
     hparams_of,
     module_arguments,
 )
-from lightning_hpo.console import note_once
-from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import resolve
-from lightning_hpo.metrics import VAL_LOSS
-from lightning_hpo.results import SeedResult, TrainResult, load_result
-from lightning_hpo.run_config import RunConfig
-from lightning_hpo.run_files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
-from lightning_hpo.seeds import SeedStates
-from lightning_hpo.trainer import build_trainer, stop_spawned_ranks
-from lightning_hpo.trainer_options import fusion_blocker
-from lightning_hpo.yamlio import dump_yaml
+from lightning_hpo.training.files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
+from lightning_hpo.training.results import SeedResult, TrainResult, load_result
+from lightning_hpo.training.trainer import build_trainer, stop_spawned_ranks
 
 
 def _logger(run_dir: Path) -> TensorBoardLogger:
@@ -185,14 +185,14 @@ def fit_fused(
     ``nets`` are the seeds' networks (``build_net``) and ``stacking`` how they run
     together, both as ``fused.blocker`` checked them.
     """
-    from lightning_hpo.fused import (
+    from lightning_hpo.fused.module import (
         FusedModule,
         SeedCheckpointIO,
         SeedCheckpoints,
         SeedLoggers,
         resumable,
     )
-    from lightning_hpo.stacking import stack
+    from lightning_hpo.fused.stacking import stack
 
     monitor, mode = options.monitor, options.mode
     states = SeedStates(seeds)
@@ -250,7 +250,7 @@ def plan_fusion(
 ) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
     """The data, each seed's network, and how they train fused (``fused.blocker``): a
     stacking mode, or None and the reason they cannot."""
-    from lightning_hpo.fused import blocker
+    from lightning_hpo.fused.module import blocker
 
     dm = build_data(cfg, seeds[0])
     with config_errors(cfg, "net"):

@@ -2,7 +2,7 @@
 
 The pieces ``training.fit_fused`` puts together:
 
-* ``FusedModule`` trains a stacked network (``lightning_hpo.stacking``) on one batch per
+* ``FusedModule`` trains a stacked network (``lightning_hpo.fused.stacking``) on one batch per
   seed, each from the seed's own shuffle (``data.SeedBatches``). It logs every metric
   per seed (``val_loss/seed_89``) and as the mean over the seeds under the plain name:
   the pruning callback reports that mean, once per epoch.
@@ -33,12 +33,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_hpo.data import SupervisedData
-from lightning_hpo.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
-from lightning_hpo.module import SupervisedModule, is_class_target
-from lightning_hpo.run_files import BEST, LAST, checkpoint_file
-from lightning_hpo.seeds import SeedStates, seed_metric, split_seed_metric
-from lightning_hpo.stacking import (
+from lightning_hpo.builtin.data import SupervisedData
+from lightning_hpo.builtin.module import SupervisedModule, is_class_target
+from lightning_hpo.fused.seeds import SeedStates, seed_metric, split_seed_metric
+from lightning_hpo.fused.stacking import (
     Mode,
     clip_grad_norm_per_seed,
     merge_optimizer_states,
@@ -49,6 +47,8 @@ from lightning_hpo.stacking import (
     split_state,
     vectorise,
 )
+from lightning_hpo.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
+from lightning_hpo.training.files import BEST, LAST, checkpoint_file
 
 # Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
 FUSED_KEY = "lightning_hpo/fused"

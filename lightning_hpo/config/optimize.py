@@ -11,18 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.metrics import metric_name_problem
-from lightning_hpo.run_config import (
+from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
+from lightning_hpo.config.run import (
     RunConfig,
     check_module_config,
     run_config_from_dict,
     unknown_key,
 )
-from lightning_hpo.search_space import Param, kwargs_target, parse_space
-from lightning_hpo.validation import is_int
-from lightning_hpo.yamlio import load_yaml
+from lightning_hpo.config.search_space import Param, kwargs_target, parse_space
+from lightning_hpo.config.validation import is_int
+from lightning_hpo.config.yamlio import load_yaml
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.metrics import metric_name_problem
 
 DIRECTIONS = ("minimize", "maximize")
 

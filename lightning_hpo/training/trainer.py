@@ -10,13 +10,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from lightning_hpo.config.trainer_options import trainer_errors
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.trainer_options import trainer_errors
 
 # run_config imports accelerator_and_devices (to check trainer_config): no import back at run time.
 if TYPE_CHECKING:
-    from lightning_hpo.run_config import RunConfig
+    from lightning_hpo.config.run import RunConfig
 
 # Strategies that start extra devices' processes by re-running the command line ("auto" picks
 # "ddp" for several devices), and their spawn-based equivalents: see build_trainer.

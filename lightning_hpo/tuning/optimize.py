@@ -15,13 +15,14 @@ import optuna
 from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RUN_DIR, SURPLUS
-from lightning_hpo.dashboard import dashboard_command
-from lightning_hpo.objective import TrialFailed, make_objective
-from lightning_hpo.optimize_config import OptimizeConfig
-from lightning_hpo.run_config import RunConfig
-from lightning_hpo.signals import restored_signal_handlers
-from lightning_hpo.storage import default_url, redact
-from lightning_hpo.study import (
+from lightning_hpo.config.optimize import OptimizeConfig
+from lightning_hpo.config.run import RunConfig
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.storage.connect import default_url, redact
+from lightning_hpo.storage.dashboard import dashboard_command
+from lightning_hpo.tuning.objective import TrialFailed, make_objective
+from lightning_hpo.tuning.signals import restored_signal_handlers
+from lightning_hpo.tuning.study import (
     TuneSettings,
     counted,
     create_or_load_study,
@@ -29,7 +30,6 @@ from lightning_hpo.study import (
     remaining,
     study_folder,
 )
-from lightning_hpo.yamlio import dump_yaml
 
 
 def best_config(run: RunConfig, opt: OptimizeConfig, study: optuna.Study) -> RunConfig:

@@ -8,12 +8,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_hpo.config.imports import resolve
+from lightning_hpo.config.run import RunConfig, unknown_key
+from lightning_hpo.config.trainer_options import KEY as TRAINER_KEY
+from lightning_hpo.config.trainer_options import OWNED
+from lightning_hpo.config.validation import is_number
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import resolve
-from lightning_hpo.run_config import RunConfig, unknown_key
-from lightning_hpo.trainer_options import KEY as TRAINER_KEY
-from lightning_hpo.trainer_options import OWNED
-from lightning_hpo.validation import is_number
 
 TYPES = ("int", "float", "categorical")
 SPEC_KEYS = ("type", "min", "max", "step", "log", "choices")

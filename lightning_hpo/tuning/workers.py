@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from lightning_hpo.signals import ignore_further_signals, last_signal, record_signal
+from lightning_hpo.tuning.signals import ignore_further_signals, last_signal, record_signal
 
 
 def _without(argv: list[str], flag: str) -> list[str]:

@@ -24,7 +24,7 @@ EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
 
 def interrupted_status() -> int:
     """128 + the number of the signal that interrupted this process, as shells report it."""
-    from lightning_hpo.signals import last_signal
+    from lightning_hpo.tuning.signals import last_signal
 
     return 128 + int(last_signal())
 
@@ -93,7 +93,7 @@ def _preflight_argument(p: argparse.ArgumentParser) -> None:
 
 def _preflight(results, only: bool, space_source: str | None = None) -> int | None:
     """Print the preflight's table (``--preflight``, then stop with 0) or its one-line cost."""
-    from lightning_hpo.preflight import format_preflight
+    from lightning_hpo.training.preflight import format_preflight
 
     table = format_preflight(results, space_source)
     if only:
@@ -104,7 +104,7 @@ def _preflight(results, only: bool, space_source: str | None = None) -> int | No
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lightning_hpo.run_config import check_components, load_run_config
+    from lightning_hpo.config.run import check_components, load_run_config
 
     cfg = load_run_config(
         args.config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
@@ -113,12 +113,12 @@ def _train(args: argparse.Namespace) -> int:
     check_components(cfg, args.config)
 
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.signals import interrupt_on_signals
-    from lightning_hpo.training import refuse_existing, train
+    from lightning_hpo.training.runs import refuse_existing, train
+    from lightning_hpo.tuning.signals import interrupt_on_signals
 
     interrupt_on_signals()
     quiet_lightning()
-    from lightning_hpo.preflight import preflight_run
+    from lightning_hpo.training.preflight import preflight_run
 
     if not (args.resume or args.preflight):
         refuse_existing(cfg, args.output)  # before the preflight's line: nothing on stdout
@@ -163,7 +163,7 @@ def _version_argument(p: argparse.ArgumentParser) -> None:
 def _default_configs(args: argparse.Namespace) -> None:
     """Config files not given on the command line: ``configs/...`` when the working
     directory has it, else the packaged template (``scaffold.default_config``)."""
-    from lightning_hpo.scaffold import OPTIMIZE_TEMPLATE, RUN_TEMPLATE, default_config
+    from lightning_hpo.config.scaffold import OPTIMIZE_TEMPLATE, RUN_TEMPLATE, default_config
 
     for name, template in (
         ("config", RUN_TEMPLATE),
@@ -237,8 +237,8 @@ def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _load_tune_configs(args: argparse.Namespace):
     """Both configs, validated together before any storage is opened: first everything that
     needs no import (fast), then the import paths (which load torch)."""
-    from lightning_hpo.optimize_config import check_optimize_components, load_optimize_config
-    from lightning_hpo.run_config import check_components, load_run_config
+    from lightning_hpo.config.optimize import check_optimize_components, load_optimize_config
+    from lightning_hpo.config.run import check_components, load_run_config
 
     if args.workers < 1:
         raise ConfigError(
@@ -251,20 +251,20 @@ def _load_tune_configs(args: argparse.Namespace):
     if args.study_name:
         opt.study_name = args.study_name
     if args.storage:
-        from lightning_hpo.storage import check_url
+        from lightning_hpo.storage.connect import check_url
 
         check_url(args.storage)
     check_writable(args.output, "--output")
     check_components(run, args.run_config)
     check_optimize_components(opt, run, args.optimize_config)
-    from lightning_hpo.training import check_fusion
+    from lightning_hpo.training.runs import check_fusion
 
     check_fusion(run, args.run_config)
     return run, opt
 
 
 def _settings(args: argparse.Namespace):
-    from lightning_hpo.study import TuneSettings
+    from lightning_hpo.tuning.study import TuneSettings
 
     return TuneSettings(
         storage=args.storage,
@@ -280,20 +280,20 @@ def _tune(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.signals import interrupt_on_signals
-    from lightning_hpo.study import (
+    from lightning_hpo.tuning.optimize import finish, quiet_optuna, tune
+    from lightning_hpo.tuning.signals import interrupt_on_signals
+    from lightning_hpo.tuning.study import (
         create_or_load_study,
         fail_dead_trials,
         no_trial_completed,
         remaining,
     )
-    from lightning_hpo.tuning import finish, quiet_optuna, tune
 
     interrupt_on_signals()
     quiet_lightning()
     quiet_optuna(args.debug)
     if args.max_trials is None:  # not a --workers child: their parent checked already
-        from lightning_hpo.preflight import preflight_study
+        from lightning_hpo.training.preflight import preflight_study
 
         checks = preflight_study(run, opt, args.run_config, args.optimize_config)
         done = _preflight(checks, args.preflight, args.optimize_config)
@@ -307,7 +307,7 @@ def _tune(args: argparse.Namespace) -> int:
         # Create the study once, here, before the workers race to create its tables.
         study = create_or_load_study(run, opt, settings)
         fail_dead_trials(study)  # their retries fill slots the workers' shares must cover
-        from lightning_hpo.workers import run_workers
+        from lightning_hpo.tuning.workers import run_workers
 
         run_workers(
             args.argv,
@@ -372,10 +372,10 @@ def _report(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from lightning_hpo.optimize_config import load_optimize_config
+    from lightning_hpo.config.optimize import load_optimize_config
+    from lightning_hpo.config.run import load_run_config
     from lightning_hpo.report import build_report, format_text, write_plots
-    from lightning_hpo.run_config import load_run_config
-    from lightning_hpo.storage import default_url, open_study, redact
+    from lightning_hpo.storage.connect import default_url, open_study, redact
 
     run = load_run_config(args.run_config)
     opt = load_optimize_config(args.optimize_config, run)
@@ -390,7 +390,7 @@ def _report(args: argparse.Namespace) -> int:
     study = open_study(url, opt.study_name)
     report = dataclasses.replace(build_report(study, opt, top_k=args.top_k), storage=redact(url))
     if not args.no_plots:
-        from lightning_hpo.study import report_folder
+        from lightning_hpo.tuning.study import report_folder
 
         plots = write_plots(study, opt, report, report_folder(run, opt, args.output))
         report = dataclasses.replace(report, plots=plots)
@@ -425,7 +425,7 @@ def init_parser(prog: str | None = "lightning-hpo init") -> argparse.ArgumentPar
 
 
 def _init(args: argparse.Namespace) -> int:
-    from lightning_hpo.scaffold import init
+    from lightning_hpo.config.scaffold import init
 
     for path in init(args.dir):
         print(f"wrote {path}")

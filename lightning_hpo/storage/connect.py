@@ -106,7 +106,7 @@ def open_storage(
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
-    from lightning_hpo.retries import LabelledRDBStorage, RetryOnce
+    from lightning_hpo.storage.stale import LabelledRDBStorage, RetryOnce
 
     if read_only:
         _require_file(url, source)

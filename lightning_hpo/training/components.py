@@ -18,11 +18,11 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import nn
 
-from lightning_hpo.data import build_datamodule, feature_sizes
+from lightning_hpo.builtin.data import build_datamodule, feature_sizes
+from lightning_hpo.builtin.module import parts_from_config
+from lightning_hpo.config.imports import accepted_kwargs, resolve
+from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.imports import accepted_kwargs, resolve
-from lightning_hpo.module import parts_from_config
-from lightning_hpo.run_config import RunConfig
 
 
 def net_kwargs(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:

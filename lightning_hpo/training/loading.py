@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.run_files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
+from lightning_hpo.training.files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 
 _NET_PREFIX = "net."  # the module keeps its network as ``self.net`` (the module contract)
 
@@ -68,7 +68,7 @@ def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu"
     """
     import torch
 
-    from lightning_hpo.imports import resolve
+    from lightning_hpo.config.imports import resolve
 
     path = checkpoint_path(run_dir, which)
     # Our own files, written by Lightning: optimizer and loop states need full unpickling.
@@ -100,9 +100,9 @@ def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu"
 
 def _net_from_folder(run_dir: Path):
     """The run's network built from its config.yaml, sized from its data."""
-    from lightning_hpo.components import build_data, build_net
-    from lightning_hpo.run_config import run_config_from_dict
-    from lightning_hpo.yamlio import load_yaml
+    from lightning_hpo.config.run import run_config_from_dict
+    from lightning_hpo.config.yamlio import load_yaml
+    from lightning_hpo.training.components import build_data, build_net
 
     path = run_dir / CONFIG_FILE
     cfg = run_config_from_dict(load_yaml(path), str(path))

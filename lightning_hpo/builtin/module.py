@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_hpo.imports import accepted_kwargs, resolve
+from lightning_hpo.config.imports import accepted_kwargs, resolve
 from lightning_hpo.metrics import LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
 
 

@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_hpo.config.run import RunConfig
+from lightning_hpo.config.validation import fits_annotation
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.metrics import VAL_LOSS, logged_names, require_logged
-from lightning_hpo.run_config import RunConfig
-from lightning_hpo.validation import fits_annotation
 
 __all__ = [
     "Check",
@@ -198,7 +198,7 @@ def _device(cfg: RunConfig):
     """The torch device a single-device run of ``cfg`` trains on."""
     import torch
 
-    from lightning_hpo.trainer import accelerator_and_devices
+    from lightning_hpo.training.trainer import accelerator_and_devices
 
     accelerator, devices = accelerator_and_devices(cfg)
     if accelerator == "gpu":
@@ -223,7 +223,7 @@ def _is_pair(batch: Any) -> bool:
 
 def _serve(cfg: RunConfig, seed: int):
     """``probe(data_config)``: the DataModule and its first training and validation batch."""
-    from lightning_hpo.components import build_data
+    from lightning_hpo.training.components import build_data
 
     def serve(data_config: dict[str, Any]):
         dm = build_data(dataclasses.replace(cfg, data_config=data_config), seed)
@@ -237,9 +237,9 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
     """The net, loss, optimizer step and scheduler step, each on its own ``*_config``."""
     import torch
 
-    from lightning_hpo.components import build_net
-    from lightning_hpo.imports import resolve
-    from lightning_hpo.module import parts_from_config, scheduler_arguments
+    from lightning_hpo.builtin.module import parts_from_config, scheduler_arguments
+    from lightning_hpo.config.imports import resolve
+    from lightning_hpo.training.components import build_net
 
     seed = cfg.seeds[0]
     x, y = (t.to(device) for t in batch[:2])
@@ -321,8 +321,8 @@ def _check_lightning(result: Preflight, cfg: RunConfig, source: str, dm) -> None
     """The LightningModule trains and validates one batch in a ``fast_dev_run`` Trainer."""
     import torch
 
-    from lightning_hpo.components import build_module
-    from lightning_hpo.trainer import build_trainer
+    from lightning_hpo.training.components import build_module
+    from lightning_hpo.training.trainer import build_trainer
 
     with result.check("Lightning") as detail:
         with _blame(source, "module", "building the LightningModule", "fix the run config"):
@@ -367,7 +367,7 @@ def preflight_run(
     Raises:
         ConfigError: naming the file and key of the first component that fails.
     """
-    from lightning_hpo.imports import resolve
+    from lightning_hpo.config.imports import resolve
 
     device = _device(cfg)
     result = Preflight(label, str(device), source)
@@ -414,7 +414,7 @@ def _corner_values(param) -> list[Any]:
 def space_corners(opt, run: RunConfig) -> list[tuple[str, RunConfig, dict[str, Any]]]:
     """The search space's corners as run configs: every parameter at its low end, every one
     at its high end, then each categorical choice not yet seen (numbers at their high end)."""
-    from lightning_hpo.run_config import run_config_from_dict
+    from lightning_hpo.config.run import run_config_from_dict
 
     values = {p.name: _corner_values(p) for p in opt.params}
     count = max((len(v) for v in values.values()), default=0)

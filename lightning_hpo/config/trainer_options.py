@@ -16,9 +16,9 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
+from lightning_hpo.config.validation import fits_annotation
 from lightning_hpo.console import banners_off
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.validation import fits_annotation
 
 KEY = "trainer_config"
 
@@ -134,7 +134,7 @@ def check_trainer_config(
     """Everything about ``trainer_config`` short of training: owned keys, names (with the
     nearest one), types, and a Trainer built with them on the run's accelerator, which
     writes nothing."""
-    from lightning_hpo.imports import check_kwargs
+    from lightning_hpo.config.imports import check_kwargs
 
     check_owned(options, source)
     if not options:

@@ -19,7 +19,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lightning_hpo import provenance
 from lightning_hpo.attrs import (
     FAIL_REASON,
     HOST,
@@ -31,12 +30,13 @@ from lightning_hpo.attrs import (
     STUDY_UID,
     SURPLUS,
 )
+from lightning_hpo.config.optimize import OptimizeConfig
+from lightning_hpo.config.run import RunConfig
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.optimize_config import OptimizeConfig
-from lightning_hpo.retries import queue_retry
-from lightning_hpo.run_config import RunConfig
-from lightning_hpo.storage import default_url, open_storage
+from lightning_hpo.storage.connect import default_url, open_storage
+from lightning_hpo.storage.stale import queue_retry
+from lightning_hpo.training import provenance
 
 
 @dataclass

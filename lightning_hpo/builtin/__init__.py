@@ -1,0 +1,1 @@
+"""The built-in task: an MLP, the supervised LightningModule and its data."""

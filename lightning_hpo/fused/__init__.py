@@ -1,0 +1,1 @@
+"""Fused seeds: several seeds of one run trained together in one Trainer."""

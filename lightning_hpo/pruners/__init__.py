@@ -1,0 +1,1 @@
+"""Pruners: PFL, the Predicted Final Loss pruner, and its curve arithmetic."""

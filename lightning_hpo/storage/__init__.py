@@ -1,0 +1,1 @@
+"""Storages: opening them, failing dead workers' trials, optuna-dashboard's view."""

@@ -1,0 +1,1 @@
+"""Tuning: tune(), the objective, the study, its trial accounting, signals and worker processes."""
