@@ -54,9 +54,10 @@ quiet()
 import torch  # noqa: E402
 
 from lightning_hpo import console  # noqa: E402
-from lightning_hpo.builtin import data, module  # noqa: E402
+from lightning_hpo.builtin import data  # noqa: E402
+from lightning_hpo.builtin import supervised as module  # noqa: E402
 from lightning_hpo.builtin.data import synthetic_regression  # noqa: E402
-from lightning_hpo.builtin.module import SupervisedModule  # noqa: E402
+from lightning_hpo.builtin.supervised import SupervisedModule  # noqa: E402
 from lightning_hpo.config.run import RunConfig  # noqa: E402
 from lightning_hpo.training import runs as training  # noqa: E402
 from lightning_hpo.training.runs import components  # noqa: E402
@@ -138,7 +139,7 @@ def patched(**changes):
     """Temporarily replace names in lightning_hpo.training.components / .data / .module."""
     saved = []
     for name, value in changes.items():
-        # The run config's module path resolves to lightning_hpo.builtin.module.SupervisedModule.
+        # The run config's module path resolves to lightning_hpo.builtin.supervised.SupervisedModule.
         owner = {"TensorBatches": data, "SupervisedModule": module}.get(name, components)
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_hpo.config.optimize import optimize_config_from_dict
     from lightning_hpo.config.run import run_config_from_dict
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.tuning.optimize import tune
     from lightning_hpo.tuning.study import TuneSettings
+    from lightning_hpo.tuning.tuner import tune
 
     quiet_lightning()  # after Lightning's import, which sets its own log levels
     quiet()

@@ -64,7 +64,8 @@ from optuna.trial import TrialState  # noqa: E402
 from record_curves import DATA_DIR, TASKS, load_curves  # noqa: E402
 
 from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR  # noqa: E402
-from lightning_hpo.pruners.pfl import PFLPruner, trial_curve  # noqa: E402
+from lightning_hpo.pruners.pfl import PFLPruner  # noqa: E402
+from lightning_hpo.pruners.records import trial_curve  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore")

@@ -1,6 +1,6 @@
 """Per-trial overhead of a study: what a trial costs beyond its epochs.
 
-Runs ``lightning_hpo.tuning.optimize.tune`` on the default configs (configs/run_template.yaml and
+Runs ``lightning_hpo.tuning.tuner.tune`` on the default configs (configs/run_template.yaml and
 configs/optimize_template.yaml) with one seed, NopPruner, a temporary SQLite storage and
 run folder, for ``--trials`` trials of E epochs and, interleaved, of 2E epochs. The plain
 PyTorch loop runs E and 2E epochs in the same repeats as a yardstick.
@@ -44,9 +44,9 @@ from lightning_hpo.builtin.data import synthetic_regression  # noqa: E402
 from lightning_hpo.config.optimize import load_optimize_config  # noqa: E402
 from lightning_hpo.config.run import load_run_config  # noqa: E402
 from lightning_hpo.training import runs as training  # noqa: E402
-from lightning_hpo.tuning import optimize as tuning  # noqa: E402
-from lightning_hpo.tuning.optimize import tune  # noqa: E402
+from lightning_hpo.tuning import tuner as tuning  # noqa: E402
 from lightning_hpo.tuning.study import TuneSettings  # noqa: E402
+from lightning_hpo.tuning.tuner import tune  # noqa: E402
 
 
 class GcShim:

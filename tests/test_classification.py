@@ -24,8 +24,8 @@ from lightning_hpo.metrics import VAL_ACC, VAL_LOSS, VAL_R2
 from lightning_hpo.training.loading import load_run
 from lightning_hpo.training.results import load_result
 from lightning_hpo.training.runs import FitOptions, fit_run
-from lightning_hpo.tuning.optimize import tune
 from lightning_hpo.tuning.study import TuneSettings
+from lightning_hpo.tuning.tuner import tune
 
 pytestmark = pytest.mark.usefixtures("quiet")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -202,7 +202,7 @@ def test_the_classification_example_study_learns_the_spirals(tmp_path: Path) -> 
 def test_epoch_sums_stay_exact_under_half_precision(dtype) -> None:
     # trainer_config {precision: bf16-true} runs the module in bf16: 50 batches of 180 hits
     # summed in bf16 would read 9216, an accuracy of 0.92 for 0.90.
-    from lightning_hpo.builtin.module import SupervisedModule
+    from lightning_hpo.builtin.supervised import SupervisedModule
 
     module = SupervisedModule(
         net=torch.nn.Identity(),

@@ -18,7 +18,7 @@ from lightning_hpo.builtin.data import SeedBatches, TensorBatches
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main
 from lightning_hpo.config.run import load_run_config
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.fused.module import blocker
+from lightning_hpo.fused.checks import blocker
 from lightning_hpo.fused.stacking import optimizer_blocker, stack
 from lightning_hpo.training.components import build_components, build_data, build_net
 from lightning_hpo.training.runs import FitOptions, fit_run, seed_dirs, train

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lightning_hpo
-from lightning_hpo.builtin.module import SupervisedModule
+from lightning_hpo.builtin.supervised import SupervisedModule
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.training.loading import load_run
 from lightning_hpo.training.runs import FitOptions, fit_run, seed_dirs

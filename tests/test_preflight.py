@@ -14,7 +14,8 @@ import pytest
 from lightning_hpo.cli import EXIT_BAD_INPUT, train_main, tune_main
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.training.preflight import preflight_run, probe_kwargs, space_corners
+from lightning_hpo.training.preflight import preflight_run, space_corners
+from lightning_hpo.training.probe import probe_kwargs
 
 SPACE = {
     "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}},

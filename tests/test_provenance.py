@@ -18,8 +18,8 @@ from lightning_hpo.config.optimize import optimize_config_from_dict
 from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.training import provenance
 from lightning_hpo.training.runs import train
-from lightning_hpo.tuning.optimize import tune
 from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
+from lightning_hpo.tuning.tuner import tune
 
 pytestmark = pytest.mark.usefixtures("quiet")
 

@@ -22,9 +22,9 @@ from lightning_hpo.pruners.curves import (
     rank_bound,
     robust_running_best,
 )
-from lightning_hpo.pruners.pfl import (
+from lightning_hpo.pruners.pfl import PFLPruner
+from lightning_hpo.pruners.records import (
     PFLDecision,
-    PFLPruner,
     epochs_of,
     lr_schedule_of,
     prefix_trial,

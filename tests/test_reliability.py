@@ -41,8 +41,8 @@ from lightning_hpo.attrs import HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SUR
 from lightning_hpo.storage.connect import open_storage
 from lightning_hpo.training.results import RESULT_FILE
 from lightning_hpo.training.runs import train
-from lightning_hpo.tuning.optimize import tune
 from lightning_hpo.tuning.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.tuning.tuner import tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

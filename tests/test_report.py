@@ -104,7 +104,7 @@ def call(argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.tuning.optimize import TuneSettings, tune
+    from lightning_hpo.tuning.tuner import TuneSettings, tune
 
     quiet_lightning()
     root = tmp_path_factory.mktemp("report")
@@ -183,7 +183,7 @@ def test_audit_epochs_match_the_intermediate_values(built: Built, report: dict[s
 
 
 def test_prediction_errors_use_the_stored_predictions(built: Built, report: dict[str, Any]) -> None:
-    from lightning_hpo.pruners.pfl import stored_predictions
+    from lightning_hpo.pruners.records import stored_predictions
 
     errors = []
     for t in built.study.get_trials(states=(TrialState.COMPLETE,)):

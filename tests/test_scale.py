@@ -287,7 +287,7 @@ def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_th
     tmp_path, small_config, monkeypatch, quiet
 ) -> None:
     from lightning_hpo.config.optimize import optimize_config_from_dict
-    from lightning_hpo.tuning import optimize as tuning
+    from lightning_hpo.tuning import tuner as tuning
     from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
 
     run_cfg = small_config(project="Scale", data_config={"n": 300})

@@ -26,8 +26,8 @@ from lightning_hpo.config.run import check_components, run_config_from_dict
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.storage.dashboard import dashboard_argument, dashboard_command
 from lightning_hpo.storage.stale import STALE_REASON
-from lightning_hpo.tuning.optimize import tune
 from lightning_hpo.tuning.study import TuneSettings, create_or_load_study, fail_dead_trials
+from lightning_hpo.tuning.tuner import tune
 from lightning_hpo.tuning.workers import usable_cpus
 
 pytestmark = pytest.mark.usefixtures("quiet")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_hpo.config.lightning_args import OWNED, fusion_blocker
 from lightning_hpo.config.optimize import optimize_config_from_dict
 from lightning_hpo.config.run import check_components, load_run_config, run_config_from_dict
-from lightning_hpo.config.trainer_options import OWNED, fusion_blocker
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.fused.stacking import clip_grad_norm_per_seed
 from lightning_hpo.training.runs import plan_fusion, train

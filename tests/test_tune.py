@@ -23,11 +23,12 @@ from optuna.trial import TrialState, create_trial
 from lightning_hpo.attrs import HOST, INTERRUPTED, PFL_ATTR, PID
 from lightning_hpo.config.optimize import load_optimize_config, optimize_config_from_dict
 from lightning_hpo.config.run import check_components, load_run_config, run_config_from_dict
-from lightning_hpo.pruners.pfl import PFLPruner, prefix_trial, stored_predictions
+from lightning_hpo.pruners.pfl import PFLPruner
+from lightning_hpo.pruners.records import prefix_trial, stored_predictions
 from lightning_hpo.training.results import load_result
 from lightning_hpo.training.runs import train
-from lightning_hpo.tuning.optimize import finish, tune
 from lightning_hpo.tuning.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.tuning.tuner import finish, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -21,8 +21,8 @@ from lightning_hpo.metrics import metric_name_problem, require_logged
 from lightning_hpo.training.loading import load_run
 from lightning_hpo.training.results import load_result
 from lightning_hpo.training.runs import check_fusion, plan_fusion, train
-from lightning_hpo.tuning.optimize import tune
 from lightning_hpo.tuning.study import TuneSettings
+from lightning_hpo.tuning.tuner import tune
 
 pytestmark = pytest.mark.usefixtures("quiet")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -152,7 +152,7 @@ def test_a_user_module_cannot_fuse_and_says_why(user_components) -> None:
 
 
 def test_the_built_in_module_named_explicitly_still_fuses(user_components) -> None:
-    cfg = user_run(module="lightning_hpo.builtin.module.SupervisedModule", module_config={})
+    cfg = user_run(module="lightning_hpo.builtin.supervised.SupervisedModule", module_config={})
     *_, stacking, reason = plan_fusion(cfg, [1, 2])
     assert stacking is not None, reason
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_hpo.builtin.module import SupervisedModule
+from lightning_hpo.builtin.supervised import SupervisedModule
 
 IN_FEATURES, OUT_FEATURES = 3, 2
 USER_METRIC = "val_mae"  # logged by MAEModule only

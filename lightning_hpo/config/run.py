@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.config.trainer_options import check_owned, check_trainer_config
+from lightning_hpo.config.lightning_args import check_owned, check_trainer_config
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.errors import ConfigError
@@ -27,7 +27,7 @@ _CHECKPOINT = {"save_best": True, "save_last": True}
 _KIND = {bool: "true or false", int: "an integer", float: "a number"}
 _IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data")
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
-DEFAULT_MODULE = "lightning_hpo.builtin.module.SupervisedModule"
+DEFAULT_MODULE = "lightning_hpo.builtin.supervised.SupervisedModule"
 # What a run hands its LightningModule's constructor itself (the README's module contract):
 # built from the config's own keys, so never set in module_config. run_config only when taken.
 MODULE_ARGUMENTS = (
@@ -259,9 +259,11 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
     check_scheduler(cfg, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
-    from lightning_hpo.training.trainer import accelerator_and_devices  # imports Lightning
+    from lightning_hpo.config.lightning_args import accelerator_and_devices  # imports Lightning
 
-    check_trainer_config(cfg.trainer_config, *accelerator_and_devices(cfg), source)
+    check_trainer_config(
+        cfg.trainer_config, *accelerator_and_devices(cfg.device, cfg.devices), source
+    )
 
 
 def check_scheduler(cfg: RunConfig, source: str) -> None:
@@ -271,7 +273,7 @@ def check_scheduler(cfg: RunConfig, source: str) -> None:
         return
     import torch
 
-    from lightning_hpo.builtin.module import SupervisedModule
+    from lightning_hpo.builtin.supervised import SupervisedModule
 
     scheduler = resolve(cfg.scheduler, source, "scheduler")
     module = resolve(cfg.module, source, "module")

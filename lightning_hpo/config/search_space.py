@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_hpo.config.imports import resolve
+from lightning_hpo.config.lightning_args import KEY as TRAINER_KEY
+from lightning_hpo.config.lightning_args import OWNED
 from lightning_hpo.config.run import RunConfig, unknown_key
-from lightning_hpo.config.trainer_options import KEY as TRAINER_KEY
-from lightning_hpo.config.trainer_options import OWNED
 from lightning_hpo.config.validation import is_number
 from lightning_hpo.errors import ConfigError
 

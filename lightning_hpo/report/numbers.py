@@ -263,7 +263,7 @@ def epoch_savings(trials: Sequence[FrozenTrial]) -> EpochSavings:
     """
     from optuna.trial import TrialState
 
-    from lightning_hpo.pruners.pfl import epochs_of
+    from lightning_hpo.pruners.records import epochs_of
 
     run = sum(len(t.intermediate_values) for t in trials)
     saved = pruned = unknown = 0
@@ -294,7 +294,7 @@ def prediction_accuracy(complete: Sequence[FrozenTrial]) -> PredictionAccuracy:
     (the ``epochs`` user attr, else the trial's own length), and end at 25%, 50%, 75%
     and 100%.
     """
-    from lightning_hpo.pruners.pfl import epochs_of, stored_predictions
+    from lightning_hpo.pruners.records import epochs_of, stored_predictions
 
     rows: list[tuple[float, float, float | None]] = []  # (progress, error, relative error)
     trials = 0
@@ -381,7 +381,7 @@ def replay_top_k(
 def _replay_one(
     pruner: PFLPruner, study: optuna.Study, trial: FrozenTrial, number: int
 ) -> ReplayedTrial:
-    from lightning_hpo.pruners.pfl import prefix_trial
+    from lightning_hpo.pruners.records import prefix_trial
 
     # Not the last step: training is over by then, so a prune there would cut nothing.
     for step in sorted(trial.intermediate_values)[:-1]:

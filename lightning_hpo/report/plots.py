@@ -130,7 +130,7 @@ def plot_curves(
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    from lightning_hpo.pruners.pfl import epochs_of, trial_curve
+    from lightning_hpo.pruners.records import epochs_of, trial_curve
 
     curves = {t.number: trial_curve(t) for t in trials}
     # Decided on the measured values alone: a prediction may fall below 0 and is then left out.
@@ -199,7 +199,7 @@ def _draw_prediction(
     1 if drawn."""
     from optuna.trial import TrialState
 
-    from lightning_hpo.pruners.pfl import stored_predictions
+    from lightning_hpo.pruners.records import stored_predictions
 
     predictions = stored_predictions(trial)
     if trial.state != TrialState.PRUNED or not predictions:

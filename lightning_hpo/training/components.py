@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_hpo.builtin.data import build_datamodule, feature_sizes
-from lightning_hpo.builtin.module import parts_from_config
+from lightning_hpo.builtin.supervised import parts_from_config
 from lightning_hpo.config.imports import accepted_kwargs, resolve
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError

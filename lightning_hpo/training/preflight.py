@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_hpo.config.run import RunConfig
-from lightning_hpo.config.validation import fits_annotation
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.metrics import VAL_LOSS, logged_names, require_logged
+from lightning_hpo.training.probe import blame, probe_kwargs
 
 __all__ = [
     "Check",
@@ -43,7 +42,6 @@ __all__ = [
     "format_preflight",
     "preflight_run",
     "preflight_study",
-    "probe_kwargs",
     "space_corners",
 ]
 
@@ -81,107 +79,6 @@ class Preflight:
         self.checks.append(Check(name, "; ".join(detail), time.perf_counter() - start))
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-
-
-def _name(obj: Any) -> str:
-    return getattr(obj, "__qualname__", None) or obj.__class__.__qualname__
-
-
-def _culprit(probe: Callable[[dict[str, Any]], Any], kwargs: dict[str, Any]) -> str | None:
-    """The key of ``kwargs`` without which ``probe`` succeeds, if exactly one is to blame."""
-    for key in kwargs:
-        try:
-            probe({k: v for k, v in kwargs.items() if k != key})
-        except Exception:  # noqa: BLE001 - still failing: this key is not (alone) to blame
-            continue
-        return key
-    return None
-
-
-_PLAIN = {t.__name__: t for t in (int, float, str, bool)}
-
-
-def _mistyped(ctor: Callable, kwargs: dict[str, Any]) -> str | None:
-    """The one key whose value is not of the plain type (int, float, str, bool) its parameter
-    is annotated with or defaults to, for a required key that cannot simply be left out."""
-    try:
-        params = inspect.signature(ctor).parameters
-    except (TypeError, ValueError):
-        return None
-    wrong = []
-    for key, value in kwargs.items():
-        param = params.get(key)
-        if param is None:
-            continue
-        hint = param.annotation
-        expected = _PLAIN.get(hint) if isinstance(hint, str) else hint
-        if expected not in _PLAIN.values() and param.default not in (None, param.empty):
-            expected = type(param.default)
-        if expected not in _PLAIN.values():
-            continue
-        if fits_annotation(value, expected) is False:
-            wrong.append(key)
-    return wrong[0] if len(wrong) == 1 else None
-
-
-def _default(ctor: Callable, name: str) -> Any:
-    try:
-        param = inspect.signature(ctor).parameters.get(name)
-    except (TypeError, ValueError):
-        return inspect.Parameter.empty
-    return inspect.Parameter.empty if param is None else param.default
-
-
-def probe_kwargs(
-    probe: Callable[[dict[str, Any]], Any],
-    kwargs: dict[str, Any],
-    source: str,
-    group: str,
-    ctor: Callable,
-    what: str,
-) -> Any:
-    """``probe(kwargs)`` (build a component from its ``*_config`` and use it once).
-
-    A failure is a ConfigError naming the key it rejected (``optimizer_config.lr``) when the
-    probe succeeds without that key, else the whole ``group``.
-    """
-    try:
-        return probe(kwargs)
-    except Exception as exc:
-        culprit = _culprit(probe, kwargs) or _mistyped(ctor, kwargs)
-        name = _name(ctor)
-        if culprit is None:
-            raise ConfigError(
-                source, group, f"{what} failed with {kwargs!r} ({_first_line(exc)})", f"fix {group}"
-            ) from exc
-        default = _default(ctor, culprit)
-        hint = "" if default is inspect.Parameter.empty else f" (its default is {default!r})"
-        raise ConfigError(
-            source,
-            f"{group}.{culprit}",
-            f"{name} rejected {kwargs[culprit]!r} ({_first_line(exc)})",
-            f"give {group}.{culprit} a value {name} accepts{hint}",
-        ) from exc
-
-
-@contextlib.contextmanager
-def _blame(source: str, key: str | None, what: str, fix: str) -> Iterator[None]:
-    """Any exception in the body becomes a ConfigError: ``what`` failed, and why. A ConfigError
-    from a builder that does not know the file (``<run config>``) is given ``source``."""
-    try:
-        yield
-    except ConfigError as exc:
-        if exc.source != "<run config>":
-            raise
-        raise exc.with_source(source) from exc
-    except Exception as exc:
-        raise ConfigError(source, key, f"{what} failed ({_first_line(exc)})", fix) from exc
-
-
 def _shape(value: Any) -> str:
     shape = getattr(value, "shape", None)
     return (
@@ -198,9 +95,9 @@ def _device(cfg: RunConfig):
     """The torch device a single-device run of ``cfg`` trains on."""
     import torch
 
-    from lightning_hpo.training.trainer import accelerator_and_devices
+    from lightning_hpo.config.lightning_args import accelerator_and_devices
 
-    accelerator, devices = accelerator_and_devices(cfg)
+    accelerator, devices = accelerator_and_devices(cfg.device, cfg.devices)
     if accelerator == "gpu":
         return torch.device(f"cuda:{devices[0] if isinstance(devices, list) else 0}")
     return torch.device("mps" if accelerator == "mps" else "cpu")
@@ -237,7 +134,7 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
     """The net, loss, optimizer step and scheduler step, each on its own ``*_config``."""
     import torch
 
-    from lightning_hpo.builtin.module import parts_from_config, scheduler_arguments
+    from lightning_hpo.builtin.supervised import parts_from_config, scheduler_arguments
     from lightning_hpo.config.imports import resolve
     from lightning_hpo.training.components import build_net
 
@@ -303,14 +200,14 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
                 schedule, scheduler_config, source, "scheduler_config", scheduler_cls, cfg.scheduler
             )
             scheduler = scheduler_cls(optimizer, **scheduler_config)
-        with _blame(source, "optimizer_config", f"{cfg.optimizer}'s step", "fix optimizer_config"):
+        with blame(source, "optimizer_config", f"{cfg.optimizer}'s step", "fix optimizer_config"):
             loss.backward()
             optimizer.step()
         detail.append(f"{_short(cfg.optimizer)} {cfg.optimizer_config}")
 
     if scheduler is not None:
         with result.check("scheduler step") as detail:
-            with _blame(
+            with blame(
                 source, "scheduler_config", f"{cfg.scheduler}'s step", "fix scheduler_config"
             ):
                 scheduler.step()
@@ -325,10 +222,10 @@ def _check_lightning(result: Preflight, cfg: RunConfig, source: str, dm) -> None
     from lightning_hpo.training.trainer import build_trainer
 
     with result.check("Lightning") as detail:
-        with _blame(source, "module", "building the LightningModule", "fix the run config"):
+        with blame(source, "module", "building the LightningModule", "fix the run config"):
             module = build_module(cfg, dm, cfg.seeds[0])
         with tempfile.TemporaryDirectory(prefix="lightning-hpo-preflight-") as scratch:
-            with _blame(source, "trainer_config", "building the Trainer", "fix trainer_config"):
+            with blame(source, "trainer_config", "building the Trainer", "fix trainer_config"):
                 trainer = build_trainer(
                     _single_device(cfg),
                     checkpointing=False,
@@ -336,7 +233,7 @@ def _check_lightning(result: Preflight, cfg: RunConfig, source: str, dm) -> None
                     logger=False,
                     default_root_dir=scratch,
                 )
-            with _blame(
+            with blame(
                 source,
                 None,
                 f"{type(module).__qualname__} training and validating one batch",

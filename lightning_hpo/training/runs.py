@@ -19,15 +19,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from lightning_hpo.config.imports import resolve
+from lightning_hpo.config.lightning_args import fusion_blocker
 from lightning_hpo.config.run import RunConfig
-from lightning_hpo.config.trainer_options import fusion_blocker
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.fused.early_stopping import SeedEarlyStopping
 from lightning_hpo.fused.seeds import SeedStates
 from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.training import provenance
-from lightning_hpo.training.callbacks import LastCheckpoint, RunRecorder, SeedEarlyStopping
+from lightning_hpo.training.callbacks import LastCheckpoint, RunRecorder
 from lightning_hpo.training.components import (
     build_components,
     build_data,
@@ -185,13 +186,9 @@ def fit_fused(
     ``nets`` are the seeds' networks (``build_net``) and ``stacking`` how they run
     together, both as ``fused.blocker`` checked them.
     """
-    from lightning_hpo.fused.module import (
-        FusedModule,
-        SeedCheckpointIO,
-        SeedCheckpoints,
-        SeedLoggers,
-        resumable,
-    )
+    from lightning_hpo.fused.checkpoints import SeedCheckpointIO, SeedCheckpoints, resumable
+    from lightning_hpo.fused.loggers import SeedLoggers
+    from lightning_hpo.fused.module import FusedModule
     from lightning_hpo.fused.stacking import stack
 
     monitor, mode = options.monitor, options.mode
@@ -250,7 +247,7 @@ def plan_fusion(
 ) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
     """The data, each seed's network, and how they train fused (``fused.blocker``): a
     stacking mode, or None and the reason they cannot."""
-    from lightning_hpo.fused.module import blocker
+    from lightning_hpo.fused.checks import blocker
 
     dm = build_data(cfg, seeds[0])
     with config_errors(cfg, "net"):

@@ -7,14 +7,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from lightning_hpo.config.trainer_options import trainer_errors
+from lightning_hpo.config.lightning_args import accelerator_and_devices, trainer_errors
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
 
-# run_config imports accelerator_and_devices (to check trainer_config): no import back at run time.
 if TYPE_CHECKING:
     from lightning_hpo.config.run import RunConfig
 
@@ -26,19 +24,6 @@ _SPAWNED_EQUIVALENT = {
     "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
     "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
 }
-
-
-def accelerator_and_devices(cfg: RunConfig) -> tuple[str, Any]:
-    """Map the config's ``device``/``devices`` onto Lightning's accelerator and devices."""
-    if cfg.device == "auto":
-        return ("gpu" if torch.cuda.is_available() else "cpu"), cfg.devices
-    if cfg.device == "cpu":
-        return "cpu", cfg.devices
-    if cfg.device == "mps":
-        return "mps", cfg.devices
-    if ":" in cfg.device:
-        return "gpu", [int(cfg.device.split(":")[1])]
-    return "gpu", cfg.devices
 
 
 def _relaunches_the_script(trainer: pl.Trainer) -> bool:
@@ -65,7 +50,7 @@ def build_trainer(
     the other ranks by re-running the command line, which here would start another training
     or tuning run instead of a rank.
     """
-    accelerator, devices = accelerator_and_devices(cfg)
+    accelerator, devices = accelerator_and_devices(cfg.device, cfg.devices)
     options = cfg.trainer_config
     kwargs = (
         {"enable_model_summary": False, "log_every_n_steps": 1, "deterministic": False}

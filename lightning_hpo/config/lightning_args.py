@@ -166,3 +166,16 @@ def fusion_blocker(options: dict[str, Any]) -> str | None:
     if precision not in FUSABLE_PRECISIONS:
         return f"trainer_config.precision {precision!r} scales the loss with one GradScaler for every seed (one seed's overflow would skip all seeds' steps)"
     return None
+
+
+def accelerator_and_devices(device: str, devices: int | str) -> tuple[str, Any]:
+    """Map a run config's ``device``/``devices`` onto Lightning's accelerator and devices."""
+    if device in ("cpu", "mps"):
+        return device, devices
+    if device == "auto":
+        import torch
+
+        return ("gpu" if torch.cuda.is_available() else "cpu"), devices
+    if ":" in device:
+        return "gpu", [int(device.split(":")[1])]
+    return "gpu", devices

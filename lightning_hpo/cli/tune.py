@@ -1,0 +1,161 @@
+"""``tune.py`` (``lightning-hpo tune``): run or continue an Optuna study over a run config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_hpo.cli.common import (
+    EXIT_NO_TRIAL_COMPLETED,
+    check_writable,
+    config_arguments,
+    default_configs,
+    preflight_argument,
+    print_preflight,
+    run_command,
+)
+from lightning_hpo.cli.report import report_main
+from lightning_hpo.errors import ConfigError
+
+
+def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Run (or continue) an Optuna study over a run config. `tune.py report` summarises a study.",
+    )
+    config_arguments(p)
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL: sqlite:///f.db, postgresql://..., journal:f.log, journal+redis://host:6379 (default: sqlite:///<project>_Opt.db)",
+    )
+    p.add_argument("--study-name", help="override the config's study_name")
+    p.add_argument("--trials", type=int, help="override the study's total number of trials")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes sharing the study (default: 1)",
+    )
+    p.add_argument("--device", help="override the run config's device")
+    p.add_argument("--epochs", type=int, help="override the run config's epochs")
+    p.add_argument("--output", default="runs", help="root folder for runs (default: %(default)s)")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between RDB heartbeats; 0 turns them off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--progress", action="store_true", help="show Lightning's per-batch progress bars"
+    )
+    preflight_argument(p)
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
+    p.add_argument(
+        "--max-trials", type=int, help=argparse.SUPPRESS
+    )  # a worker's share, set by --workers
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # torch threads per worker
+    return p
+
+
+def _load_tune_configs(args: argparse.Namespace):
+    """Both configs, validated together before any storage is opened: first everything that
+    needs no import (fast), then the import paths (which load torch)."""
+    from lightning_hpo.config.optimize import check_optimize_components, load_optimize_config
+    from lightning_hpo.config.run import check_components, load_run_config
+
+    if args.workers < 1:
+        raise ConfigError(
+            "--workers", None, f"must be >= 1, got {args.workers}", "e.g. --workers 2"
+        )
+    run = load_run_config(
+        args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
+    )
+    opt = load_optimize_config(args.optimize_config, run, trials=args.trials, resolve_imports=False)
+    if args.study_name:
+        opt.study_name = args.study_name
+    if args.storage:
+        from lightning_hpo.storage.connect import check_url
+
+        check_url(args.storage)
+    check_writable(args.output, "--output")
+    check_components(run, args.run_config)
+    check_optimize_components(opt, run, args.optimize_config)
+    from lightning_hpo.training.runs import check_fusion
+
+    check_fusion(run, args.run_config)
+    return run, opt
+
+
+def _settings(args: argparse.Namespace):
+    from lightning_hpo.tuning.study import TuneSettings
+
+    return TuneSettings(
+        storage=args.storage,
+        runs_root=args.output,
+        progress_bar=args.progress,
+        heartbeat=args.heartbeat or None,
+        max_trials=args.max_trials,
+    )
+
+
+def _tune(args: argparse.Namespace) -> int:
+    run, opt = _load_tune_configs(args)
+    settings = _settings(args)
+
+    from lightning_hpo.console import quiet_lightning
+    from lightning_hpo.tuning.signals import interrupt_on_signals
+    from lightning_hpo.tuning.study import (
+        create_or_load_study,
+        fail_dead_trials,
+        no_trial_completed,
+        remaining,
+    )
+    from lightning_hpo.tuning.tuner import finish, quiet_optuna, tune
+
+    interrupt_on_signals()
+    quiet_lightning()
+    quiet_optuna(args.debug)
+    if args.max_trials is None:  # not a --workers child: their parent checked already
+        from lightning_hpo.training.preflight import preflight_study
+
+        checks = preflight_study(run, opt, args.run_config, args.optimize_config)
+        done = print_preflight(checks, args.preflight, args.optimize_config)
+        if done is not None:
+            return done
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.workers > 1:
+        # Create the study once, here, before the workers race to create its tables.
+        study = create_or_load_study(run, opt, settings)
+        fail_dead_trials(study)  # their retries fill slots the workers' shares must cover
+        from lightning_hpo.tuning.workers import run_workers
+
+        run_workers(
+            args.argv,
+            args.workers,
+            remaining(study, opt.trials),
+        )
+    else:
+        study = tune(run, opt, settings)
+    if args.max_trials is not None:
+        return 0  # a --workers child: the parent reports on the study
+    why = no_trial_completed(study)
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_NO_TRIAL_COMPLETED
+    finish(run, opt, study, settings)
+    return 0
+
+
+def tune_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:], f"{prog or Path(sys.argv[0]).name} report")
+    args = tune_parser(prog).parse_args(argv)
+    default_configs(args)
+    args.argv = argv
+    return run_command(_tune, args)

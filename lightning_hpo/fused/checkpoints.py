@@ -1,0 +1,184 @@
+"""Fused seeds' checkpoints: each seed's folder holds that seed's own one-seed checkpoints, stacked back together for --resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+from lightning_hpo.fused.seeds import SeedStates, seed_metric
+from lightning_hpo.fused.stacking import (
+    merge_optimizer_states,
+    merge_states,
+    split_optimizer_state,
+    split_state,
+)
+from lightning_hpo.training.files import BEST, LAST, checkpoint_file
+
+# Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
+FUSED_KEY = "lightning_hpo/fused"
+
+
+class SeedCheckpointIO(TorchCheckpointIO):
+    """Checkpoints of a fused run: a file in seed ``s``'s folder holds seed ``s`` alone.
+
+    Its ``state_dict`` and optimizer state are that seed's slices (the single network's
+    keys and shapes, loadable into a one-seed module); loops, schedulers and callback
+    states are the run's. Loading a file from one seed's folder stacks the same file of
+    every seed's folder back into the fused state, for ``--resume``.
+    """
+
+    def __init__(self, run_dirs: Sequence[Path], shapes: Sequence[torch.Size]):
+        super().__init__()
+        self.run_dirs = [Path(d).resolve() for d in run_dirs]
+        self.shapes = list(shapes)
+
+    def _index(self, path: Any) -> int | None:
+        """The seed whose folder holds ``path``; None elsewhere (ddp_spawn's hand-over file)."""
+        resolved = Path(path).resolve()
+        for index, run_dir in enumerate(self.run_dirs):
+            if run_dir in resolved.parents:
+                return index
+        return None
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        index = self._index(path)
+        if index is None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        one = dict(checkpoint)
+        one["state_dict"] = split_state(checkpoint["state_dict"], index)
+        split = [
+            split_optimizer_state(s, index, self.shapes)
+            for s in checkpoint.get("optimizer_states", [])
+        ]
+        one["optimizer_states"] = [state for state, _ in split]
+        one[FUSED_KEY] = {
+            "index": index,
+            "seeds": len(self.run_dirs),
+            "sliced": [sliced for _, sliced in split],
+        }
+        super().save_checkpoint(one, path, storage_options)
+
+    def load_checkpoint(
+        self,
+        path: Any,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        index = self._index(path)
+        if index is None:
+            return super().load_checkpoint(path, map_location, weights_only)
+        relative = Path(path).resolve().relative_to(self.run_dirs[index])
+        parts = [
+            super(SeedCheckpointIO, self).load_checkpoint(
+                d / relative, map_location, weights_only=False
+            )
+            for d in self.run_dirs
+        ]
+        merged = dict(parts[0])
+        merged["state_dict"] = merge_states([p["state_dict"] for p in parts])
+        sliced = parts[0][FUSED_KEY]["sliced"]
+        merged["optimizer_states"] = [
+            merge_optimizer_states([p["optimizer_states"][i] for p in parts], sliced[i])
+            for i in range(len(sliced))
+        ]
+        merged.pop(FUSED_KEY)
+        return merged
+
+
+class SeedCheckpoints(Callback):
+    """Each seed's ``last.ckpt`` every epoch and its ``best.ckpt`` when its metric improved.
+
+    One state dump per epoch serves every seed (``SeedCheckpointIO`` slices it per
+    folder), and a seed's new best is a copy of the ``last.ckpt`` just written: the same
+    files ``ModelCheckpoint`` and ``LastCheckpoint`` write for a seed trained alone, at a
+    fraction of the cost of 2 x S callbacks dumping and pickling the state each.
+    "Improved" is ``ModelCheckpoint``'s rule: strictly better, and never a NaN or inf.
+    """
+
+    def __init__(
+        self,
+        states: SeedStates,
+        run_dirs: Sequence[Path],
+        monitor: str,
+        mode: str,
+        save_best: bool,
+        save_last: bool,
+    ):
+        self.states, self.run_dirs, self.monitor, self.mode = (
+            states,
+            [Path(d) for d in run_dirs],
+            monitor,
+            mode,
+        )
+        self.save_best, self.save_last = save_best, save_last
+        self.best: dict[int, float] = {}
+
+    def _improved(self, trainer: pl.Trainer) -> list[int]:
+        improved = []
+        for seed in self.states.seeds:
+            value = trainer.callback_metrics.get(seed_metric(self.monitor, seed))
+            if value is None or not self.states.training(seed, trainer.current_epoch):
+                continue
+            current = float(value)
+            best = self.best.get(seed)
+            if math.isfinite(current) and (
+                best is None or (current > best if self.mode == "max" else current < best)
+            ):
+                self.best[seed] = current
+                improved.append(seed)
+        return improved
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        improved = self._improved(trainer) if self.save_best else []
+        if not (self.save_last or improved):
+            return
+        # Lightning's own Trainer.save_checkpoint dumps the state anew for every file.
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        for seed, run_dir in zip(self.states.seeds, self.run_dirs):
+            last, best = checkpoint_file(run_dir, LAST), checkpoint_file(run_dir, BEST)
+            if self.save_last:
+                trainer.strategy.save_checkpoint(checkpoint, last)
+            if seed in improved:
+                if self.save_last and trainer.is_global_zero:
+                    _copy_atomically(last, best)
+                elif not self.save_last:
+                    trainer.strategy.save_checkpoint(checkpoint, best)
+        trainer.strategy.barrier("SeedCheckpoints")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    temporary = target.with_suffix(".tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def resumable(paths: Sequence[Path]) -> bool:
+    """Whether these per-seed checkpoints are one fused run's state at one step: every
+    seed's file exists, was written by a fused run of as many seeds, at the same step."""
+    if not all(p.exists() for p in paths):
+        return False
+    steps = set()
+    for index, path in enumerate(paths):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        marker = ckpt.get(FUSED_KEY)
+        if not marker or marker["index"] != index or marker["seeds"] != len(paths):
+            return False
+        steps.add(ckpt.get("global_step"))
+    return len(steps) == 1
