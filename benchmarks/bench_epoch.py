@@ -139,7 +139,7 @@ def patched(**changes):
     """Temporarily replace names in lightning_hpo.training.components / .data / .module."""
     saved = []
     for name, value in changes.items():
-        # The run config's module path resolves to lightning_hpo.builtin.supervised.SupervisedModule.
+        # The run config's module path resolves to lightning_hpo.builtin.SupervisedModule.
         owner = {"TensorBatches": data, "SupervisedModule": module}.get(name, components)
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)

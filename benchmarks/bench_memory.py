@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_hpo.config.optimize import optimize_config_from_dict
     from lightning_hpo.config.run import run_config_from_dict
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.tuning.study import TuneSettings
+    from lightning_hpo.tuning.study import TuneOptions
     from lightning_hpo.tuning.tuner import tune
 
     quiet_lightning()  # after Lightning's import, which sets its own log levels
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     record.lines = []
     rows.append((0, rss_mb(), 0.0))
     with tempfile.TemporaryDirectory() as tmp:
-        settings = TuneSettings(
-            storage=f"sqlite:///{tmp}/mem.db", runs_root=f"{tmp}/runs", heartbeat=None
+        settings = TuneOptions(
+            storage=f"sqlite:///{tmp}/mem.db", output=f"{tmp}/runs", heartbeat=None
         )
         tune(run, opt, settings, echo=record)
 

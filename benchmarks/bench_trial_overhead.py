@@ -45,7 +45,7 @@ from lightning_hpo.config.optimize import load_optimize_config  # noqa: E402
 from lightning_hpo.config.run import load_run_config  # noqa: E402
 from lightning_hpo.training import runs as training  # noqa: E402
 from lightning_hpo.tuning import tuner as tuning  # noqa: E402
-from lightning_hpo.tuning.study import TuneSettings  # noqa: E402
+from lightning_hpo.tuning.study import TuneOptions  # noqa: E402
 from lightning_hpo.tuning.tuner import tune  # noqa: E402
 
 
@@ -145,7 +145,7 @@ def run_study(
     run.seeds = run.seeds[:1]
     opt = load_optimize_config(ROOT / "configs" / "optimize_template.yaml", run, trials=trials)
     opt.pruner = {"name": "optuna.pruners.NopPruner", "kwargs": {}}
-    settings = TuneSettings(storage=f"sqlite:///{work}/study.db", runs_root=str(work / "runs"))
+    settings = TuneOptions(storage=f"sqlite:///{work}/study.db", output=str(work / "runs"))
     timers.reset()
     GC.mode, GC.times = gc_mode, []
     tuning.create_or_load_study = create_or_load

@@ -6,9 +6,12 @@ Usage: ``python benchmarks/config_walk.py`` (a 1-trial, 2-epoch study in a tempo
 preflight included, the way ``tune.py`` runs it).
 
 A "stay" is a maximal run of consecutive calls into one module, counting only calls that
-receive a config object (``RunConfig`` / ``OptimizeConfig``, or the built config) among
-their arguments; a "climb back" is a stay in a module the walk had already left once.
-"Resolver calls" counts every call into the import-path resolver during the study.
+receive one of the two configs the command loaded (its ``RunConfig`` and its
+``OptimizeConfig``) as an argument other than ``self``: a config's own methods and
+properties do not count, and neither do the configs made from them for a trial or a
+corner of the search space. A "climb back" is a stay in a module the walk had already
+left once. "Resolver calls" counts every call into the import-path resolver during the
+whole study, preflight included.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def walk(argv: list[str]) -> tuple[list[str], int]:
     from lightning_hpo.cli import tune_main
 
     stays: list[str] = []
+    loaded: dict[str, object] = {}  # the first RunConfig and OptimizeConfig seen: the loaded ones
     resolver_calls = 0
 
     def profile(frame, event, arg):
@@ -41,7 +45,14 @@ def walk(argv: list[str]) -> tuple[list[str], int]:
         if code.co_name in RESOLVER and module.endswith("imports"):
             resolver_calls += 1
         names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        if any(type(frame.f_locals.get(n)).__name__ in CONFIG_TYPES for n in names):
+        arguments = [frame.f_locals.get(n) for n in names if n != "self"]
+        for value in arguments:
+            kind = type(value).__name__
+            if kind in CONFIG_TYPES:
+                loaded.setdefault(kind, value)
+        if any(
+            type(v).__name__ in CONFIG_TYPES and loaded[type(v).__name__] is v for v in arguments
+        ):
             if not stays or stays[-1] != module:
                 stays.append(module)
 

@@ -18,7 +18,7 @@ bench_epoch.py).
 
 Tasks:
 
-* ``synthetic``: the project's default task (lightning_hpo.builtin.data.synthetic_regression,
+* ``synthetic``: the project's default task (lightning_hpo.builtin.synthetic_regression,
   8k/2k points, MSE) with the run template's settings (AdamW, cosine to 1e-5, batch 256).
 * ``spirals``: 3-class two-dimensional spirals (6k points, 20 % validation, angular
   noise), cross-entropy; spiky curves at high learning rates (77 of 200 rise by >20 %

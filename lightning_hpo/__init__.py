@@ -9,11 +9,11 @@ __all__ = ["PFLPruner", "load_run", "predict_final_loss", "__version__"]
 def __getattr__(name: str):
     # Lazy, so `import lightning_hpo` (and the CLI's --help) does not import Optuna.
     if name == "PFLPruner":
-        from lightning_hpo.pruners.pfl import PFLPruner
+        from lightning_hpo.pruners import PFLPruner
 
         return PFLPruner
     if name == "predict_final_loss":
-        from lightning_hpo.pruners.curves import predict_final_loss
+        from lightning_hpo.pruners import predict_final_loss
 
         return predict_final_loss
     if name == "load_run":

@@ -56,11 +56,11 @@ def small_config_dict() -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def small_config(small_config_dict):
     """``make(**overrides)``: a validated, resolved RunConfig for a sub-second CPU run."""
-    from lightning_hpo.config.run import check_components, run_config_from_dict
+    from lightning_hpo.config.run import build, run_config_from_dict
 
     def make(**overrides: Any):
         cfg = run_config_from_dict(small_config_dict(**overrides), "<small config>")
-        check_components(cfg, "<small config>")
+        build(cfg, "<small config>")
         return cfg
 
     return make

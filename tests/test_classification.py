@@ -24,7 +24,7 @@ from lightning_hpo.metrics import VAL_ACC, VAL_LOSS, VAL_R2
 from lightning_hpo.training.loading import load_run
 from lightning_hpo.training.results import load_result
 from lightning_hpo.training.runs import FitOptions, fit_run
-from lightning_hpo.tuning.study import TuneSettings
+from lightning_hpo.tuning.study import TuneOptions
 from lightning_hpo.tuning.tuner import tune
 
 pytestmark = pytest.mark.usefixtures("quiet")
@@ -163,8 +163,8 @@ def test_fused_val_acc_matches_each_seed_alone(fused_and_alone) -> None:
 # --------------------------------------------------------------------------- the example
 
 
-def _settings(tmp_path: Path) -> TuneSettings:
-    return TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"))
+def _settings(tmp_path: Path) -> TuneOptions:
+    return TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"))
 
 
 def _tune_example(tmp_path: Path, run, trials: int):

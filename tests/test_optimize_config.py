@@ -674,7 +674,7 @@ def test_existing_study_with_incompatible_search_space(tmp_path: Path, tiny_conf
 
 def test_existing_study_with_compatible_config_is_accepted_in_process(tmp_path: Path) -> None:
     # The counterpart of the two checks above: same direction, same choices, loads fine.
-    from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
+    from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
 
     run = small_run()
     opt = opt_from(
@@ -682,8 +682,8 @@ def test_existing_study_with_compatible_config_is_accepted_in_process(tmp_path: 
         study_name="tiny_study",
         search_space={"net_config": {"nodes": {"type": "categorical", "choices": [16, 32]}}},
     )
-    settings = TuneSettings(
-        storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=None
+    settings = TuneOptions(
+        storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"), heartbeat=None
     )
     first = create_or_load_study(run, opt, settings)
     first.add_trial(

@@ -18,7 +18,7 @@ from lightning_hpo.config.optimize import optimize_config_from_dict
 from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.training import provenance
 from lightning_hpo.training.runs import train
-from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
+from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
 from lightning_hpo.tuning.tuner import tune
 
 pytestmark = pytest.mark.usefixtures("quiet")
@@ -123,7 +123,7 @@ def test_a_study_keeps_its_creators_provenance_and_no_password(
     opt = optimize_config_from_dict(
         {"study_name": "prov", "trials": 1, "pruner": None, "search_space": space}, run, "<opt>"
     )
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"))
+    settings = TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"))
     monkeypatch.setattr("sys.argv", ARGV)
     study = tune(run, opt, settings, echo=lambda line: None)
     stored = study.user_attrs[PROVENANCE]

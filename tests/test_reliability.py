@@ -41,7 +41,7 @@ from lightning_hpo.attrs import HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SUR
 from lightning_hpo.storage.connect import open_storage
 from lightning_hpo.training.results import RESULT_FILE
 from lightning_hpo.training.runs import train
-from lightning_hpo.tuning.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.tuning.study import TuneOptions, counted, create_or_load_study
 from lightning_hpo.tuning.tuner import tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -359,8 +359,8 @@ def tiny_study(small_config, tmp_path, trials: int, pruner: str | None = None, *
         run_cfg,
         "<test>",
     )
-    settings = TuneSettings(
-        storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None
+    settings = TuneOptions(
+        storage=f"sqlite:///{tmp_path}/study.db", output=str(tmp_path / "runs"), heartbeat=None
     )
     return run_cfg, opt, settings
 
@@ -448,7 +448,7 @@ def concurrent_workers(tmp_path: Path, url: str, small_config) -> None:
         run_cfg,
         "<test>",
     )
-    create_or_load_study(run_cfg, opt, TuneSettings(storage=url, heartbeat=None))
+    create_or_load_study(run_cfg, opt, TuneOptions(storage=url, heartbeat=None))
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     procs = [

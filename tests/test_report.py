@@ -104,7 +104,7 @@ def call(argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     from lightning_hpo.console import quiet_lightning
-    from lightning_hpo.tuning.tuner import TuneSettings, tune
+    from lightning_hpo.tuning.tuner import TuneOptions, tune
 
     quiet_lightning()
     root = tmp_path_factory.mktemp("report")
@@ -114,7 +114,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     run = run_config_from_dict(RUN, "test")
     opt = optimize_config_from_dict(dict(OPTIMIZE), run, "test")
     url = f"sqlite:///{root / 'study.db'}"
-    settings = TuneSettings(storage=url, runs_root=str(root / "runs"), heartbeat=None)
+    settings = TuneOptions(storage=url, output=str(root / "runs"), heartbeat=None)
     study = tune(run, opt, settings, echo=lambda line: None)
     return Built(root, run_path, opt_path, url, root / "runs", study)
 

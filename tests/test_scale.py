@@ -288,7 +288,7 @@ def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_th
 ) -> None:
     from lightning_hpo.config.optimize import optimize_config_from_dict
     from lightning_hpo.tuning import tuner as tuning
-    from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
+    from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
 
     run_cfg = small_config(project="Scale", data_config={"n": 300})
     opt = optimize_config_from_dict(
@@ -306,8 +306,8 @@ def test_a_worker_that_loses_the_last_slot_to_another_machine_does_not_exceed_th
         run_cfg,
         "<test>",
     )
-    settings = TuneSettings(
-        storage=f"sqlite:///{tmp_path}/study.db", runs_root=str(tmp_path / "runs"), heartbeat=None
+    settings = TuneOptions(
+        storage=f"sqlite:///{tmp_path}/study.db", output=str(tmp_path / "runs"), heartbeat=None
     )
     study = create_or_load_study(run_cfg, opt, settings)
     study.add_trial(
@@ -332,7 +332,7 @@ def test_two_machines_joining_at_the_same_moment_get_different_suggestions(
     tmp_path, small_config
 ) -> None:
     from lightning_hpo.config.optimize import optimize_config_from_dict
-    from lightning_hpo.tuning.study import TuneSettings, create_or_load_study
+    from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
 
     run_cfg = small_config()
     opt = optimize_config_from_dict(
@@ -349,7 +349,7 @@ def test_two_machines_joining_at_the_same_moment_get_different_suggestions(
         run_cfg,
         "<test>",
     )
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/study.db", heartbeat=None)
+    settings = TuneOptions(storage=f"sqlite:///{tmp_path}/study.db", heartbeat=None)
     # Each machine opens the study as tune.py does, before either has asked for a trial.
     machines = [create_or_load_study(run_cfg, opt, settings) for _ in range(2)]
     suggested = [opt.suggest(study.ask(), run_cfg).optimizer_config["lr"] for study in machines]

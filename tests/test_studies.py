@@ -22,11 +22,11 @@ from optuna.trial import TrialState
 from lightning_hpo.attrs import FAIL_REASON, HOST, PID, RETRIED_FROM, RETRY_OF, STALE
 from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_NO_TRIAL_COMPLETED, tune_main
 from lightning_hpo.config.optimize import optimize_config_from_dict
-from lightning_hpo.config.run import check_components, run_config_from_dict
+from lightning_hpo.config.run import build, run_config_from_dict
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.storage.dashboard import dashboard_argument, dashboard_command
 from lightning_hpo.storage.stale import STALE_REASON
-from lightning_hpo.tuning.study import TuneSettings, create_or_load_study, fail_dead_trials
+from lightning_hpo.tuning.study import TuneOptions, create_or_load_study, fail_dead_trials
 from lightning_hpo.tuning.tuner import tune
 from lightning_hpo.tuning.workers import usable_cpus
 
@@ -51,7 +51,7 @@ RUN = {
 
 def make_run(**overrides):
     cfg = run_config_from_dict(RUN | overrides, "<test run>")
-    check_components(cfg, "<test run>")
+    build(cfg, "<test run>")
     return cfg
 
 
@@ -73,7 +73,7 @@ def hashes(root: Path) -> dict[str, str]:
 
 def test_two_studies_of_one_project_write_to_their_own_folders(tmp_path: Path) -> None:
     run = make_run()
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"))
+    settings = TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"))
     first = tune(run, make_opt(run), settings, echo=lambda line: None)
     before = hashes(tmp_path / "runs")
     # The same sampler seed suggests the same parameters, hence the same group names.
@@ -92,7 +92,7 @@ def test_a_rerun_after_deleting_the_database_writes_to_a_fresh_folder_and_says_s
     tmp_path: Path,
 ) -> None:
     run, db = make_run(), tmp_path / "s.db"
-    settings = TuneSettings(storage=f"sqlite:///{db}", runs_root=str(tmp_path / "runs"))
+    settings = TuneOptions(storage=f"sqlite:///{db}", output=str(tmp_path / "runs"))
     tune(run, make_opt(run), settings, echo=lambda line: None)
     before = hashes(tmp_path / "runs")
     db.unlink()  # start over, keeping runs/
@@ -118,7 +118,7 @@ def test_a_folder_with_files_but_no_owner_is_not_written_into(tmp_path: Path) ->
     study = tune(
         run,
         make_opt(run),
-        TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")),
+        TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs")),
         echo=lambda line: None,
     )
     assert {Path(t.user_attrs["run_dir"]).parent.name for t in study.trials} == {"first.2"}
@@ -217,7 +217,7 @@ def test_the_study_names_its_metric_for_the_dashboard(tmp_path: Path) -> None:
     study = tune(
         run,
         make_opt(run, trials=1),
-        TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")),
+        TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs")),
         echo=lambda line: None,
     )
     assert optuna.load_study(
@@ -279,7 +279,7 @@ def test_a_dead_workers_trial_fails_with_a_reason_and_its_retry_carries_only_the
     study = create_or_load_study(
         run,
         make_opt(run),
-        TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs")),
+        TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs")),
     )
     trial = study.ask(
         {"optimizer_config_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
@@ -304,8 +304,8 @@ def test_a_heartbeat_stale_trial_is_labelled_and_retried_clean_so_no_worker_mist
     tmp_path: Path,
 ) -> None:
     run = make_run()
-    settings = TuneSettings(
-        storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"), heartbeat=1
+    settings = TuneOptions(
+        storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"), heartbeat=1
     )
     study = create_or_load_study(run, make_opt(run), settings)
     trial = study.ask(

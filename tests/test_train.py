@@ -189,7 +189,7 @@ def test_mlp_rejects_bad_settings(kwargs) -> None:
 
 def test_mlp_is_sized_from_the_data(small_config) -> None:
     cfg = small_config()
-    dm = build_datamodule(training.resolve(cfg.data), cfg.data_config, cfg.batch_size, seed=1)
+    dm = build_datamodule(cfg.components.data, cfg.data_config, cfg.batch_size, seed=1)
     module = build_module(cfg, dm)
     assert linear_shapes(module.state_dict()) == [(8, 1), (1, 8)]
 

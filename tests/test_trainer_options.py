@@ -14,7 +14,7 @@ import torch
 
 from lightning_hpo.config.lightning_args import OWNED, fusion_blocker
 from lightning_hpo.config.optimize import optimize_config_from_dict
-from lightning_hpo.config.run import check_components, load_run_config, run_config_from_dict
+from lightning_hpo.config.run import build, load_run_config, run_config_from_dict
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.fused.stacking import clip_grad_norm_per_seed
 from lightning_hpo.training.runs import plan_fusion, train
@@ -29,7 +29,7 @@ def checked(trainer_config, **overrides):
     cfg = run_config_from_dict(
         {"device": "cpu", "trainer_config": trainer_config, **overrides}, "<test>"
     )
-    check_components(cfg, "<test>")
+    build(cfg, "<test>")
     return cfg
 
 

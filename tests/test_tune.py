@@ -22,12 +22,12 @@ from optuna.trial import TrialState, create_trial
 
 from lightning_hpo.attrs import HOST, INTERRUPTED, PFL_ATTR, PID
 from lightning_hpo.config.optimize import load_optimize_config, optimize_config_from_dict
-from lightning_hpo.config.run import check_components, load_run_config, run_config_from_dict
+from lightning_hpo.config.run import build, load_run_config, run_config_from_dict
 from lightning_hpo.pruners.pfl import PFLPruner
 from lightning_hpo.pruners.records import prefix_trial, stored_predictions
 from lightning_hpo.training.results import load_result
 from lightning_hpo.training.runs import train
-from lightning_hpo.tuning.study import TuneSettings, counted, create_or_load_study
+from lightning_hpo.tuning.study import TuneOptions, counted, create_or_load_study
 from lightning_hpo.tuning.tuner import finish, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -79,7 +79,7 @@ def make_run(**overrides):
     }
     data.update(overrides)
     cfg = run_config_from_dict(data, "<test run>")
-    check_components(cfg, "<test run>")
+    build(cfg, "<test run>")
     return cfg
 
 
@@ -89,8 +89,8 @@ def make_opt(run, **overrides):
     return optimize_config_from_dict(data, run, "<test optimize>")
 
 
-def settings_for(tmp_path: Path) -> TuneSettings:
-    return TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"))
+def settings_for(tmp_path: Path) -> TuneOptions:
+    return TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"))
 
 
 def steps(trial) -> list[int]:
@@ -446,7 +446,7 @@ def test_resume_runs_only_the_missing_trials(tmp_path: Path) -> None:
     # The command line on the finished study: nothing new, just the Best trial block.
     proc = subprocess.run(
         [sys.executable, str(REPO / "tune.py"), "--run-config", str(run_path), "--optimize-config", str(opt_path),
-         "--storage", settings.storage, "--output", settings.runs_root],
+         "--storage", settings.storage, "--output", settings.output],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

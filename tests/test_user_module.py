@@ -14,14 +14,14 @@ import torch
 from optuna.trial import TrialState
 
 from lightning_hpo.config.optimize import optimize_config_from_dict
-from lightning_hpo.config.run import check_components, run_config_from_dict
+from lightning_hpo.config.run import build, run_config_from_dict
 from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.metrics import metric_name_problem, require_logged
 from lightning_hpo.training.loading import load_run
 from lightning_hpo.training.results import load_result
 from lightning_hpo.training.runs import check_fusion, plan_fusion, train
-from lightning_hpo.tuning.study import TuneSettings
+from lightning_hpo.tuning.study import TuneOptions
 from lightning_hpo.tuning.tuner import tune
 
 pytestmark = pytest.mark.usefixtures("quiet")
@@ -44,7 +44,7 @@ def user_run(**overrides):
     }
     data.update(overrides)
     cfg = run_config_from_dict(data, "<user run>")
-    check_components(cfg, "<user run>")
+    build(cfg, "<user run>")
     return cfg
 
 
@@ -109,7 +109,7 @@ def test_tune_on_a_metric_only_the_user_module_logs(user_components, tmp_path: P
         run,
         "<user optimize>",
     )
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path}/s.db", runs_root=str(tmp_path / "runs"))
+    settings = TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"))
 
     study = tune(run, opt, settings, echo=lambda line: None)
 
@@ -152,7 +152,7 @@ def test_a_user_module_cannot_fuse_and_says_why(user_components) -> None:
 
 
 def test_the_built_in_module_named_explicitly_still_fuses(user_components) -> None:
-    cfg = user_run(module="lightning_hpo.builtin.supervised.SupervisedModule", module_config={})
+    cfg = user_run(module="lightning_hpo.builtin.SupervisedModule", module_config={})
     *_, stacking, reason = plan_fusion(cfg, [1, 2])
     assert stacking is not None, reason
 

@@ -21,7 +21,7 @@ from lightning_hpo.config.imports import accepted_kwargs
 def synthetic_regression(
     n: int = 10_000, noise: float = 0.05, val_fraction: float = 0.2, seed: int = 42
 ) -> tuple[TensorDataset, TensorDataset]:
-    """The reference task: y = sin(4πx) + 0.5·sin(10πx) + 1.5x² + N(0, noise²), x ~ U(0, 1).
+    """The default task: y = sin(4πx) + 0.5·sin(10πx) + 1.5x² + N(0, noise²), x ~ U(0, 1).
 
     The generator seed is fixed so every run and trial sees the same split.
     """

@@ -29,24 +29,44 @@ def scheduler_arguments(
     return arguments
 
 
-def parts_from_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The criterion, optimizer and scheduler a run config names, as the module takes them.
+def build_criterion(criterion: Callable, config: Mapping[str, Any]) -> Callable:
+    """The loss: a class built with ``criterion_config``, or a loss function as it is."""
+    return criterion(**config) if isinstance(criterion, type) else criterion
 
-    ``components.build_module`` and ``load_from_checkpoint`` both build them here, so a
-    module rebuilt from a checkpoint is the one that trained.
+
+def module_parts(
+    criterion: Callable,
+    optimizer: Callable,
+    scheduler: Callable | None,
+    run_config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The module's arguments besides ``net``: the criterion (built from
+    ``criterion_config`` when it is a class), the optimizer and scheduler with their configs,
+    and the epochs.
+
+    A run builds them from its config's resolved components, ``load_from_checkpoint``
+    from the run config the checkpoint saved: the same arguments either way, so a module
+    rebuilt from a checkpoint is the one that trained.
     """
-    criterion = resolve(run_config["criterion"])
-    if isinstance(criterion, type):
-        criterion = criterion(**run_config.get("criterion_config", {}))
-    scheduler = run_config.get("scheduler")
     return {
-        "criterion": criterion,
-        "optimizer": resolve(run_config["optimizer"]),
+        "criterion": build_criterion(criterion, run_config.get("criterion_config", {})),
+        "optimizer": optimizer,
         "optimizer_config": dict(run_config.get("optimizer_config", {})),
-        "scheduler": resolve(scheduler) if scheduler else None,
+        "scheduler": scheduler,
         "scheduler_config": dict(run_config.get("scheduler_config", {})),
         "epochs": run_config.get("epochs", 1),
     }
+
+
+def parts_from_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``module_parts`` from a saved run config's import paths (a checkpoint's)."""
+    scheduler = run_config.get("scheduler")
+    return module_parts(
+        resolve(run_config["criterion"]),
+        resolve(run_config["optimizer"]),
+        resolve(scheduler) if scheduler else None,
+        run_config,
+    )
 
 
 class SupervisedModule(pl.LightningModule):

@@ -64,9 +64,7 @@ def _report(args: argparse.Namespace) -> int:
     from lightning_hpo.storage.connect import default_url, open_study, redact
 
     run = load_run_config(args.run_config)
-    opt = load_optimize_config(args.optimize_config, run)
-    if args.study_name:
-        opt.study_name = args.study_name
+    opt = load_optimize_config(args.optimize_config, run, study_name=args.study_name)
     if args.top_k < 1:
         raise ConfigError("--top-k", None, f"must be >= 1, got {args.top_k}", "e.g. --top-k 10")
     if not args.no_plots:

@@ -41,13 +41,13 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lightning_hpo.config.run import check_components, load_run_config
+    from lightning_hpo.config.run import build, load_run_config
 
     cfg = load_run_config(
         args.config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
     )
     check_writable(args.output, "--output")
-    check_components(cfg, args.config)
+    build(cfg, args.config)
 
     from lightning_hpo.console import quiet_lightning
     from lightning_hpo.training.runs import refuse_existing, train
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
             cfg,
             args.output,
             resume=args.resume,
-            progress_bar=args.progress,
+            progress=args.progress,
             on_seed=report,
             source=args.config,
         )

@@ -63,7 +63,7 @@ def _load_tune_configs(args: argparse.Namespace):
     """Both configs, validated together before any storage is opened: first everything that
     needs no import (fast), then the import paths (which load torch)."""
     from lightning_hpo.config.optimize import check_optimize_components, load_optimize_config
-    from lightning_hpo.config.run import check_components, load_run_config
+    from lightning_hpo.config.run import build, load_run_config
 
     if args.workers < 1:
         raise ConfigError(
@@ -72,15 +72,19 @@ def _load_tune_configs(args: argparse.Namespace):
     run = load_run_config(
         args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
     )
-    opt = load_optimize_config(args.optimize_config, run, trials=args.trials, resolve_imports=False)
-    if args.study_name:
-        opt.study_name = args.study_name
+    opt = load_optimize_config(
+        args.optimize_config,
+        run,
+        trials=args.trials,
+        resolve_imports=False,
+        study_name=args.study_name,
+    )
     if args.storage:
         from lightning_hpo.storage.connect import check_url
 
         check_url(args.storage)
     check_writable(args.output, "--output")
-    check_components(run, args.run_config)
+    build(run, args.run_config)
     check_optimize_components(opt, run, args.optimize_config)
     from lightning_hpo.training.runs import check_fusion
 
@@ -88,13 +92,13 @@ def _load_tune_configs(args: argparse.Namespace):
     return run, opt
 
 
-def _settings(args: argparse.Namespace):
-    from lightning_hpo.tuning.study import TuneSettings
+def _options(args: argparse.Namespace):
+    from lightning_hpo.tuning.study import TuneOptions
 
-    return TuneSettings(
+    return TuneOptions(
         storage=args.storage,
-        runs_root=args.output,
-        progress_bar=args.progress,
+        output=args.output,
+        progress=args.progress,
         heartbeat=args.heartbeat or None,
         max_trials=args.max_trials,
     )
@@ -102,7 +106,7 @@ def _settings(args: argparse.Namespace):
 
 def _tune(args: argparse.Namespace) -> int:
     run, opt = _load_tune_configs(args)
-    settings = _settings(args)
+    options = _options(args)
 
     from lightning_hpo.console import quiet_lightning
     from lightning_hpo.tuning.signals import interrupt_on_signals
@@ -130,7 +134,7 @@ def _tune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.workers > 1:
         # Create the study once, here, before the workers race to create its tables.
-        study = create_or_load_study(run, opt, settings)
+        study = create_or_load_study(run, opt, options)
         fail_dead_trials(study)  # their retries fill slots the workers' shares must cover
         from lightning_hpo.tuning.workers import run_workers
 
@@ -140,14 +144,14 @@ def _tune(args: argparse.Namespace) -> int:
             remaining(study, opt.trials),
         )
     else:
-        study = tune(run, opt, settings)
+        study = tune(run, opt, options)
     if args.max_trials is not None:
         return 0  # a --workers child: the parent reports on the study
     why = no_trial_completed(study)
     if why:
         print(why, file=sys.stderr)
         return EXIT_NO_TRIAL_COMPLETED
-    finish(run, opt, study, settings)
+    finish(run, opt, study, options)
     return 0
 
 

@@ -10,6 +10,25 @@ from typing import Any
 
 from lightning_hpo.errors import ConfigError
 
+# Import paths of lightning-hpo's own components before its modules were grouped into
+# subpackages, as configs and checkpoints written then name them: one line says the new one.
+MOVED = {
+    "lightning_hpo.model.": "lightning_hpo.builtin.",
+    "lightning_hpo.data.": "lightning_hpo.builtin.",
+    "lightning_hpo.module.": "lightning_hpo.builtin.",
+    "lightning_hpo.pruner.": "lightning_hpo.",
+}
+
+
+def _moved(path: str, source: str, key: str) -> ConfigError | None:
+    for old, new in MOVED.items():
+        if path.startswith(old):
+            renamed = new + path.removeprefix(old)
+            return ConfigError(
+                source, key, f"'{path}' has moved to '{renamed}'", f"write {key}: {renamed}"
+            )
+    return None
+
 
 def resolve(path: str, source: str = "<config>", key: str = "?") -> Any:
     """Import ``path`` (``module.attr[.attr...]``) and return the object it names.
@@ -28,6 +47,9 @@ def resolve(path: str, source: str = "<config>", key: str = "?") -> Any:
             f"expected an import path such as 'torch.optim.AdamW', got {path!r}",
             "write the full dotted path",
         )
+    moved = _moved(path, source, key)
+    if moved is not None:
+        raise moved
     parts = path.split(".")
     # Import the longest importable module prefix, then walk attributes.
     for cut in range(len(parts), 0, -1):

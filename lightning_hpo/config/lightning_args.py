@@ -10,6 +10,7 @@ refused, each with the run-config key or flag to use instead (``OWNED``).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import types
 import typing
@@ -179,3 +180,47 @@ def accelerator_and_devices(device: str, devices: int | str) -> tuple[str, Any]:
     if ":" in device:
         return "gpu", [int(device.split(":")[1])]
     return "gpu", devices
+
+
+def check_strategy(strategy: str, source: str) -> None:
+    """A Lightning strategy name, so a typo fails now rather than in every trial."""
+    if strategy == "auto":
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = StrategyRegistry.available_strategies()
+    if strategy not in names:
+        near = difflib.get_close_matches(strategy, names, n=1, cutoff=0.5)
+        fix = (
+            f"did you mean '{near[0]}'?"
+            if near
+            else "use auto, or ddp_spawn with devices: 2 or more"
+        )
+        raise ConfigError(source, "strategy", f"{strategy!r} is not a Lightning strategy", fix)
+
+
+def check_device(device: str, source: str) -> None:
+    """Refuse a GPU on a machine without one, before anything trains."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                source,
+                "device",
+                "asks for mps but this machine has no Apple GPU",
+                "use device: auto or cpu",
+            )
+        return
+    count = torch.cuda.device_count()
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= count:
+        have = f"{count} CUDA device(s)" if count else "no CUDA GPU"
+        raise ConfigError(
+            source,
+            "device",
+            f"asks for {device!r} but this machine has {have}",
+            "use device: auto (the GPU when present, else the CPU) or cpu",
+        )

@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.config.run import (
-    RunConfig,
-    check_module_config,
-    run_config_from_dict,
-    unknown_key,
-)
+from lightning_hpo.config.module_contract import check_module_config
+from lightning_hpo.config.run import RunConfig, run_config_from_dict, unknown_key
 from lightning_hpo.config.search_space import Param, kwargs_target, parse_space
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
@@ -44,18 +40,25 @@ class OptimizeConfig:
     )
     search_space: dict[str, Any] = field(default_factory=dict)
     params: list[Param] = field(default_factory=list, repr=False)
+    # The sampler and pruner classes by import path, resolved once (``component``).
+    _classes: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"
-        }
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def component(self, part: str, source: str = "<optimize config>") -> Any:
+        """The class ``sampler.name`` or ``pruner.name`` names, resolved once."""
+        path = getattr(self, part)["name"]
+        if path not in self._classes:
+            self._classes[path] = resolve(path, source, f"{part}.name")
+        return self._classes[path]
 
     def suggest(self, trial, base: RunConfig) -> RunConfig:
         """The run config for ``trial``: the base config with every suggested value merged in."""
         data = base.to_dict()
         for p in self.params:
             p.apply(data, p.suggest(trial))
-        return run_config_from_dict(data, f"trial {trial.number}")
+        return base.merged(data, f"trial {trial.number}")
 
     def merge(self, base: RunConfig, params: dict[str, Any]) -> RunConfig:
         """``base`` with stored trial ``params`` (by Optuna name) merged in."""
@@ -63,14 +66,14 @@ class OptimizeConfig:
         for p in self.params:
             if p.name in params:
                 p.apply(data, params[p.name])
-        return run_config_from_dict(data, "best trial")
+        return base.merged(data, "best trial")
 
     def distributions(self) -> dict[str, Any]:
         return {p.name: p.distribution() for p in self.params}
 
     def make_sampler(self, seed_offset: int = 0):
         """The sampler the config names, seeded with ``seed + seed_offset``; GridSampler gets its grid here."""
-        cls = resolve(self.sampler["name"], "<optimize config>", "sampler.name")
+        cls = self.component("sampler")
         kwargs = dict(self.sampler.get("kwargs") or {})
         accepted = accepted_kwargs(cls)
         if cls.__name__ == "GridSampler" and "search_space" not in kwargs:
@@ -91,15 +94,18 @@ class OptimizeConfig:
         """
         if self.seed is None or "seed" in (self.sampler.get("kwargs") or {}):
             return False
-        cls = resolve(self.sampler["name"], "<optimize config>", "sampler.name")
+        cls = self.component("sampler")
         accepted = accepted_kwargs(cls)
         return cls.__name__ not in ("GridSampler", "QMCSampler") and (
             accepted is None or "seed" in accepted
         )
 
     def make_pruner(self):
-        cls = resolve(self.pruner["name"], "<optimize config>", "pruner.name")
+        cls = self.component("pruner")
         return cls(**dict(self.pruner.get("kwargs") or {}))
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(OptimizeConfig) if f.init and f.name != "params")
 
 
 def optimize_config_from_dict(
@@ -112,10 +118,9 @@ def optimize_config_from_dict(
             searched keyword against its target (see ``check_optimize_components``).
             The rest needs no import, so structural errors answer at once.
     """
-    names = [f.name for f in dataclasses.fields(OptimizeConfig) if f.name != "params"]
     for key in data:
-        if key not in names:
-            raise unknown_key(source, str(key), names)
+        if key not in FIELDS:
+            raise unknown_key(source, str(key), list(FIELDS))
     cfg = OptimizeConfig(**data)
     if not isinstance(cfg.study_name, str) or not cfg.study_name.strip():
         raise ConfigError(
@@ -205,7 +210,7 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
     """Import and build the sampler and pruner; check searched keywords against their targets."""
     for part in ("sampler", "pruner"):
         spec = getattr(cfg, part)
-        obj = resolve(spec["name"], source, f"{part}.name")
+        obj = cfg.component(part, source)
         check_kwargs(
             obj,
             spec["kwargs"],
@@ -231,7 +236,7 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
                 f"{cfg.__dict__[part]['name']} rejected its arguments: {exc}",
                 f"fix {key}",
             ) from None
-    if resolve(cfg.sampler["name"]).__name__ == "GridSampler":
+    if cfg.component("sampler").__name__ == "GridSampler":
         for p in cfg.params:
             if p.type == "float" and p.step is None and "search_space" not in cfg.sampler["kwargs"]:
                 raise ConfigError(
@@ -243,10 +248,16 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
 
 
 def load_optimize_config(
-    path: str | Path, run: RunConfig, trials: int | None = None, resolve_imports: bool = True
+    path: str | Path,
+    run: RunConfig,
+    trials: int | None = None,
+    resolve_imports: bool = True,
+    study_name: str | None = None,
 ) -> OptimizeConfig:
-    """Load and validate an optimize config; ``trials`` overrides the file's count (--trials)."""
+    """Load and validate an optimize config; ``trials`` and ``study_name`` override the
+    file's (--trials, --study-name)."""
     data = load_yaml(path)
-    if trials is not None:
-        data["trials"] = trials
+    for key, value in (("trials", trials), ("study_name", study_name)):
+        if value is not None:
+            data[key] = value
     return optimize_config_from_dict(data, run, str(path), resolve_imports)

@@ -11,13 +11,24 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.config.lightning_args import check_owned, check_trainer_config
+from lightning_hpo.config.imports import check_kwargs, resolve
+from lightning_hpo.config.lightning_args import (
+    check_device,
+    check_owned,
+    check_strategy,
+    check_trainer_config,
+)
+from lightning_hpo.config.module_contract import (
+    DEFAULT_MODULE,
+    MODULE_ARGUMENTS,
+    check_module_config,
+    init_arguments,
+)
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.errors import ConfigError
@@ -25,21 +36,25 @@ from lightning_hpo.errors import ConfigError
 _EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
 _CHECKPOINT = {"save_best": True, "save_last": True}
 _KIND = {bool: "true or false", int: "an integer", float: "a number"}
-_IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data")
+IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data", "module")
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
-DEFAULT_MODULE = "lightning_hpo.builtin.supervised.SupervisedModule"
-# What a run hands its LightningModule's constructor itself (the README's module contract):
-# built from the config's own keys, so never set in module_config. run_config only when taken.
-MODULE_ARGUMENTS = (
-    "net",
-    "criterion",
-    "optimizer",
-    "optimizer_config",
-    "scheduler",
-    "scheduler_config",
-    "epochs",
-    "run_config",
-)
+
+
+@dataclass(frozen=True)
+class Components:
+    """What a run config's import paths name, resolved once: classes and functions.
+
+    ``paths`` are the import paths they were resolved from, so a config whose paths
+    changed is resolved again rather than served another config's components.
+    """
+
+    paths: tuple[str | None, ...]
+    net: Callable
+    optimizer: Callable
+    scheduler: Callable | None
+    criterion: Callable
+    data: Callable
+    module: type
 
 
 @dataclass
@@ -51,11 +66,13 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [89, 231, 928])
     epochs: int = 50
     batch_size: int = 256
-    net: str = "lightning_hpo.builtin.mlp.MLP"  # any nn.Module class
+    net: str = "lightning_hpo.builtin.MLP"  # any nn.Module class
     optimizer: str = "torch.optim.AdamW"  # any torch optimizer class
     scheduler: str | None = "torch.optim.lr_scheduler.CosineAnnealingLR"  # or null
     criterion: str = "torch.nn.MSELoss"  # any loss module class or function
-    data: str = "lightning_hpo.builtin.data.synthetic_regression"  # (train, val) factory or LightningDataModule
+    data: str = (
+        "lightning_hpo.builtin.synthetic_regression"  # (train, val) factory or LightningDataModule
+    )
     module: str = DEFAULT_MODULE  # the LightningModule class: the built-in, or your own
     net_config: dict[str, Any] = field(
         default_factory=lambda: {"nodes": 64, "layers": 4, "activation": "GELU"}
@@ -74,10 +91,36 @@ class RunConfig:
     )
     trainer_config: dict[str, Any] = field(
         default_factory=dict
-    )  # extra lightning.Trainer keyword arguments (trainer_options.OWNED are refused)
+    )  # extra lightning.Trainer keyword arguments (lightning_args.OWNED are refused)
+    # The import paths resolved (``components``): built once, shared by the copies made for trials.
+    _components: Components | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(dataclasses.asdict(self))
+        return {name: copy.deepcopy(getattr(self, name)) for name in _field_names()}
+
+    def import_paths(self) -> tuple[str | None, ...]:
+        return tuple(getattr(self, name) for name in IMPORT_FIELDS)
+
+    @property
+    def components(self) -> Components:
+        """The classes and functions the import paths name, resolved on first use (``build``
+        resolves them at load time, naming the file in its errors) and kept."""
+        if self._components is None or self._components.paths != self.import_paths():
+            self._components = resolve_components(self)
+        return self._components
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` (not checked), keeping the resolved components."""
+        new = dataclasses.replace(self, **changes)
+        new._components = self._components
+        return new
+
+    def merged(self, data: dict[str, Any], source: str) -> RunConfig:
+        """The config ``data`` (this config's mapping with values changed) describes, checked
+        like a file's, keeping the resolved components: a trial's or a corner's config."""
+        new = run_config_from_dict(data, source)
+        new._components = self._components
+        return new
 
     def group_name(self) -> str:
         """A readable folder name from the network, its settings and the learning rate."""
@@ -100,7 +143,7 @@ def _short(value: Any) -> str:
 
 
 def _field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(RunConfig)]
+    return [f.name for f in dataclasses.fields(RunConfig) if f.init]
 
 
 def _expected(name: str) -> str:
@@ -240,13 +283,24 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
     return cfg
 
 
-def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
-    """Resolve every import path and check its keyword arguments; check the device."""
-    for name in _IMPORT_FIELDS:
-        path = getattr(cfg, name)
-        if path is None:
+def resolve_components(cfg: RunConfig, source: str = "<run config>") -> Components:
+    """Import every path the config names, once."""
+    objects = {
+        name: None if path is None else resolve(path, source, name)
+        for name, path in zip(IMPORT_FIELDS, cfg.import_paths())
+    }
+    return Components(paths=cfg.import_paths(), **objects)
+
+
+def build(cfg: RunConfig, source: str = "<run config>") -> RunConfig:
+    """Resolve the config's import paths (once: ``cfg.components`` keeps them) and check
+    each component's keyword arguments, the module, the scheduler, the device, the strategy
+    and ``trainer_config``. Returns ``cfg``."""
+    cfg._components = resolve_components(cfg, source)
+    for name in IMPORT_FIELDS[:-1]:
+        obj = getattr(cfg.components, name)
+        if obj is None:
             continue
-        obj = resolve(path, source, name)
         kwargs = getattr(cfg, f"{name}_config")
         # Arguments the trainer supplies itself are not the user's to misspell.
         supplied = {
@@ -264,6 +318,7 @@ def check_components(cfg: RunConfig, source: str = "<run config>") -> None:
     check_trainer_config(
         cfg.trainer_config, *accelerator_and_devices(cfg.device, cfg.devices), source
     )
+    return cfg
 
 
 def check_scheduler(cfg: RunConfig, source: str) -> None:
@@ -275,8 +330,7 @@ def check_scheduler(cfg: RunConfig, source: str) -> None:
 
     from lightning_hpo.builtin.supervised import SupervisedModule
 
-    scheduler = resolve(cfg.scheduler, source, "scheduler")
-    module = resolve(cfg.module, source, "module")
+    scheduler, module = cfg.components.scheduler, cfg.components.module
     plateau = isinstance(scheduler, type) and issubclass(
         scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
     )
@@ -295,7 +349,7 @@ def check_module(cfg: RunConfig, source: str) -> None:
     and ``module_config``."""
     import lightning.pytorch as pl
 
-    cls = resolve(cfg.module, source, "module")
+    cls = cfg.components.module
     if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
         raise ConfigError(
             source,
@@ -303,7 +357,7 @@ def check_module(cfg: RunConfig, source: str) -> None:
             f"{cfg.module} is not a lightning.pytorch.LightningModule subclass",
             f"name one, e.g. a subclass of {DEFAULT_MODULE}",
         )
-    accepted = _init_arguments(cls)
+    accepted = init_arguments(cls)
     missing = [a for a in MODULE_ARGUMENTS if a != "run_config" and a not in (accepted or (a,))]
     if missing:
         raise ConfigError(
@@ -317,91 +371,6 @@ def check_module(cfg: RunConfig, source: str) -> None:
     check_kwargs(cls, cfg.module_config, source, "module_config", skip=MODULE_ARGUMENTS)
 
 
-def check_module_config(
-    cls: type, keys: Iterable[str], source: str, prefix: str = "module_config"
-) -> None:
-    """Refuse a ``module_config`` key the module's constructor does not take, following
-    ``**kwargs`` handed on to ``super().__init__`` (``_init_arguments``)."""
-    accepted = _init_arguments(cls)
-    if accepted is None:
-        return
-    valid = sorted(accepted - set(MODULE_ARGUMENTS))
-    for key in keys:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            raise ConfigError(
-                source,
-                f"{prefix}.{key}",
-                f"{cls.__qualname__} takes no argument '{key}'",
-                f"did you mean '{near[0]}'?"
-                if near
-                else f"valid keys: {', '.join(valid) or 'none'}",
-            )
-
-
-def _init_arguments(cls: type) -> set[str] | None:
-    """The keyword arguments a class's constructor takes, following ``**kwargs`` up the
-    classes it inherits from (a subclass that hands them on to ``super().__init__``);
-    None when they reach a constructor that takes any."""
-    import inspect
-
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        accepted = accepted_kwargs(klass.__init__)
-        if accepted is not None:
-            return names | (accepted - {"self"})
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        names.discard("self")
-    return None
-
-
-def check_strategy(strategy: str, source: str) -> None:
-    """A Lightning strategy name, so a typo fails now rather than in every trial."""
-    if strategy == "auto":
-        return
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    names = StrategyRegistry.available_strategies()
-    if strategy not in names:
-        near = difflib.get_close_matches(strategy, names, n=1, cutoff=0.5)
-        fix = (
-            f"did you mean '{near[0]}'?"
-            if near
-            else "use auto, or ddp_spawn with devices: 2 or more"
-        )
-        raise ConfigError(source, "strategy", f"{strategy!r} is not a Lightning strategy", fix)
-
-
-def check_device(device: str, source: str) -> None:
-    """Refuse a GPU on a machine without one, before anything trains."""
-    if device in ("auto", "cpu"):
-        return
-    import torch
-
-    if device == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(
-                source,
-                "device",
-                "asks for mps but this machine has no Apple GPU",
-                "use device: auto or cpu",
-            )
-        return
-    count = torch.cuda.device_count()
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= count:
-        have = f"{count} CUDA device(s)" if count else "no CUDA GPU"
-        raise ConfigError(
-            source,
-            "device",
-            f"asks for {device!r} but this machine has {have}",
-            "use device: auto (the GPU when present, else the CPU) or cpu",
-        )
-
-
 def load_run_config(
     path: str | Path, overrides: dict[str, Any] | None = None, resolve_imports: bool = True
 ) -> RunConfig:
@@ -410,7 +379,7 @@ def load_run_config(
     Args:
         path: the YAML file.
         overrides: values from the command line (e.g. ``{"epochs": 3}``), checked like the file's.
-        resolve_imports: also import every named component (``check_components``); the
+        resolve_imports: also import every named component, once, and check them (``build``); the
             structural checks before it need no import, so they answer at once.
     """
     source = str(path)
@@ -419,6 +388,4 @@ def load_run_config(
         if value is not None:
             data[key] = _check_value(key, value, f"--{key.replace('_', '-')}")
     cfg = run_config_from_dict(data, source)
-    if resolve_imports:
-        check_components(cfg, source)
-    return cfg
+    return build(cfg, source) if resolve_imports else cfg

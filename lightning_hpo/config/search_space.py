@@ -8,10 +8,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_hpo.config.imports import resolve
 from lightning_hpo.config.lightning_args import KEY as TRAINER_KEY
 from lightning_hpo.config.lightning_args import OWNED
-from lightning_hpo.config.run import RunConfig, unknown_key
+from lightning_hpo.config.run import IMPORT_FIELDS, RunConfig, unknown_key
 from lightning_hpo.config.validation import is_number
 from lightning_hpo.errors import ConfigError
 
@@ -41,7 +40,7 @@ class Param:
 
     @property
     def name(self) -> str:
-        """The Optuna parameter name: ``<group>_<param>`` as in the reference design."""
+        """The Optuna parameter name: ``<group>_<param>``, e.g. ``optimizer_config_lr``."""
         return f"{self.group}_{self.key}" if self.group else self.key
 
     def apply(self, data: dict[str, Any], value: Any) -> None:
@@ -260,11 +259,8 @@ def parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
 def kwargs_target(run: RunConfig, group: str):
     """The callable whose keyword arguments a ``<name>_config`` group holds, if any."""
     if group == TRAINER_KEY:
-        return resolve("lightning.pytorch.Trainer")
+        import lightning.pytorch as pl
+
+        return pl.Trainer
     name = group.removesuffix("_config")
-    path = (
-        getattr(run, name, None)
-        if name in ("net", "optimizer", "scheduler", "criterion", "data", "module")
-        else None
-    )
-    return resolve(path) if path else None
+    return getattr(run.components, name) if name in IMPORT_FIELDS else None

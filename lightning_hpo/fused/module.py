@@ -1,18 +1,14 @@
-"""Fused seeds: one Lightning Trainer trains all of a run's seeds at once.
+"""The LightningModule of fused seeds: one Lightning Trainer trains all of a run's seeds at once.
 
-The pieces ``training.fit_fused`` puts together:
+``FusedModule`` trains a stacked network (``fused.stacking``) on one batch per seed, each
+from the seed's own shuffle (``builtin.data.SeedBatches``). It logs every metric per seed
+(``val_loss/seed_89``) and as the mean over the seeds under the plain name: the pruning
+callback reports that mean, once per epoch.
 
-* ``FusedModule`` trains a stacked network (``lightning_hpo.fused.stacking``) on one batch per
-  seed, each from the seed's own shuffle (``data.SeedBatches``). It logs every metric
-  per seed (``val_loss/seed_89``) and as the mean over the seeds under the plain name:
-  the pruning callback reports that mean, once per epoch.
-* ``SeedLoggers`` sends each seed's metrics to the seed's own TensorBoard run, and the
-  means to a ``mean`` run beside them.
-* ``SeedCheckpoints`` writes each seed's ``last.ckpt`` and ``best.ckpt``, and
-  ``SeedCheckpointIO`` puts into a seed's folder only that seed's slice of the state, so
-  each file is a one-seed checkpoint; on ``--resume`` it stacks the seeds' ``last.ckpt``
-  back into the fused state.
-* ``blocker`` says why a run cannot be fused, so it trains seed after seed instead.
+The other pieces ``training.runs.fit_fused`` puts together: ``fused.loggers`` (one
+TensorBoard run per seed, and the mean), ``fused.checkpoints`` (each seed's own one-seed
+checkpoints, stacked back for ``--resume``), ``fused.early_stopping`` and ``fused.checks``
+(why a run cannot be fused, so it trains seed after seed instead).
 """
 
 from __future__ import annotations

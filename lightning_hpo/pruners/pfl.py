@@ -34,8 +34,8 @@ by its uncertainty band: its own noise level (the spread of its recent epochs ar
 their local trend), widened while a declared cosine schedule still has decay to come;
 and with ``robust_best`` best-so-far values are taken over a running median of three
 epochs, so one spike or one lucky dip changes no rank. This is a cheap, storage-derived
-stand-in for the predictive uncertainty of Domhan et al. (2015), who prune when the
-probability of beating the best is small. The defaults are the setting
+stand-in for a predictive distribution of the final value: prune only when beating the
+best is unlikely. The defaults are the setting
 ``benchmarks/bench_pruners.py`` selects over its four recorded tasks; its table reports
 every task with the setting chosen on the other three.
 

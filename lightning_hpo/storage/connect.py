@@ -265,7 +265,7 @@ def _inspection_engine(url: str):
 
 def _with_retries(open_fn, attempts: int = 5):
     """Workers that start together on an empty database race to create its tables
-    (optuna #1092, #4621); the loser's error is transient, so try again."""
+    (two workers creating one storage's tables at once); the loser's error is transient, so try again."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):

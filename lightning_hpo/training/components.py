@@ -19,8 +19,8 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_hpo.builtin.data import build_datamodule, feature_sizes
-from lightning_hpo.builtin.supervised import parts_from_config
-from lightning_hpo.config.imports import accepted_kwargs, resolve
+from lightning_hpo.builtin.supervised import module_parts
+from lightning_hpo.config.imports import accepted_kwargs
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
 
@@ -30,7 +30,7 @@ def net_kwargs(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
     the data when the network takes them and ``net_config`` does not give both."""
     kwargs = dict(cfg.net_config)
     sizes = {"in_features", "out_features"}
-    accepted = accepted_kwargs(resolve(cfg.net))
+    accepted = accepted_kwargs(cfg.components.net)
     if (accepted is None or sizes <= accepted) and not sizes <= kwargs.keys():
         kwargs["in_features"], kwargs["out_features"] = feature_sizes(dm)
     return kwargs
@@ -41,13 +41,14 @@ def build_net(cfg: RunConfig, dm: pl.LightningDataModule, seed: int) -> nn.Modul
     initial weights are the same whether the seed trains alone or fused."""
     kwargs = net_kwargs(cfg, dm)
     pl.seed_everything(seed, workers=True, verbose=False)
-    return resolve(cfg.net)(**kwargs)
+    return cfg.components.net(**kwargs)
 
 
 def module_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """The contract's arguments besides ``net``: criterion, optimizer, scheduler, their
     configs and the epochs."""
-    return parts_from_config(cfg.to_dict())
+    parts = cfg.components
+    return module_parts(parts.criterion, parts.optimizer, parts.scheduler, cfg.to_dict())
 
 
 def saved_config(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def saved_config(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
 def module_arguments(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
     """What the run hands ``module``'s constructor besides ``net`` (the module contract)."""
     kwargs = module_kwargs(cfg) | dict(cfg.module_config)
-    accepted = accepted_kwargs(resolve(cfg.module))
+    accepted = accepted_kwargs(cfg.components.module)
     if accepted is None or "run_config" in accepted:
         kwargs["run_config"] = saved_config(cfg, dm)
     return kwargs
@@ -74,7 +75,7 @@ def build_module(cfg: RunConfig, dm: pl.LightningDataModule, seed: int = 0) -> p
     with config_errors(cfg, "criterion"):
         kwargs = module_arguments(cfg, dm)
     with config_errors(cfg, "module"):
-        return resolve(cfg.module)(net=net, **kwargs)
+        return cfg.components.module(net=net, **kwargs)
 
 
 @contextlib.contextmanager
@@ -98,7 +99,7 @@ def build_data(cfg: RunConfig, seed: int) -> pl.LightningDataModule:
     so a factory drawing from the global RNG is reproducible too. Fused seeds share it."""
     pl.seed_everything(seed, workers=True, verbose=False)
     with config_errors(cfg, "data"):
-        return build_datamodule(resolve(cfg.data), cfg.data_config, cfg.batch_size, seed)
+        return build_datamodule(cfg.components.data, cfg.data_config, cfg.batch_size, seed)
 
 
 def build_components(

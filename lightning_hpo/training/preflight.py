@@ -88,7 +88,7 @@ def _shape(value: Any) -> str:
 
 def _single_device(cfg: RunConfig) -> RunConfig:
     """The config on one device of its kind: the preflight needs no extra ranks."""
-    return dataclasses.replace(cfg, devices=1, strategy="auto")
+    return cfg.replace(devices=1, strategy="auto")
 
 
 def _device(cfg: RunConfig):
@@ -123,7 +123,7 @@ def _serve(cfg: RunConfig, seed: int):
     from lightning_hpo.training.components import build_data
 
     def serve(data_config: dict[str, Any]):
-        dm = build_data(dataclasses.replace(cfg, data_config=data_config), seed)
+        dm = build_data(cfg.replace(data_config=data_config), seed)
         dm.setup("fit")
         return dm, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
 
@@ -134,15 +134,15 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
     """The net, loss, optimizer step and scheduler step, each on its own ``*_config``."""
     import torch
 
-    from lightning_hpo.builtin.supervised import parts_from_config, scheduler_arguments
-    from lightning_hpo.config.imports import resolve
+    from lightning_hpo.builtin.supervised import build_criterion, scheduler_arguments
     from lightning_hpo.training.components import build_net
 
+    parts = cfg.components
     seed = cfg.seeds[0]
     x, y = (t.to(device) for t in batch[:2])
 
     def forward(net_config: dict[str, Any]):
-        net = build_net(dataclasses.replace(cfg, net_config=net_config), dm, seed).to(device)
+        net = build_net(cfg.replace(net_config=net_config), dm, seed).to(device)
         return net, net(x)
 
     with result.check("net") as detail:
@@ -151,15 +151,14 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
             cfg.net_config,
             source,
             "net_config",
-            resolve(cfg.net),
+            parts.net,
             f"{cfg.net} on a training batch {_shape(x)}",
         )
         result.parameters = sum(p.numel() for p in net.parameters())
         detail.append(f"{_short(cfg.net)}: {result.parameters:,} parameters, output {_shape(pred)}")
 
     def score(criterion_config: dict[str, Any]):
-        run_config = cfg.to_dict() | {"criterion_config": criterion_config}
-        loss = parts_from_config(run_config)["criterion"](pred, y)
+        loss = build_criterion(parts.criterion, criterion_config)(pred, y)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise TypeError(f"expected a scalar tensor, got {_shape(loss)}")
         return loss
@@ -170,12 +169,12 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
             cfg.criterion_config,
             source,
             "criterion_config" if cfg.criterion_config else "criterion",
-            resolve(cfg.criterion),
+            parts.criterion,
             f"{cfg.criterion} on the net's output {_shape(pred)} and the targets {_shape(y)}",
         )
         detail.append(f"{_short(cfg.criterion)} = {loss.item():.4g}")
 
-    optimizer_cls = resolve(cfg.optimizer)
+    optimizer_cls = parts.optimizer
     with result.check("optimizer step") as detail:
         optimizer = probe_kwargs(
             lambda kw: optimizer_cls(list(net.parameters()), **kw),
@@ -187,7 +186,7 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
         )
         scheduler = None
         if cfg.scheduler:
-            scheduler_cls = resolve(cfg.scheduler)
+            scheduler_cls = parts.scheduler
             scheduler_config = scheduler_arguments(scheduler_cls, cfg.scheduler_config, cfg.epochs)
 
             def schedule(kw: dict[str, Any]) -> None:
@@ -264,8 +263,6 @@ def preflight_run(
     Raises:
         ConfigError: naming the file and key of the first component that fails.
     """
-    from lightning_hpo.config.imports import resolve
-
     device = _device(cfg)
     result = Preflight(label, str(device), source)
     with result.check("data") as detail:
@@ -274,7 +271,7 @@ def preflight_run(
             cfg.data_config,
             source,
             "data_config",
-            resolve(cfg.data),
+            cfg.components.data,
             cfg.data,
         )
         if _is_pair(batch):
@@ -311,8 +308,6 @@ def _corner_values(param) -> list[Any]:
 def space_corners(opt, run: RunConfig) -> list[tuple[str, RunConfig, dict[str, Any]]]:
     """The search space's corners as run configs: every parameter at its low end, every one
     at its high end, then each categorical choice not yet seen (numbers at their high end)."""
-    from lightning_hpo.config.run import run_config_from_dict
-
     values = {p.name: _corner_values(p) for p in opt.params}
     count = max((len(v) for v in values.values()), default=0)
     corners: list[tuple[str, RunConfig, dict[str, Any]]] = []
@@ -330,7 +325,7 @@ def space_corners(opt, run: RunConfig) -> list[tuple[str, RunConfig, dict[str, A
             value = chosen[p.name]
             p.apply(data, int(value) if p.type == "int" else value)
         label = ("low corner", "high corner")[k] if k < 2 else f"corner {k + 1}"
-        corners.append((label, run_config_from_dict(data, label), chosen))
+        corners.append((label, run.merged(data, label), chosen))
     return corners
 
 

@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from lightning_hpo.config.imports import resolve
 from lightning_hpo.config.lightning_args import fusion_blocker
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
@@ -79,7 +78,7 @@ class FitOptions:
         monitor, mode: the metric that is recorded, checkpointed on and early-stopped on.
         callbacks: extra callbacks, e.g. the tuner's pruning callback.
         resume: continue from ``checkpoints/last.ckpt`` where it exists.
-        progress_bar: Lightning's per-batch bar.
+        progress: Lightning's per-batch bar.
         after_fit: called right after ``Trainer.fit`` returns (the tuner checks DDP pruning there).
     """
 
@@ -87,7 +86,7 @@ class FitOptions:
     mode: str = "min"
     callbacks: Sequence[Callback] = ()
     resume: bool = False
-    progress_bar: bool = False
+    progress: bool = False
     after_fit: Callable[[], None] | None = None
 
 
@@ -161,7 +160,7 @@ def fit_seed(
         cfg,
         logger=_logger(run_dir),
         callbacks=[*own, *options.callbacks],
-        progress_bar=options.progress_bar,
+        progress=options.progress,
         checkpointing=len(own) > 1,
     )
     last = checkpoint_file(run_dir, LAST)
@@ -224,7 +223,7 @@ def fit_fused(
         cfg,
         logger=loggers,
         callbacks=[*own, *options.callbacks],
-        progress_bar=options.progress_bar,
+        progress=options.progress,
         checkpointing=False,
         plugins=[io],
     )
@@ -253,7 +252,7 @@ def plan_fusion(
     with config_errors(cfg, "net"):
         nets = [build_net(cfg, dm, seed) for seed in seeds]
     stacking, reason = blocker(
-        dm, nets, resolve(cfg.optimizer), cfg.optimizer_config, cfg.devices, resolve(cfg.module)
+        dm, nets, cfg.components.optimizer, cfg.optimizer_config, cfg.devices, cfg.components.module
     )
     if stacking is not None and fusion_blocker(cfg.trainer_config):
         stacking, reason = None, fusion_blocker(cfg.trainer_config)
@@ -315,14 +314,14 @@ def fit_run(
     return results
 
 
-def seed_dirs(cfg: RunConfig, runs_root: str | Path) -> list[Path]:
+def seed_dirs(cfg: RunConfig, output: str | Path) -> list[Path]:
     group = cfg.group_name()
-    return [Path(runs_root) / cfg.project / group / str(seed) for seed in cfg.seeds]
+    return [Path(output) / cfg.project / group / str(seed) for seed in cfg.seeds]
 
 
-def refuse_existing(cfg: RunConfig, runs_root: str | Path) -> None:
+def refuse_existing(cfg: RunConfig, output: str | Path) -> None:
     """A run folder that already exists is never overwritten: ConfigError, unless resumed."""
-    existing = [d for d in seed_dirs(cfg, runs_root) if d.exists()]
+    existing = [d for d in seed_dirs(cfg, output) if d.exists()]
     if existing:
         raise ConfigError(
             str(existing[0]),
@@ -334,22 +333,22 @@ def refuse_existing(cfg: RunConfig, runs_root: str | Path) -> None:
 
 def train(
     cfg: RunConfig,
-    runs_root: str | Path = "runs",
+    output: str | Path = "runs",
     *,
     resume: bool = False,
-    progress_bar: bool = False,
+    progress: bool = False,
     on_seed: Callable[[SeedResult], None] | None = None,
     source: str = "<run config>",
 ) -> TrainResult:
-    """Train every seed of ``cfg`` under ``runs_root/<project>/<group>/<seed>``.
+    """Train every seed of ``cfg`` under ``output/<project>/<group>/<seed>``.
 
     Without ``resume`` an existing run folder is an error (nothing is overwritten);
     with it, finished seeds are read back and unfinished ones continue from their last
     checkpoint.
     """
-    dirs = seed_dirs(cfg, runs_root)
+    dirs = seed_dirs(cfg, output)
     if not resume:
-        refuse_existing(cfg, runs_root)
+        refuse_existing(cfg, output)
     done = {d: load_result(d) for d in dirs} if resume else {}
     for result in done.values():
         if result is not None and on_seed is not None:
@@ -360,7 +359,7 @@ def train(
             cfg,
             [s for s, _ in todo],
             [d for _, d in todo],
-            FitOptions(resume=resume, progress_bar=progress_bar),
+            FitOptions(resume=resume, progress=progress),
             on_seed=on_seed,
             source=source,
         )

@@ -38,13 +38,13 @@ def _relaunches_the_script(trainer: pl.Trainer) -> bool:
 
 
 def build_trainer(
-    cfg: RunConfig, *, progress_bar: bool = False, checkpointing: bool = True, **kwargs: Any
+    cfg: RunConfig, *, progress: bool = False, checkpointing: bool = True, **kwargs: Any
 ) -> pl.Trainer:
     """A Trainer for ``cfg``'s device, devices and strategy, with its ``trainer_config``.
 
     ``kwargs`` (the caller's logger, callbacks, plugins, ...) and the run's length, progress
     bar and checkpointing override ``trainer_config``, which cannot name them anyway
-    (``trainer_options.OWNED``); ``deterministic`` defaults to False.
+    (``lightning_args.OWNED``); ``deterministic`` defaults to False.
 
     Several devices run as ``ddp_spawn``: Lightning's ``ddp`` (also what ``auto`` picks) starts
     the other ranks by re-running the command line, which here would start another training
@@ -58,7 +58,7 @@ def build_trainer(
         | kwargs
         | {
             "max_epochs": cfg.epochs,
-            "enable_progress_bar": progress_bar,
+            "enable_progress_bar": progress,
             "enable_checkpointing": checkpointing,
         }
     )

@@ -25,7 +25,7 @@ from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
-from lightning_hpo.tuning.study import TuneSettings, counted, study_project
+from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
 
 class TrialFailed(Exception):
@@ -38,7 +38,7 @@ def _system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
 
 
 def make_objective(
-    run: RunConfig, opt: OptimizeConfig, settings: TuneSettings, folder: Path
+    run: RunConfig, opt: OptimizeConfig, options: TuneOptions, folder: Path
 ) -> Callable[[optuna.Trial], float]:
     """The objective: merge the trial's parameters into ``run``, train every seed into
     ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
@@ -84,7 +84,7 @@ def make_objective(
                     monitor=opt.metric,
                     mode=mode,
                     callbacks=(callback,),
-                    progress_bar=settings.progress_bar,
+                    progress=options.progress,
                     after_fit=callback.check_pruned,
                 ),
             )

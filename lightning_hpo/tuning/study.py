@@ -40,12 +40,14 @@ from lightning_hpo.training import provenance
 
 
 @dataclass
-class TuneSettings:
-    """Where and how a study runs. The command line fills these in."""
+class TuneOptions:
+    """Where and how a study runs: ``tune.py``'s options, by their long names (``--storage``,
+    ``--output``, ``--progress``, ``--heartbeat``; ``--max-trials`` is a ``--workers`` child's
+    share). What the study searches is the optimize config's."""
 
     storage: str | None = None  # default: sqlite:///<project>_Opt.db
-    runs_root: str = "runs"
-    progress_bar: bool = False  # Lightning's per-batch bars
+    output: str = "runs"
+    progress: bool = False  # Lightning's per-batch bars
     heartbeat: int | None = 30  # seconds; RDB storages only
     max_trials: int | None = None  # this process's share (workers); None: until the study's total
 
@@ -86,16 +88,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler.reseed_rng()
 
 
-def create_or_load_study(
-    run: RunConfig, opt: OptimizeConfig, settings: TuneSettings
-) -> optuna.Study:
+def create_or_load_study(run: RunConfig, opt: OptimizeConfig, options: TuneOptions) -> optuna.Study:
     """Open the storage and create the study, or load it and check it still matches the config.
 
     A seeded sampler is reseeded from each trial's number, so a continued study or a
     second worker does not replay the first one's suggestions.
     """
-    url = settings.storage or default_url(run.project)
-    storage = open_storage(url, heartbeat=settings.heartbeat)
+    url = options.storage or default_url(run.project)
+    storage = open_storage(url, heartbeat=options.heartbeat)
     try:
         study = optuna.load_study(
             study_name=opt.study_name, storage=storage, pruner=opt.make_pruner()
@@ -275,7 +275,7 @@ def study_folder(
     run: RunConfig,
     opt: OptimizeConfig,
     study: optuna.Study,
-    settings: TuneSettings,
+    options: TuneOptions,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """``runs/<project>_Opt/<study_name>``: this study's trials and ``best.yaml``, and no other's.
@@ -286,7 +286,7 @@ def study_folder(
     ``<study_name>.2``, ``.3``, ... is used instead, and the command says so.
     """
     uid = study_uid(study)
-    base = Path(settings.runs_root) / study_project(run)
+    base = Path(options.output) / study_project(run)
     name = folder_name(opt.study_name)
     for k in itertools.count(1):
         folder = base / (name if k == 1 else f"{name}.{k}")
@@ -306,10 +306,10 @@ def folder_name(study_name: str) -> str:
     return re.sub(r"[^\w.\-+=]", "-", study_name)
 
 
-def report_folder(run: RunConfig, opt: OptimizeConfig, runs_root: str | Path) -> Path:
+def report_folder(run: RunConfig, opt: OptimizeConfig, output: str | Path) -> Path:
     """Where ``tune.py report`` puts a study's plots: ``runs/<project>_Opt/reports/<study_name>``,
     beside the trial folders, so a report never writes into a folder a study owns."""
-    return Path(runs_root) / study_project(run) / "reports" / folder_name(opt.study_name)
+    return Path(output) / study_project(run) / "reports" / folder_name(opt.study_name)
 
 
 def _claim(folder: Path, uid: str) -> bool:

@@ -23,7 +23,7 @@ from lightning_hpo.storage.dashboard import dashboard_command
 from lightning_hpo.tuning.objective import TrialFailed, make_objective
 from lightning_hpo.tuning.signals import restored_signal_handlers
 from lightning_hpo.tuning.study import (
-    TuneSettings,
+    TuneOptions,
     counted,
     create_or_load_study,
     fail_dead_trials,
@@ -97,7 +97,7 @@ def collect_and_freeze(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> 
 def tune(
     run: RunConfig,
     opt: OptimizeConfig,
-    settings: TuneSettings | None = None,
+    options: TuneOptions | None = None,
     echo: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run (or continue) the study until it holds ``opt.trials`` trials; return it.
@@ -105,17 +105,17 @@ def tune(
     Rerunning continues: only missing trials run. Trials interrupted by Ctrl-C/SIGTERM or
     left behind by a dead worker do not count and are run again.
     """
-    settings = settings or TuneSettings()
-    study = create_or_load_study(run, opt, settings)
+    options = options or TuneOptions()
+    study = create_or_load_study(run, opt, options)
     fail_dead_trials(study, echo)
     todo = remaining(study, opt.trials)
-    if settings.max_trials is not None:
-        todo = min(todo, settings.max_trials)
+    if options.max_trials is not None:
+        todo = min(todo, options.max_trials)
     if todo > 0:
-        folder = study_folder(run, opt, study, settings, echo)
+        folder = study_folder(run, opt, study, options, echo)
         with restored_signal_handlers():
             study.optimize(
-                make_objective(run, opt, settings, folder),
+                make_objective(run, opt, options, folder),
                 n_trials=todo,
                 catch=(TrialFailed,),
                 callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
@@ -127,10 +127,10 @@ def finish(
     run: RunConfig,
     opt: OptimizeConfig,
     study: optuna.Study,
-    settings: TuneSettings,
+    options: TuneOptions,
     echo: Callable[[str], None] = print,
 ) -> Path | None:
-    """Print the reference's "Best trial" block and write best.yaml. None when no trial completed."""
+    """Print the "Best trial" block (number, value, params, path) and write best.yaml. None when no trial completed."""
     try:
         best = study.best_trial
     except ValueError:
@@ -143,10 +143,10 @@ def finish(
     for k, v in best.params.items():
         echo(f"    {k}: {_fmt(v)}")
     echo(f"  Path: {best.user_attrs.get(RUN_DIR, '?')}")
-    path = study_folder(run, opt, study, settings, echo) / "best.yaml"
+    path = study_folder(run, opt, study, options, echo) / "best.yaml"
     dump_yaml(best_config(run, opt, study).to_dict(), path)
     echo(f"Best config: {path}  (python train.py --config {path})")
-    url = settings.storage or default_url(run.project)
+    url = options.storage or default_url(run.project)
     echo(f"Study: {redact(url)}  ({dashboard_command(url)})")
     return path
 
