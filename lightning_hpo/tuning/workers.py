@@ -62,7 +62,8 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
                 cmd = [
                     sys.executable,
                     "-m",
-                    "lightning_hpo.cli",
+                    "lightning_hpo",
+                    "tune",
                     *base,
                     "--max-trials",
                     str(share),
