@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lightning_hpo.builtin.mlp import MLP
 from lightning_hpo.builtin.supervised import SupervisedModule
 
 IN_FEATURES, OUT_FEATURES = 3, 2
@@ -212,3 +213,25 @@ class QuietModule(SupervisedModule):
 
 class NotAModule(nn.Module):
     """An nn.Module, but no LightningModule: refused as ``module``."""
+
+
+class PickyMLP(MLP):
+    """An MLP whose constructor rejects one inner point of a search space: 4 layers."""
+
+    def __init__(self, in_features: int, out_features: int, nodes: int = 8, layers: int = 1):
+        if layers == 4:
+            raise ValueError("4 layers is not supported")
+        super().__init__(in_features, out_features, nodes=nodes, layers=layers)
+
+
+class OnceMetricModule(SupervisedModule):
+    """Logs ``val_once`` the first time a module of its class validates in a process (the
+    preflight's batch), never again: a metric a trial's epochs do not log."""
+
+    validated = False
+
+    def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
+        if not OnceMetricModule.validated:
+            OnceMetricModule.validated = True
+            self.log("val_once", 1.0)

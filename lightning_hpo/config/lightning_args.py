@@ -67,6 +67,20 @@ def _trainer():
     return pl.Trainer
 
 
+# Trainer keywords a study cannot take, and why: train.py accepts them.
+NOT_WHEN_TUNING: dict[str, str] = {
+    "check_val_every_n_epoch": "a study's pruner and report read one validation value per epoch "
+    "(remove it, or set it to 1, to tune; train.py takes it)",
+}
+
+
+def check_tunable(options: dict[str, Any], source: str) -> None:
+    """Refuse a ``trainer_config`` a study cannot tune with (``NOT_WHEN_TUNING``)."""
+    for key, why in NOT_WHEN_TUNING.items():
+        if key in options and options[key] != 1:
+            raise ConfigError(source, f"{KEY}.{key}", f"{options[key]!r} cannot be tuned with", why)
+
+
 def check_owned(options: dict[str, Any], source: str) -> None:
     """Refuse a keyword this tool sets itself, saying what to use instead. Needs no import."""
     for key in options:
@@ -224,3 +238,37 @@ def check_device(device: str, source: str) -> None:
             f"asks for {device!r} but this machine has {have}",
             "use device: auto (the GPU when present, else the CPU) or cpu",
         )
+
+
+def rank_count(device: str, devices: int | str | list) -> int:
+    """How many processes a run of ``device``/``devices`` trains on (``devices: auto`` takes
+    every GPU there is, and one CPU process)."""
+    accelerator, devices = accelerator_and_devices(device, devices)
+    if isinstance(devices, list):
+        return len(devices)
+    if devices == "auto":
+        import torch
+
+        return max(1, torch.cuda.device_count()) if accelerator == "gpu" else 1
+    return int(devices)
+
+
+def outside_launcher() -> str | None:
+    """The launcher that started this process as one of several ranks (``torchrun``, an
+    ``srun`` of several tasks, ``mpirun``), or None when it runs alone."""
+    import os
+
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 and "LOCAL_RANK" in env:
+        return f"torchrun (WORLD_SIZE={env['WORLD_SIZE']})"
+    # A job step of several tasks (srun -n N); the batch script itself is one process.
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and env.get("SLURM_STEP_ID") not in (
+        None,
+        "batch",
+        "extern",
+    ):
+        return f"srun with {env['SLURM_STEP_NUM_TASKS']} tasks"
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if int(env.get(name, "1") or 1) > 1:
+            return f"mpirun ({name}={env[name]})"
+    return None

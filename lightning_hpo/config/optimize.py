@@ -71,28 +71,33 @@ class OptimizeConfig:
     def distributions(self) -> dict[str, Any]:
         return {p.name: p.distribution() for p in self.params}
 
+    def sampler_seed(self) -> int | None:
+        """The sampler's seed: ``sampler.kwargs.seed`` when given there, else ``seed``."""
+        kwargs = self.sampler.get("kwargs") or {}
+        return kwargs["seed"] if kwargs.get("seed") is not None else self.seed
+
     def make_sampler(self, seed_offset: int = 0):
-        """The sampler the config names, seeded with ``seed + seed_offset``; GridSampler gets its grid here."""
+        """The sampler the config names, seeded with its seed + ``seed_offset``; GridSampler
+        gets its grid here."""
         cls = self.component("sampler")
         kwargs = dict(self.sampler.get("kwargs") or {})
         accepted = accepted_kwargs(cls)
         if cls.__name__ == "GridSampler" and "search_space" not in kwargs:
             kwargs["search_space"] = {p.name: p.grid() for p in self.params}
-        if (
-            self.seed is not None
-            and "seed" not in kwargs
-            and (accepted is None or "seed" in accepted)
-        ):
-            kwargs["seed"] = self.seed + seed_offset
+        seed = self.sampler_seed()
+        if seed is not None and (accepted is None or "seed" in accepted):
+            kwargs["seed"] = seed + seed_offset
         return cls(**kwargs)
 
     def seed_per_trial(self) -> bool:
-        """Whether the sampler may be recreated for every trial with ``seed + trial.number``.
+        """Whether the sampler is recreated for every trial with its seed + ``trial.number``,
+        however the seed is given (``seed:`` or ``sampler.kwargs.seed``): workers then never
+        replay each other's suggestions, and one worker's search stays reproducible.
 
-        Only for a plain RNG seed we set ourselves: GridSampler and QMCSampler derive their
-        whole sequence from the seed, and a seed the user put in the kwargs is kept as given.
+        Not for GridSampler and QMCSampler, which derive their whole sequence from the seed
+        and spread the trials of several workers over it themselves.
         """
-        if self.seed is None or "seed" in (self.sampler.get("kwargs") or {}):
+        if self.sampler_seed() is None:
             return False
         cls = self.component("sampler")
         accepted = accepted_kwargs(cls)
@@ -178,6 +183,14 @@ def optimize_config_from_dict(
                 "write keyword arguments as a mapping",
             )
         setattr(cfg, part, {"name": spec["name"], "kwargs": kwargs})
+    sampler_seed = cfg.sampler["kwargs"].get("seed")
+    if sampler_seed is not None and not is_int(sampler_seed):
+        raise ConfigError(
+            source,
+            "sampler.kwargs.seed",
+            f"expected an integer, got {sampler_seed!r}",
+            "e.g. seed: 0",
+        )
     cfg.params = parse_space(cfg.search_space, run, source)
     for p in cfg.params:
         if p.group is None and p.type == "float":

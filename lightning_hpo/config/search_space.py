@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_hpo.config.lightning_args import KEY as TRAINER_KEY
-from lightning_hpo.config.lightning_args import OWNED
+from lightning_hpo.config.lightning_args import NOT_WHEN_TUNING, OWNED
 from lightning_hpo.config.run import IMPORT_FIELDS, RunConfig, unknown_key
 from lightning_hpo.config.validation import is_number
 from lightning_hpo.errors import ConfigError
@@ -244,6 +244,13 @@ def parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
             ):
                 raise unknown_key(
                     source, str(key), list(run_fields[group]), prefix=f"search_space.{group}."
+                )
+            if group == TRAINER_KEY and key in NOT_WHEN_TUNING:
+                raise ConfigError(
+                    source,
+                    f"search_space.{group}.{key}",
+                    "cannot be searched",
+                    NOT_WHEN_TUNING[key],
                 )
             if group == TRAINER_KEY and key in OWNED:
                 raise ConfigError(

@@ -50,6 +50,12 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+def is_journal(url: str) -> bool:
+    """Whether ``url`` names a journal storage (a file or Redis), which has no heartbeat and
+    no RDB backend for the DDP pruning callback."""
+    return url.startswith("journal")
+
+
 def check_url(url: str, source: str = "--storage") -> None:
     """Cheap checks that need no connection: known scheme, file writable, not corrupt."""
     if not re.match(

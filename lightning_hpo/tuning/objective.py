@@ -61,21 +61,21 @@ def make_objective(
             raise TrialFailed("surplus")
         _system_attr(trial, HOST, socket.gethostname())
         _system_attr(trial, PID, os.getpid())
-        cfg = opt.suggest(trial, run)
-        cfg.project = study_project(run)
-        group = f"{cfg.group_name()}[{trial.number}]"
-        run_dir = folder / group
-        trial.set_user_attr(GROUP_NAME, group)
-        trial.set_user_attr(RUN_DIR, str(run_dir))
-        trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
-        trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
-        # The schedule PFL reads a cosine's remaining decay from (T_max as the module fills it).
-        trial.set_user_attr(
-            LR_SCHEDULE_ATTR,
-            {"name": cfg.scheduler, "T_max": cfg.scheduler_config.get("T_max", cfg.epochs)},
-        )
-        callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
         try:
+            cfg = opt.suggest(trial, run)
+            cfg.project = study_project(run)
+            group = f"{cfg.group_name()}[{trial.number}]"
+            run_dir = folder / group
+            trial.set_user_attr(GROUP_NAME, group)
+            trial.set_user_attr(RUN_DIR, str(run_dir))
+            trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
+            trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
+            # The schedule PFL reads a cosine's remaining decay from (T_max as the module fills it).
+            trial.set_user_attr(
+                LR_SCHEDULE_ATTR,
+                {"name": cfg.scheduler, "T_max": cfg.scheduler_config.get("T_max", cfg.epochs)},
+            )
+            callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
             results = fit_run(
                 cfg,
                 cfg.seeds,
@@ -88,11 +88,15 @@ def make_objective(
                     after_fit=callback.check_pruned,
                 ),
             )
-        except (optuna.TrialPruned, ConfigError):
+        except optuna.TrialPruned:
             raise
-        except Exception as exc:  # noqa: BLE001 - any training error fails this trial only
-            reason = f"{exc.__class__.__name__}: {exc}".strip()
-            trial.set_user_attr(FAIL_REASON, reason[:2000])
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong in a trial fails it alone
+            # A value the search produced that a component rejects (ConfigError, already one
+            # line), a metric an epoch did not log, an error in training: the study goes on.
+            reason = (
+                str(exc) if isinstance(exc, ConfigError) else f"{exc.__class__.__name__}: {exc}"
+            )
+            trial.set_user_attr(FAIL_REASON, reason.strip()[:2000])
             raise TrialFailed(reason) from exc
         value = statistics.fmean(r.final for r in results)
         if not math.isfinite(value):

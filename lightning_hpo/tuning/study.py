@@ -146,13 +146,26 @@ def _label(study: optuna.Study, opt: OptimizeConfig, wait: float = 0.0) -> None:
 
 
 def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
+    """A rerun under a study's name is the same study: the same metric, direction and
+    search space. Anything else is refused before a trial runs, naming what changed."""
+    where = f"study {opt.study_name!r}"
+    fix = f"keep {{}}, or start a new study under another name (study_name, or --study-name {opt.study_name}-2)"
     stored = study.direction.name.lower()
     if stored != opt.direction:
         raise ConfigError(
+            where,
             "direction",
-            opt.study_name,
             f"the existing study optimizes {stored} but the config says {opt.direction}",
-            "use the stored direction, or a new study_name",
+            fix.format(f"direction: {stored}"),
+        )
+    metrics = study.metric_names
+    if metrics and metrics != [opt.metric]:
+        raise ConfigError(
+            where,
+            "metric",
+            f"the existing study's values are {metrics[0]} but the config says {opt.metric}: "
+            "its trials would be ranked against each other",
+            fix.format(f"metric: {metrics[0]}"),
         )
     new = opt.distributions()
     for t in reversed(study.get_trials(deepcopy=False)):
@@ -163,17 +176,19 @@ def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
                 except ValueError as exc:
                     key = next(p.where for p in opt.params if p.name == name)
                     raise ConfigError(
-                        "search_space",
+                        where,
                         key,
                         f"changed incompatibly since the study began ({exc})",
-                        "restore the old definition, or use a new study_name",
+                        fix.format("the old definition"),
                     ) from None
         if t.distributions:
             break
 
 
-def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -> int:
-    """Trials that count toward the study's total: finished, failed and running ones
+def counting(
+    trials: list[optuna.trial.FrozenTrial], before: int | None = None
+) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward the study's total: finished, failed and running ones
     (only those numbered below ``before`` when given).
 
     Interrupted, surplus or dead-worker failures do not count (they are run again), nor
@@ -181,19 +196,41 @@ def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -
     free slot.
     """
     retried = {t.system_attrs.get(RETRIED_FROM) for t in trials}
-    n = 0
-    for t in trials:
-        if t.state == TrialState.WAITING or (before is not None and t.number >= before):
-            continue
-        if t.state == TrialState.FAIL and (
-            t.system_attrs.get(INTERRUPTED)
-            or t.system_attrs.get(STALE)
-            or t.system_attrs.get(SURPLUS)
-            or t.number in retried
-        ):
-            continue
-        n += 1
-    return n
+    return [
+        t
+        for t in trials
+        if t.state != TrialState.WAITING
+        and (before is None or t.number < before)
+        and not (
+            t.state == TrialState.FAIL
+            and (
+                t.system_attrs.get(INTERRUPTED)
+                or t.system_attrs.get(STALE)
+                or t.system_attrs.get(SURPLUS)
+                or t.number in retried
+            )
+        )
+    ]
+
+
+def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -> int:
+    """How many trials count toward the study's total (``counting``)."""
+    return len(counting(trials, before))
+
+
+def finished_position(
+    trials: list[optuna.trial.FrozenTrial], trial: optuna.trial.FrozenTrial
+) -> int:
+    """``trial``'s place among the counted trials that have finished, in the order they
+    finished: each finished trial gets its own number, whichever worker reads it."""
+
+    def finished(t: optuna.trial.FrozenTrial) -> tuple:
+        return (t.datetime_complete, t.number)
+
+    done = [t for t in counting(trials) if t.state.is_finished() and t.datetime_complete]
+    if trial.datetime_complete is None:
+        return len(done)
+    return sum(finished(t) <= finished(trial) for t in done)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -27,6 +27,7 @@ from lightning_hpo.tuning.study import (
     counted,
     create_or_load_study,
     fail_dead_trials,
+    finished_position,
     remaining,
     study_folder,
 )
@@ -64,7 +65,7 @@ class Progress:
         except ValueError:
             best = "best -"
         self.echo(
-            f"[{counted(trials)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
+            f"[{finished_position(trials, trial)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
         )
 
 
@@ -114,12 +115,15 @@ def tune(
     if todo > 0:
         folder = study_folder(run, opt, study, options, echo)
         with restored_signal_handlers():
-            study.optimize(
-                make_objective(run, opt, options, folder),
-                n_trials=todo,
-                catch=(TrialFailed,),
-                callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
-            )
+            try:
+                study.optimize(
+                    make_objective(run, opt, options, folder),
+                    n_trials=todo,
+                    catch=(TrialFailed,),
+                    callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
+                )
+            finally:
+                gc.unfreeze()  # a Python caller's heap is its own again
     return study
 
 

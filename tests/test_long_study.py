@@ -1,0 +1,270 @@
+"""A long study never dies and never lies: one bad trial fails alone, workers never repeat
+each other's parameters, a rerun is the same study or a clear error, what a study cannot
+run is refused up front, and a Python caller's process is left as it was."""
+
+from __future__ import annotations
+
+import gc
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lightning_hpo.attrs import FAIL_REASON
+from lightning_hpo.cli import EXIT_BAD_INPUT, tune_main
+from lightning_hpo.config.optimize import optimize_config_from_dict
+from lightning_hpo.config.run import build, run_config_from_dict
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
+from lightning_hpo.tuning.tuner import tune
+
+pytestmark = pytest.mark.usefixtures("quiet")
+
+RUN = {
+    "project": "Long",
+    "device": "cpu",
+    "seeds": [1],
+    "epochs": 2,
+    "batch_size": 128,
+    "data_config": {"n": 300},
+    "net_config": {"nodes": 8, "layers": 1},
+}
+LR_SPACE = {
+    "optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-1, "log": True}}
+}
+
+
+def write_configs(tmp_path: Path, run: dict | None = None, **optimize) -> list[str]:
+    run_path, opt_path = tmp_path / "run.yaml", tmp_path / "optimize.yaml"
+    dump_yaml(RUN | (run or {}), run_path)
+    base = {"study_name": "long", "trials": 2, "seed": 1, "pruner": None, "search_space": LR_SPACE}
+    dump_yaml(base | optimize, opt_path)
+    return [
+        "--run-config",
+        str(run_path),
+        "--optimize-config",
+        str(opt_path),
+        "--storage",
+        f"sqlite:///{tmp_path}/s.db",
+        "--output",
+        str(tmp_path / "runs"),
+    ]
+
+
+def load(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name="long", storage=f"sqlite:///{tmp_path}/s.db")
+
+
+def nothing_new_written(tmp_path: Path, before: set[Path]) -> bool:
+    return set(tmp_path.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- 1. a trial's failure
+
+
+def test_a_point_of_the_space_a_component_rejects_fails_that_trial_and_the_study_goes_on(
+    tmp_path: Path, user_components, capsys
+) -> None:
+    # The corners (3 and 5 layers) build, so the preflight passes; the grid also samples 4.
+    args = write_configs(
+        tmp_path,
+        {"net": "user_components.PickyMLP"},
+        trials=3,
+        sampler={"name": "optuna.samplers.GridSampler"},
+        search_space={"net_config": {"layers": {"type": "int", "min": 3, "max": 5}}},
+    )
+    assert tune_main(args) == 0
+    trials = {t.params["net_config_layers"]: t for t in load(tmp_path).trials}
+    assert sorted(trials) == [3, 4, 5]
+    assert trials[4].state == TrialState.FAIL
+    assert "net_config" in trials[4].user_attrs[FAIL_REASON]
+    assert "4 layers is not supported" in trials[4].user_attrs[FAIL_REASON]
+    assert trials[3].state == trials[5].state == TrialState.COMPLETE
+    out = capsys.readouterr().out
+    assert "FAILED: " in out and "4 layers is not supported" in out
+
+
+def test_a_metric_the_trials_do_not_log_fails_each_trial_not_the_study(
+    tmp_path: Path, user_components, capsys
+) -> None:
+    # The preflight's one batch logs val_once, so the metric is accepted; the trials do not.
+    user_components.OnceMetricModule.validated = False
+    args = write_configs(
+        tmp_path, {"module": "user_components.OnceMetricModule"}, metric="val_once"
+    )
+    assert tune_main(args) == 1  # every trial failed: no best trial, as before
+    trials = load(tmp_path).trials
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    assert all("'val_once' is never logged" in t.user_attrs[FAIL_REASON] for t in trials)
+    assert "no trial completed: 2 failed" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- 2. no repeats
+
+
+def make_run(**overrides):
+    return build(run_config_from_dict(RUN | overrides, "<test run>"), "<test run>")
+
+
+def make_opt(run, **overrides):
+    data = {
+        "study_name": "long",
+        "trials": 6,
+        "seed": None,
+        "pruner": None,
+        "search_space": LR_SPACE,
+    }
+    return optimize_config_from_dict(data | overrides, run, "<test optimize>")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"seed": 0},
+        {"seed": None, "sampler": {"name": "optuna.samplers.TPESampler", "kwargs": {"seed": 0}}},
+    ],
+    ids=["seed", "sampler.kwargs.seed"],
+)
+def test_two_workers_asking_at_once_get_different_parameters_however_the_seed_is_given(
+    tmp_path: Path, given: dict
+) -> None:
+    run = make_run()
+    opt = make_opt(run, **given)
+    options = TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs"))
+    # Two workers on one study with the same history: each asks for a trial before either tells.
+    first, second = (create_or_load_study(run, opt, options) for _ in range(2))
+    a, b = first.ask(), second.ask()
+    lr_a = opt.suggest(a, run).optimizer_config["lr"]
+    lr_b = opt.suggest(b, run).optimizer_config["lr"]
+    assert lr_a != lr_b
+    # One worker alone stays reproducible: the same seed, the same first suggestion.
+    again = optuna.create_study(
+        storage=f"sqlite:///{tmp_path}/other.db", sampler=opt.make_sampler(0)
+    )
+    assert opt.suggest(again.ask(), run).optimizer_config["lr"] == lr_a
+
+
+def test_each_finished_trial_gets_its_own_place_in_the_progress_count() -> None:
+    from lightning_hpo.tuning.study import finished_position
+
+    study = optuna.create_study()
+    running = study.ask()
+    for value in (1.0, 2.0):
+        study.tell(study.ask(), value)
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    # A trial still running does not take a place, so two trials finishing while a third
+    # runs are [1/N] and [2/N], not both [3/N].
+    assert [finished_position(trials, t) for t in finished] == [1, 2]
+    study.tell(running, 0.5)
+    trials = study.get_trials(deepcopy=False)
+    assert finished_position(trials, trials[0]) == 3
+
+
+# --------------------------------------------------------------------------- 4. the same study
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"metric": "train_loss"}, "metric"),
+        ({"direction": "maximize"}, "direction"),
+        (
+            {
+                "search_space": {
+                    "optimizer_config": {"lr": {"type": "float", "min": 0.2, "max": 0.5}}
+                }
+            },
+            "search_space.optimizer_config.lr",
+        ),
+    ],
+    ids=["metric", "direction", "search_space"],
+)
+def test_a_rerun_with_another_metric_direction_or_space_is_refused(
+    tmp_path: Path, capsys, change: dict, key: str
+) -> None:
+    assert tune_main(write_configs(tmp_path, trials=1)) == 0
+    capsys.readouterr()
+    before = set(tmp_path.rglob("*")) - {tmp_path / "optimize.yaml"}
+    code = tune_main(write_configs(tmp_path, trials=2, **change))
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert err.count("\n") == 1 and f"study 'long': {key}: " in err
+    assert "start a new study" in err
+    assert len(load(tmp_path).trials) == 1
+    assert set(tmp_path.rglob("*")) - {tmp_path / "optimize.yaml"} == before
+
+
+# --------------------------------------------------------------------------- 5. epochs
+
+
+def test_validation_every_k_epochs_is_refused_for_a_study_with_its_reason(
+    tmp_path: Path, capsys
+) -> None:
+    args = write_configs(tmp_path, {"trainer_config": {"check_val_every_n_epoch": 2}})
+    assert tune_main(args) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert (
+        "trainer_config.check_val_every_n_epoch" in err and "one validation value per epoch" in err
+    )
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_validation_every_k_epochs_cannot_be_searched() -> None:
+    run = make_run()
+    space = {"trainer_config": {"check_val_every_n_epoch": {"type": "int", "min": 1, "max": 3}}}
+    with pytest.raises(ConfigError, match="check_val_every_n_epoch: cannot be searched"):
+        make_opt(run, search_space=space)
+
+
+# --------------------------------------------------------------------------- 9. refusals
+
+
+def test_ddp_on_a_journal_storage_is_refused_before_the_study(tmp_path: Path, capsys) -> None:
+    args = write_configs(tmp_path, {"devices": 2, "strategy": "ddp_spawn"})
+    args[args.index("--storage") + 1] = f"journal:{tmp_path}/s.log"
+    assert tune_main(args) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert ": devices: 2 processes per trial need an RDB storage" in err
+    assert not (tmp_path / "s.log").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "0"},
+        {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"},
+    ],
+    ids=["torchrun", "srun"],
+)
+def test_ranks_started_by_an_outside_launcher_are_refused(
+    tmp_path: Path, capsys, monkeypatch, env: dict
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert tune_main(write_configs(tmp_path)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "each rank would run a study of its own" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.db").exists()
+
+
+# --------------------------------------------------------------------------- 10. side effects
+
+
+def test_tune_from_python_leaves_no_frozen_heap_and_its_signal_handlers_as_they_were(
+    tmp_path: Path,
+) -> None:
+    run = make_run()
+    opt = make_opt(run, trials=1, seed=1)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tune(
+        run,
+        opt,
+        TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs")),
+        echo=lambda line: None,
+    )
+    assert gc.get_freeze_count() == 0
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
