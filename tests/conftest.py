@@ -94,3 +94,12 @@ def quiet():
     from lightning_hpo.console import quiet_lightning
 
     quiet_lightning()
+
+
+@pytest.fixture(autouse=True)
+def fresh_notes(monkeypatch):
+    """Each test sees the once-per-process notes (``console.note_once``) afresh, whatever ran
+    before it in this process."""
+    from lightning_hpo import console
+
+    monkeypatch.setattr(console, "_noted", set())

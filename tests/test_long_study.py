@@ -268,3 +268,54 @@ def test_tune_from_python_leaves_no_frozen_heap_and_its_signal_handlers_as_they_
     )
     assert gc.get_freeze_count() == 0
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+# --------------------------------------------------------------------------- 6. like with like
+
+
+def test_pfl_ranks_a_first_seed_curve_only_against_first_seed_curves() -> None:
+    from lightning_hpo.attrs import CURVE_ATTR
+    from lightning_hpo.pruners import PFLPruner
+
+    study = optuna.create_study()
+    # Five completed trials whose curves are seed means: low, smooth, finished.
+    for k in range(5):
+        curve = {e: 0.1 + 0.01 * k + 0.5 * 0.7**e for e in range(10)}
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=curve[9],
+                intermediate_values=curve,
+                user_attrs={"epochs": 10, CURVE_ATTR: "mean of 3 seeds"},
+            )
+        )
+    pruner = PFLPruner(n_startup_trials=3, n_warmup_epochs=2, top_k=2, warmup_fraction=0.1)
+
+    def running(kind: str) -> optuna.trial.FrozenTrial:
+        trial = study.ask()
+        trial.set_user_attr("epochs", 10)
+        trial.set_user_attr(CURVE_ATTR, kind)
+        for e in range(6):
+            trial.report(0.9 + 0.1 * 0.9**e, e)  # far behind, flat
+        return study._storage.get_trial(trial._trial_id)
+
+    # Against curves of its own kind it is hopeless; against another kind's it is not judged.
+    assert pruner.evaluate(study, running("mean of 3 seeds")).prune is True
+    decision = pruner.evaluate(study, running("first of 3 seeds"))
+    assert decision.prune is False and decision.reason == "startup"
+
+
+@pytest.mark.parametrize(
+    ("fuse", "kind"), [("auto", "mean of 2 seeds"), (False, "first of 2 seeds")]
+)
+def test_a_trial_records_what_its_curve_is(tmp_path: Path, fuse, kind: str) -> None:
+    from lightning_hpo.attrs import CURVE_ATTR
+
+    run = make_run(seeds=[1, 2], fuse_seeds=fuse)
+    opt = make_opt(run, trials=1, seed=1)
+    study = tune(
+        run,
+        opt,
+        TuneOptions(storage=f"sqlite:///{tmp_path}/s.db", output=str(tmp_path / "runs")),
+        echo=lambda line: None,
+    )
+    assert study.trials[0].user_attrs[CURVE_ATTR] == kind

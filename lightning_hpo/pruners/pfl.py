@@ -93,6 +93,7 @@ from lightning_hpo.pruners.records import (
     Reason,
     decision_record,
     epochs_of,
+    like,
     lr_schedule_of,
     trial_curve,
     trial_pfl,
@@ -280,7 +281,9 @@ class PFLPruner(optuna.pruners.BasePruner):
             return PFLDecision(prune=False, reason="no-values")
         if not math.isfinite(trial.intermediate_values[step]):
             return PFLDecision(prune=True, reason="non-finite", step=step)
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        # Like with like: only completed curves of the running trial's kind (a seed mean, or
+        # one seed's), so a study whose space decides whether trials fuse ranks no mixture.
+        completed = like(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), trial)
         if len(completed) < self._n_startup_trials:
             return PFLDecision(prune=False, reason="startup", step=step)
 

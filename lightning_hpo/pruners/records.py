@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from optuna.trial import FrozenTrial
 
-from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, PFL_ATTR
+from lightning_hpo.attrs import CURVE_ATTR, EPOCHS_ATTR, LR_SCHEDULE_ATTR, PFL_ATTR
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.pruners.curves import (
     predict_final_loss,
@@ -20,6 +20,20 @@ def trial_curve(trial: FrozenTrial) -> list[float]:
     """The trial's intermediate values ordered by step: its value after each epoch."""
     values = trial.intermediate_values
     return [values[step] for step in sorted(values)]
+
+
+def curve_of(trial: FrozenTrial) -> str | None:
+    """What the trial's intermediate values are (its ``curve`` attr: ``"mean of 3 seeds"``,
+    ``"first of 3 seeds"``, ``"one seed"``), or None when it does not say."""
+    kind = trial.user_attrs.get(CURVE_ATTR)
+    return kind if isinstance(kind, str) else None
+
+
+def like(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
+    """Those of ``trials`` whose curves are of ``trial``'s kind (``curve_of``): a seed mean
+    is never ranked against one seed's curve."""
+    kind = curve_of(trial)
+    return [t for t in trials if curve_of(t) == kind]
 
 
 def epochs_of(trial: FrozenTrial) -> int | None:

@@ -80,6 +80,8 @@ class FitOptions:
         resume: continue from ``checkpoints/last.ckpt`` where it exists.
         progress: Lightning's per-batch bar.
         after_fit: called right after ``Trainer.fit`` returns (the tuner checks DDP pruning there).
+        on_curve: told, before training starts, what the curve ``callbacks`` see is
+            (``curve_kind``): the tuner records it, so a pruner compares like with like.
     """
 
     monitor: str = VAL_LOSS
@@ -88,6 +90,7 @@ class FitOptions:
     resume: bool = False
     progress: bool = False
     after_fit: Callable[[], None] | None = None
+    on_curve: Callable[[str], None] | None = None
 
 
 def _fit(
@@ -277,6 +280,13 @@ def check_fusion(cfg: RunConfig, source: str = "<run config>") -> None:
             raise _cannot_fuse(source, reason)
 
 
+def curve_kind(n_seeds: int, fused: bool) -> str:
+    """What a run's reported curve is: the mean of its fused seeds, or its first seed's."""
+    if n_seeds == 1:
+        return "one seed"
+    return f"mean of {n_seeds} seeds" if fused else f"first of {n_seeds} seeds"
+
+
 def fit_run(
     cfg: RunConfig,
     seeds: Sequence[int],
@@ -295,6 +305,8 @@ def fit_run(
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
         dm, nets, stacking, reason = plan_fusion(cfg, seeds)
         if stacking is not None:
+            if options.on_curve is not None:
+                options.on_curve(curve_kind(len(seeds), fused=True))
             results = fit_fused(cfg, seeds, run_dirs, dm, nets, stacking, options)
             for r in results:
                 if on_seed is not None:
@@ -304,7 +316,9 @@ def fit_run(
             raise _cannot_fuse(source, reason)
         note_once(f"seeds train one after another, not fused: {reason}")
     # Seed after seed, only the first seed's curve is reported (and can be pruned).
-    later = dataclasses.replace(options, callbacks=(), after_fit=None)
+    if options.on_curve is not None:
+        options.on_curve(curve_kind(len(seeds), fused=False))
+    later = dataclasses.replace(options, callbacks=(), after_fit=None, on_curve=None)
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
         result = fit_seed(cfg, seed, run_dir, options if index == 0 else later)

@@ -44,7 +44,7 @@ def make_objective(
     ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR
+    from lightning_hpo.attrs import CURVE_ATTR, EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR
     from lightning_hpo.training.runs import FitOptions, fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"
@@ -86,6 +86,7 @@ def make_objective(
                     callbacks=(callback,),
                     progress=options.progress,
                     after_fit=callback.check_pruned,
+                    on_curve=lambda kind: trial.set_user_attr(CURVE_ATTR, kind),
                 ),
             )
         except optuna.TrialPruned:
