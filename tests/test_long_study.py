@@ -319,3 +319,33 @@ def test_a_trial_records_what_its_curve_is(tmp_path: Path, fuse, kind: str) -> N
         echo=lambda line: None,
     )
     assert study.trials[0].user_attrs[CURVE_ATTR] == kind
+
+
+# --------------------------------------------------------------------------- 3. DDP and data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seeds", [[1], [1, 2]], ids=["one seed", "fused seeds"])
+def test_ddp_on_a_dataset_that_does_not_split_evenly_finishes(tmp_path: Path, seeds) -> None:
+    import subprocess
+    import sys
+
+    # 641 points: 513 to train on, in batches of 256, on 2 CPU ranks.
+    run = RUN | {
+        "seeds": seeds,
+        "epochs": 2,
+        "batch_size": 256,
+        "data_config": {"n": 641},
+        "strategy": "ddp_spawn",
+        "devices": 2,
+    }
+    dump_yaml(run, tmp_path / "run.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_hpo", "train", "--config", "run.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("after 2 epochs") == len(seeds)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_hpo.training.runs as training
 from lightning_hpo.builtin.data import (
+    SeedBatches,
     SupervisedData,
     TensorBatches,
     build_datamodule,
@@ -136,10 +137,31 @@ def test_tensor_batches_ranks_split_the_data(shuffle: bool) -> None:
         TensorBatches((x, x), batch_size=4, shuffle=shuffle, seed=3, rank=r, world_size=2)
         for r in (0, 1)
     ]
-    assert [len(p) for p in parts] == [2, 2]  # 6 and 5 samples
+    assert [len(p) for p in parts] == [2, 2]
     seen = [_epoch(p)[1] for p in parts]
-    assert [len(s) for s in seen] == [6, 5]
-    assert torch.equal(torch.cat(seen).sort().values, x)
+    # 11 samples padded to 12 as DistributedSampler pads: each rank takes 6, every sample is
+    # served, and the one served twice is the epoch's first.
+    assert [len(s) for s in seen] == [6, 6]
+    assert set(torch.cat(seen).tolist()) == set(x.tolist())
+    assert seen[1][-1] == seen[0][0]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_ranks_take_as_many_batches_when_the_samples_do_not_divide(fused: bool) -> None:
+    # 513 samples in batches of 256 on 2 ranks: unpadded, rank 0 took 2 batches and rank 1
+    # one, and rank 0's second backward waited for an all-reduce that never came.
+    x = torch.arange(513.0).unsqueeze(1)
+    for world in (2, 3, 4):
+        parts = [
+            SeedBatches((x, x), 256, [1, 2], rank=r, world_size=world)
+            if fused
+            else TensorBatches((x, x), 256, shuffle=True, seed=1, rank=r, world_size=world)
+            for r in range(world)
+        ]
+        batches = [len(list(iter(p))) for p in parts]
+        assert batches == [len(parts[0])] * world, (world, batches)
+        sizes = {tuple(b[0].shape) for p in parts for b in list(iter(p))[-1:]}
+        assert len(sizes) == 1  # the last batches are alike too
 
 
 def test_tensor_datasets_are_served_from_memory_and_other_datasets_by_a_dataloader(

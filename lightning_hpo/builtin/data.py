@@ -72,7 +72,10 @@ class TensorBatches:
 
 
     Under data-parallel training each of ``world_size`` ranks takes every
-    ``world_size``-th sample of the (shared, seeded) permutation.
+    ``world_size``-th sample of the (shared, seeded) permutation. When the samples do not
+    divide evenly, the permutation is padded with its own first samples, as
+    ``DistributedSampler`` pads: every rank then takes as many batches, so none waits for a
+    gradient all-reduce that another rank never joins.
     """
 
     def __init__(
@@ -93,10 +96,19 @@ class TensorBatches:
     def _orders(self) -> list[torch.Tensor]:
         """This epoch's permutation of each shuffle, this rank's share of it."""
         epoch = self.epoch() if self.epoch is not None else None
-        return [shuffle.order(epoch)[self.rank :: self.world_size] for shuffle in self.shuffles]
+        return [self._share(shuffle.order(epoch)) for shuffle in self.shuffles]
+
+    def _share(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's samples of ``order``, padded to a multiple of the world size first."""
+        if self.world_size == 1:
+            return order
+        padding = -len(order) % self.world_size
+        if padding:
+            order = torch.cat([order, order.repeat(math.ceil(padding / len(order)))[:padding]])
+        return order[self.rank :: self.world_size]
 
     def _size(self) -> int:
-        return len(range(self.rank, len(self.tensors[0]), self.world_size))
+        return math.ceil(len(self.tensors[0]) / self.world_size)
 
     def __len__(self) -> int:
         return math.ceil(self._size() / self.batch_size)
@@ -106,7 +118,8 @@ class TensorBatches:
             order = self._orders()[0]
             tensors = [t[order.to(t.device)] for t in self.tensors]
         elif self.world_size > 1:
-            tensors = [t[self.rank :: self.world_size] for t in self.tensors]
+            order = self._share(torch.arange(len(self.tensors[0])))
+            tensors = [t[order.to(t.device)] for t in self.tensors]
         else:
             tensors = self.tensors
         for start in range(0, len(tensors[0]), self.batch_size):
