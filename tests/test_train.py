@@ -625,3 +625,33 @@ def test_ctrl_c_exits_130_with_a_message(write_config, tmp_path, monkeypatch, ca
     code = _train_main_catching_exit(["--config", str(path), "--output", str(tmp_path / "runs")])
     assert code == EXIT_INTERRUPTED
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted: continue with")
+
+
+def test_resume_replays_the_shuffle_of_a_dataset_that_is_not_tensors(
+    small_config, user_components, tmp_path
+) -> None:
+    # A DataLoader's own shuffle restarts its generator on resume (epoch 0's order again);
+    # EpochShuffle serves each epoch's order whatever epoch the run starts at.
+    cfg = small_config(epochs=4, data="user_components.plain_datasets", data_config={})
+    whole = train(dataclasses.replace(cfg, project="Whole"), tmp_path)
+    run_dir = seed_dirs(cfg, tmp_path)[0]
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        fit_seed(cfg, cfg.seeds[0], run_dir, FitOptions(callbacks=[StopBeforeEpoch(2)]))
+    resumed = train(cfg, tmp_path, resume=True)
+    assert resumed.results[0].history == whole.results[0].history
+
+
+def test_epoch_shuffle_serves_each_epoch_s_order_whatever_epoch_it_starts_at() -> None:
+    from lightning_hpo.builtin.data import EpochShuffle
+
+    epoch = [0]
+    sampler = EpochShuffle(10, seed=5, epoch=lambda: epoch[0])
+    orders = []
+    for e in range(4):
+        epoch[0] = e
+        orders.append(list(sampler))
+    assert all(sorted(order) == list(range(10)) for order in orders)
+    assert len({tuple(order) for order in orders}) == 4  # a new order each epoch
+    for e in (3, 1):
+        epoch[0] = e
+        assert list(EpochShuffle(10, seed=5, epoch=lambda: epoch[0])) == orders[e]

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from lightning_hpo.config.imports import accepted_kwargs
 
@@ -147,6 +147,24 @@ class _Shuffle:
         return torch.randperm(self.n, generator=self.generator)
 
 
+class EpochShuffle(Sampler[int]):
+    """The seeded shuffle of a dataset that is not in-memory tensors: epoch ``e`` serves the
+    permutation an uninterrupted run serves at ``e`` (``_Shuffle``, as ``TensorBatches``),
+    so a resumed run replays the epoch it resumes at. (A ``DataLoader``'s own shuffle
+    restarts its generator, serving epoch 0's order again.)
+    """
+
+    def __init__(self, n: int, seed: int, epoch: Callable[[], int] | None = None):
+        self.shuffle, self.epoch = _Shuffle(seed, n), epoch
+
+    def __len__(self) -> int:
+        return self.shuffle.n
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch() if self.epoch is not None else None
+        return iter(self.shuffle.order(epoch).tolist())
+
+
 class SeedBatches(TensorBatches):
     """One training batch per seed at each step, stacked: ``[S, B, ...]``.
 
@@ -231,9 +249,10 @@ class SupervisedData(pl.LightningDataModule):
         return self._dataloader(dataset, shuffle, self.seed)
 
     def _dataloader(self, dataset: Dataset, shuffle: bool, seed: int) -> DataLoader:
-        """A DataLoader for datasets that are not in-memory tensors, shuffled by ``seed``."""
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+        """A DataLoader for datasets that are not in-memory tensors, shuffled by ``seed``
+        epoch by epoch (``EpochShuffle``)."""
+        sampler = EpochShuffle(len(dataset), seed, self._placement()[3]) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # In-memory batches are already on the device (TensorBatches): skip Lightning's
