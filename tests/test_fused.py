@@ -187,6 +187,63 @@ def test_resume_continues_a_fused_run_from_its_last_epoch(tmp_path: Path, small_
         assert len(r.history) == 5
 
 
+def test_resume_of_a_seed_without_its_checkpoint_starts_that_seed_over_and_says_so(
+    tmp_path: Path, small_config, capfd
+) -> None:
+    cfg = small_config(seeds=[1, 2, 3], epochs=5, fuse_seeds=True)
+    whole = train(dataclasses.replace(cfg, project="whole"), tmp_path)
+    dirs = seed_dirs(cfg, tmp_path)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        fit_run(cfg, cfg.seeds, dirs, FitOptions(callbacks=[StopBeforeEpoch(3)]))
+    (dirs[1] / "checkpoints" / "last.ckpt").unlink()
+    capfd.readouterr()
+
+    counter = CountEpochs()
+    resumed = fit_run(cfg, cfg.seeds, dirs, FitOptions(resume=True, callbacks=[counter]))
+    assert counter.epochs == [3, 4]  # seeds 1 and 3 continued where they were
+    assert "seed 2 starts over: it has no checkpoints/last.ckpt" in capfd.readouterr().err
+    for r, w in zip(resumed, whole.results):
+        assert r.history == pytest.approx(w.history, rel=1e-5)
+    assert [load_ckpt(d / "checkpoints" / "last.ckpt")["epoch"] for d in dirs] == [4, 4, 4]
+
+
+def test_resume_after_a_kill_between_the_seeds_writes_continues_each_seed_from_its_own_step(
+    tmp_path: Path, small_config, capfd
+) -> None:
+    cfg = small_config(seeds=[1, 2, 3], epochs=5, fuse_seeds=True)
+    whole = train(dataclasses.replace(cfg, project="whole"), tmp_path)
+    dirs = seed_dirs(cfg, tmp_path)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        fit_run(cfg, cfg.seeds, dirs, FitOptions(callbacks=[StopBeforeEpoch(2)]))
+    behind = (dirs[2] / "checkpoints" / "last.ckpt").read_bytes()  # seed 3 after epoch 1
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        fit_run(cfg, cfg.seeds, dirs, FitOptions(resume=True, callbacks=[StopBeforeEpoch(3)]))
+    # Killed after seeds 1 and 2 wrote epoch 2's checkpoint, before seed 3 did.
+    (dirs[2] / "checkpoints" / "last.ckpt").write_bytes(behind)
+    capfd.readouterr()
+
+    counter = CountEpochs()
+    resumed = fit_run(cfg, cfg.seeds, dirs, FitOptions(resume=True, callbacks=[counter]))
+    assert counter.epochs == [3, 4]
+    assert "starts over" not in capfd.readouterr().err
+    for r, w in zip(resumed, whole.results):
+        assert r.history == pytest.approx(w.history, rel=1e-5)
+        assert len(r.history) == 5
+
+
+def test_resume_never_touches_a_finished_seed(tmp_path: Path, small_config) -> None:
+    cfg = small_config(seeds=[1, 2, 3], epochs=3, fuse_seeds=True)
+    train(cfg, tmp_path)
+    dirs = seed_dirs(cfg, tmp_path)
+    for d in dirs[1:]:
+        (d / "result.json").unlink()  # seeds 2 and 3 unfinished, seed 1 finished
+    (dirs[1] / "checkpoints" / "last.ckpt").unlink()
+    before = {p: p.read_bytes() for p in dirs[0].rglob("*") if p.is_file()}
+    result = train(cfg, tmp_path, resume=True)
+    assert {p: p.read_bytes() for p in dirs[0].rglob("*") if p.is_file()} == before
+    assert [len(r.history) for r in result.results] == [3, 3, 3]
+
+
 def test_each_seed_stops_early_on_its_own_and_keeps_its_weights(
     tmp_path: Path, small_config
 ) -> None:

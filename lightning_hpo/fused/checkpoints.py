@@ -169,16 +169,29 @@ def _copy_atomically(source: Path, target: Path) -> None:
     os.replace(temporary, target)
 
 
-def resumable(paths: Sequence[Path]) -> bool:
-    """Whether these per-seed checkpoints are one fused run's state at one step: every
-    seed's file exists, was written by a fused run of as many seeds, at the same step."""
-    if not all(p.exists() for p in paths):
-        return False
-    steps = set()
-    for index, path in enumerate(paths):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        marker = ckpt.get(FUSED_KEY)
-        if not marker or marker["index"] != index or marker["seeds"] != len(paths):
-            return False
-        steps.add(ckpt.get("global_step"))
-    return len(steps) == 1
+def resume_groups(
+    seeds: Sequence[int], paths: Sequence[Path]
+) -> tuple[list[list[int]], dict[int, str]]:
+    """How the seeds of a fused run continue from their ``last.ckpt`` files (``paths``):
+    groups of seeds whose checkpoints are at one step (each group resumes together, from its
+    own step), and for every other seed why it starts over.
+
+    A kill between the seeds' writes at the end of an epoch leaves some seeds one epoch
+    ahead of the others: both groups still continue from their own checkpoints.
+    """
+    steps: dict[int, list[int]] = {}
+    over: dict[int, str] = {}
+    for seed, path in zip(seeds, paths):
+        if not path.exists():
+            over[seed] = f"it has no {path.parent.name}/{path.name}"
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: start over
+            over[seed] = f"its {path.name} does not load ({exc.__class__.__name__})"
+            continue
+        if FUSED_KEY not in ckpt:
+            over[seed] = f"its {path.name} was not written by fused seeds"
+            continue
+        steps.setdefault(ckpt.get("global_step"), []).append(seed)
+    return [steps[step] for step in sorted(steps, reverse=True)], over

@@ -59,6 +59,10 @@ class SeedEarlyStopping(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = {s: torch.tensor(v) for s, v in state_dict["best"].items()}
-        self.wait = dict(state_dict["wait"])
-        self.states.stopped_at.update(state_dict["stopped_at"])
+        # A resumed group may hold fewer seeds than the run that saved the state.
+        mine = set(self.states.seeds)
+        self.best = {s: torch.tensor(v) for s, v in state_dict["best"].items() if s in mine}
+        self.wait = {s: v for s, v in state_dict["wait"].items() if s in mine}
+        self.states.stopped_at.update(
+            {s: v for s, v in state_dict["stopped_at"].items() if s in mine}
+        )

@@ -188,7 +188,7 @@ def fit_fused(
     ``nets`` are the seeds' networks (``build_net``) and ``stacking`` how they run
     together, both as ``fused.blocker`` checked them.
     """
-    from lightning_hpo.fused.checkpoints import SeedCheckpointIO, SeedCheckpoints, resumable
+    from lightning_hpo.fused.checkpoints import SeedCheckpointIO, SeedCheckpoints
     from lightning_hpo.fused.loggers import SeedLoggers
     from lightning_hpo.fused.module import FusedModule
     from lightning_hpo.fused.stacking import stack
@@ -238,7 +238,7 @@ def fit_fused(
         module,
         dm,
         recorder,
-        last[0] if options.resume and resumable(last) else None,
+        last[0] if options.resume else None,
         options.after_fit,
     )
     return results
@@ -280,6 +280,44 @@ def check_fusion(cfg: RunConfig, source: str = "<run config>") -> None:
             raise _cannot_fuse(source, reason)
 
 
+def _resume_fused(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    run_dirs: Sequence[Path],
+    dm: pl.LightningDataModule,
+    nets: Sequence[nn.Module],
+    stacking: str,
+    options: FitOptions,
+) -> list[SeedResult]:
+    """``--resume`` of fused seeds: every seed continues from its own ``last.ckpt``, those at
+    one step together (``fused.checkpoints.resume_groups``); a seed without a usable one
+    starts over, and says why. ``options.callbacks`` go to the first group only."""
+    from lightning_hpo.fused.checkpoints import resume_groups
+
+    groups, over = resume_groups(seeds, [checkpoint_file(d, LAST) for d in run_dirs])
+    plan = [(group, True) for group in groups]
+    if over:
+        for seed, why in over.items():
+            note_once(f"seed {seed} starts over: {why}")
+        plan.append(([s for s in seeds if s in over], False))
+    later = dataclasses.replace(options, callbacks=(), after_fit=None, on_curve=None)
+    where = {seed: i for i, seed in enumerate(seeds)}
+    results: dict[int, SeedResult] = {}
+    for n, (group, resume) in enumerate(plan):
+        picked = [where[seed] for seed in group]
+        trained = fit_fused(
+            cfg,
+            group,
+            [run_dirs[i] for i in picked],
+            dm,
+            [nets[i] for i in picked],
+            stacking,
+            dataclasses.replace(options if n == 0 else later, resume=resume),
+        )
+        results.update(zip(group, trained))
+    return [results[seed] for seed in seeds]
+
+
 def curve_kind(n_seeds: int, fused: bool) -> str:
     """What a run's reported curve is: the mean of its fused seeds, or its first seed's."""
     if n_seeds == 1:
@@ -307,7 +345,10 @@ def fit_run(
         if stacking is not None:
             if options.on_curve is not None:
                 options.on_curve(curve_kind(len(seeds), fused=True))
-            results = fit_fused(cfg, seeds, run_dirs, dm, nets, stacking, options)
+            if options.resume:
+                results = _resume_fused(cfg, seeds, run_dirs, dm, nets, stacking, options)
+            else:
+                results = fit_fused(cfg, seeds, run_dirs, dm, nets, stacking, options)
             for r in results:
                 if on_seed is not None:
                     on_seed(r)
