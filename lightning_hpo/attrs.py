@@ -23,6 +23,8 @@ INTERRUPTED = "lightning_hpo:interrupted"  # stopped by Ctrl-C / SIGTERM: not co
 SURPLUS = "lightning_hpo:surplus"  # started after other workers had filled the study: not counted, never run
 STALE = "lightning_hpo:stale"  # its worker died: not counted, retried
 HOST, PID = "lightning_hpo:host", "lightning_hpo:pid"  # the worker running it
+STARTED = "lightning_hpo:started"  # when that worker's process started: a recycled PID is not it
+BEAT = "lightning_hpo:beat"  # the time of the worker's last heartbeat (tuning.liveness.Heartbeat)
 RETRIED_FROM = "failed_trial"  # Optuna's own name for a retry's original trial
 
 # Study system attributes.

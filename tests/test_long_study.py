@@ -349,3 +349,149 @@ def test_ddp_on_a_dataset_that_does_not_split_evenly_finishes(tmp_path: Path, se
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("after 2 epochs") == len(seeds)
+
+
+# --------------------------------------------------------------------------- 8. dead is dead
+
+
+def test_a_recycled_pid_is_not_taken_for_the_worker_that_died() -> None:
+    import os
+    import socket
+
+    from lightning_hpo.attrs import HOST, PID, STARTED
+    from lightning_hpo.tuning.liveness import fail_dead_workers, process_start
+
+    study = optuna.create_study()
+    live = os.getppid()  # a process that runs: the one that started this test
+    recycled, same = study.ask(), study.ask()
+    for trial, started in ((recycled, "1"), (same, process_start(live))):
+        for key, value in ((HOST, socket.gethostname()), (PID, live), (STARTED, started)):
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    assert fail_dead_workers(study) == [recycled.number]
+    failed = study._storage.get_trial(recycled._trial_id)
+    assert failed.state == TrialState.FAIL and "died" in failed.user_attrs[FAIL_REASON]
+    assert study._storage.get_trial(same._trial_id).state == TrialState.RUNNING
+
+
+def test_a_journal_trial_whose_worker_went_silent_on_another_host_is_failed_and_retried(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from lightning_hpo.attrs import BEAT, HOST, PID
+    from lightning_hpo.storage.connect import open_storage
+    from lightning_hpo.tuning.liveness import fail_dead_trials
+    from lightning_hpo.tuning.study import counted
+
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.log"))
+    silent, beating, unsaid = study.ask(), study.ask(), study.ask()
+    now = time.time()
+    for trial, beat in ((silent, now - 1000), (beating, now - 5)):
+        for key, value in ((HOST, "another-host"), (PID, 4242), (BEAT, beat)):
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    lines: list[str] = []
+    fail_dead_trials(study, lines.append, heartbeat=30)
+    states = {t.number: t for t in study.get_trials()}
+    assert states[silent.number].state == TrialState.FAIL
+    assert "pid 4242 on another-host" in states[silent.number].user_attrs[FAIL_REASON]
+    assert states[beating.number].state == TrialState.RUNNING
+    # Started a moment ago without saying where (interrupted before it could): not yet dead.
+    assert states[unsaid.number].state == TrialState.RUNNING
+    assert len(lines) == 1
+    retry = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == states[silent.number].params
+    assert counted(study.get_trials()) == 2  # the retry fills the dead trial's slot
+
+
+def test_a_trial_interrupted_before_it_said_where_it_ran_is_failed_after_the_grace() -> None:
+    import time
+
+    from lightning_hpo.tuning.liveness import fail_dead_workers
+
+    study = optuna.create_study()
+    unsaid = study.ask()
+    assert fail_dead_workers(study, grace=90) == []
+    assert fail_dead_workers(study, grace=90, now=time.time() + 91) == [unsaid.number]
+    assert (
+        "interrupted before it said where it ran"
+        in (study._storage.get_trial(unsaid._trial_id).user_attrs[FAIL_REASON])
+    )
+
+
+def test_a_running_trial_beats() -> None:
+    import time
+
+    from lightning_hpo.attrs import BEAT
+    from lightning_hpo.tuning.liveness import Heartbeat
+
+    study = optuna.create_study()
+    trial = study.ask()
+    with Heartbeat(trial, interval=0.05):
+        first = study._storage.get_trial(trial._trial_id).system_attrs[BEAT]
+        time.sleep(0.3)
+        later = study._storage.get_trial(trial._trial_id).system_attrs[BEAT]
+    assert later > first
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_the_ranks_a_spawn_strategy_started_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    # Rank 0 ends up waiting in a collective (C++), where a signal's Python handler never runs.
+    run = RUN | {
+        "epochs": 3,
+        "module": "user_components.StuckRankModule",
+        "strategy": "ddp_spawn",
+        "devices": 2,
+    }
+    dump_yaml(run, tmp_path / "run.yaml")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_hpo", "train", "--config", "run.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(tmp_path.rglob("events.out.tfevents.*")):
+            time.sleep(0.2)
+        time.sleep(3.0)
+        ranks = [
+            pid
+            for pid in _children(proc.pid)
+            if "spawn" in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
+        assert len(ranks) == 2, ranks
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in ranks):
+            time.sleep(0.2)
+        alive = [p for p in ranks if Path(f"/proc/{p}").exists()]
+        assert alive == []
+    finally:
+        proc.kill()
+        for pid in ranks:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass

@@ -26,7 +26,8 @@ from lightning_hpo.config.run import build, run_config_from_dict
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.storage.dashboard import dashboard_argument, dashboard_command
 from lightning_hpo.storage.stale import STALE_REASON
-from lightning_hpo.tuning.study import TuneOptions, create_or_load_study, fail_dead_trials
+from lightning_hpo.tuning.liveness import fail_dead_trials
+from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
 from lightning_hpo.tuning.tuner import tune
 from lightning_hpo.tuning.workers import usable_cpus
 

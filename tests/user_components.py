@@ -5,6 +5,9 @@ Importable as ``user_components`` (tests/ is on sys.path; see conftest.py).
 
 from __future__ import annotations
 
+import signal
+import time
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -235,3 +238,16 @@ class OnceMetricModule(SupervisedModule):
         if not OnceMetricModule.validated:
             OnceMetricModule.validated = True
             self.log("val_once", 1.0)
+
+
+class StuckRankModule(SupervisedModule):
+    """From its second epoch, rank 0 waits in a collective that rank 1 never joins: a rank
+    stuck in C++, where neither SIGINT nor SIGTERM reaches its Python handlers."""
+
+    def on_train_epoch_start(self):
+        if self.current_epoch == 1:
+            if self.global_rank == 0:
+                torch.distributed.barrier()
+            else:  # stuck too, deaf to SIGINT and SIGTERM like a rank inside a collective
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                time.sleep(600)

@@ -140,13 +140,9 @@ def _tune(args: argparse.Namespace) -> int:
     options = _options(args)
 
     from lightning_hpo.console import quiet_lightning
+    from lightning_hpo.tuning.liveness import fail_dead_trials
     from lightning_hpo.tuning.signals import interrupt_on_signals
-    from lightning_hpo.tuning.study import (
-        create_or_load_study,
-        fail_dead_trials,
-        no_trial_completed,
-        remaining,
-    )
+    from lightning_hpo.tuning.study import create_or_load_study, no_trial_completed, remaining
     from lightning_hpo.tuning.tuner import finish, quiet_optuna, tune
 
     interrupt_on_signals()
@@ -166,7 +162,7 @@ def _tune(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Create the study once, here, before the workers race to create its tables.
         study = create_or_load_study(run, opt, options)
-        fail_dead_trials(study)  # their retries fill slots the workers' shares must cover
+        fail_dead_trials(study, heartbeat=options.heartbeat)  # their retries fill slots
         from lightning_hpo.tuning.workers import run_workers
 
         run_workers(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,3 +146,24 @@ class LastCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
+
+
+class DieWithParent(Callback):
+    """In a rank a spawn-based strategy started (``ddp_spawn``): die with the process that
+    started it, even when that one is SIGKILLed, instead of waiting forever in a collective
+    and holding its memory (on a GPU, the GPU). In the starting process itself: nothing.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        parent = multiprocessing.parent_process()
+        if parent is None or not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent.pid:  # it died before the request was made
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h

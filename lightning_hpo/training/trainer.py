@@ -12,6 +12,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning_hpo.config.lightning_args import accelerator_and_devices, trainer_errors
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.training.callbacks import DieWithParent
 
 if TYPE_CHECKING:
     from lightning_hpo.config.run import RunConfig
@@ -52,6 +53,7 @@ def build_trainer(
     """
     accelerator, devices = accelerator_and_devices(cfg.device, cfg.devices)
     options = cfg.trainer_config
+    kwargs["callbacks"] = [*kwargs.get("callbacks", ()), DieWithParent()]
     kwargs = (
         {"enable_model_summary": False, "log_every_n_steps": 1, "deterministic": False}
         | options

@@ -10,20 +10,20 @@ intermediate values are one curve over epochs, so every pruner compares like wit
 from __future__ import annotations
 
 import math
-import os
 import signal
-import socket
 import statistics
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, HOST, INTERRUPTED, PID, RUN_DIR, SURPLUS
+from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, INTERRUPTED, RUN_DIR, SURPLUS
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.tuning.liveness import Heartbeat, worker_identity
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
@@ -59,8 +59,9 @@ def make_objective(
             )
             trial.study.stop()
             raise TrialFailed("surplus")
-        _system_attr(trial, HOST, socket.gethostname())
-        _system_attr(trial, PID, os.getpid())
+        for key, value in worker_identity().items():
+            _system_attr(trial, key, value)
+        beating = Heartbeat(trial, options.heartbeat) if options.heartbeat else nullcontext()
         try:
             cfg = opt.suggest(trial, run)
             cfg.project = study_project(run)
@@ -76,19 +77,20 @@ def make_objective(
                 {"name": cfg.scheduler, "T_max": cfg.scheduler_config.get("T_max", cfg.epochs)},
             )
             callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
-            results = fit_run(
-                cfg,
-                cfg.seeds,
-                [run_dir / str(seed) for seed in cfg.seeds],
-                FitOptions(
-                    monitor=opt.metric,
-                    mode=mode,
-                    callbacks=(callback,),
-                    progress=options.progress,
-                    after_fit=callback.check_pruned,
-                    on_curve=lambda kind: trial.set_user_attr(CURVE_ATTR, kind),
-                ),
-            )
+            with beating:  # on any storage: a worker dying anywhere is found
+                results = fit_run(
+                    cfg,
+                    cfg.seeds,
+                    [run_dir / str(seed) for seed in cfg.seeds],
+                    FitOptions(
+                        monitor=opt.metric,
+                        mode=mode,
+                        callbacks=(callback,),
+                        progress=options.progress,
+                        after_fit=callback.check_pruned,
+                        on_curve=lambda kind: trial.set_user_attr(CURVE_ATTR, kind),
+                    ),
+                )
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong in a trial fails it alone

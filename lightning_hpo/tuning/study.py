@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 import re
-import socket
 import time
 import uuid
 import warnings
@@ -21,9 +19,7 @@ from optuna.trial import TrialState
 
 from lightning_hpo.attrs import (
     FAIL_REASON,
-    HOST,
     INTERRUPTED,
-    PID,
     PROVENANCE,
     RETRIED_FROM,
     STALE,
@@ -35,7 +31,6 @@ from lightning_hpo.config.run import RunConfig
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.connect import default_url, open_storage
-from lightning_hpo.storage.stale import queue_retry
 from lightning_hpo.training import provenance
 
 
@@ -231,56 +226,6 @@ def finished_position(
     if trial.datetime_complete is None:
         return len(done)
     return sum(finished(t) <= finished(trial) for t in done)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_dead_workers(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose worker process on this host is gone as FAIL, and queue
-    their parameters once more. Trials of other hosts and live processes are never touched."""
-    host = socket.gethostname()
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.system_attrs.get(PID)
-        if t.system_attrs.get(HOST) != host or pid is None or _pid_alive(pid) or pid == os.getpid():
-            continue
-        try:
-            study._storage.set_trial_system_attr(t._trial_id, STALE, True)
-            study._storage.set_trial_user_attr(
-                t._trial_id,
-                FAIL_REASON,
-                f"its worker (pid {pid} on this host) died: failed, and its parameters queued once more",
-            )
-            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                continue
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another worker got there first
-        failed.append(t.number)
-        queue_retry(study, t)  # once, and never a retry of a retry
-    return failed
-
-
-def fail_dead_trials(study: optuna.Study, echo: Callable[[str], None] = print) -> None:
-    """Before counting what remains: fail the trials of dead workers, so they are run again.
-
-    On this host a RUNNING trial whose process is gone is failed and queued again; on RDB
-    storages Optuna's heartbeat check fails silent trials of any host and retries them once.
-    """
-    for number in fail_dead_workers(study):
-        echo(
-            f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again"
-        )
-    with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def no_trial_completed(study: optuna.Study) -> str | None:

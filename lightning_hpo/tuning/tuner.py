@@ -20,13 +20,13 @@ from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.storage.connect import default_url, redact
 from lightning_hpo.storage.dashboard import dashboard_command
+from lightning_hpo.tuning.liveness import fail_dead_trials
 from lightning_hpo.tuning.objective import TrialFailed, make_objective
 from lightning_hpo.tuning.signals import restored_signal_handlers
 from lightning_hpo.tuning.study import (
     TuneOptions,
     counted,
     create_or_load_study,
-    fail_dead_trials,
     finished_position,
     remaining,
     study_folder,
@@ -108,7 +108,7 @@ def tune(
     """
     options = options or TuneOptions()
     study = create_or_load_study(run, opt, options)
-    fail_dead_trials(study, echo)
+    fail_dead_trials(study, echo, options.heartbeat)
     todo = remaining(study, opt.trials)
     if options.max_trials is not None:
         todo = min(todo, options.max_trials)
@@ -120,7 +120,13 @@ def tune(
                     make_objective(run, opt, options, folder),
                     n_trials=todo,
                     catch=(TrialFailed,),
-                    callbacks=[collect_and_freeze, Progress(opt, echo), StopAtTotal(opt.trials)],
+                    callbacks=[
+                        collect_and_freeze,
+                        Progress(opt, echo),
+                        # Workers that died meanwhile, on any host, as Optuna does for RDB.
+                        lambda study, _: fail_dead_trials(study, echo, options.heartbeat),
+                        StopAtTotal(opt.trials),
+                    ],
                 )
             finally:
                 gc.unfreeze()  # a Python caller's heap is its own again

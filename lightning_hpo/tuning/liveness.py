@@ -1,0 +1,164 @@
+"""Is a trial's worker alive? What a worker records to say so, and failing the trials of
+dead ones, so they are run again.
+
+A worker records on each trial it runs (system attrs): its host, its PID and its process's
+start time (``worker_identity``), and, every ``interval`` seconds while the trial runs, a
+heartbeat (``Heartbeat``). A RUNNING trial's worker is dead when:
+
+- on this host, its PID is gone, or belongs to a process that started at another time (a
+  recycled PID is not the worker);
+- on any host, its last heartbeat (or, before the first, its start) is older than the
+  grace period: a worker killed on another machine, or one interrupted before it wrote its
+  host and PID.
+
+RDB storages also have Optuna's own heartbeat, which fails silent trials the same way; the
+two agree, and whichever marks a trial first wins.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, PID, STALE, STARTED
+from lightning_hpo.storage.stale import queue_retry
+
+GRACE_BEATS = 3  # heartbeats a worker may miss before its trial is taken for dead
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (``/proc/<pid>/stat``'s start time, in clock ticks since
+    boot), or None where that cannot be read (no /proc, or no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_identity() -> dict[str, object]:
+    """This process as the worker of a trial: host, PID and start time."""
+    return {HOST: socket.gethostname(), PID: os.getpid(), STARTED: process_start(os.getpid())}
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs, and is the one that started at ``started`` (when known)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = process_start(pid)
+    return started is None or now is None or now == started
+
+
+class Heartbeat:
+    """While a trial runs, write the time on it every ``interval`` seconds (system attr), so
+    a worker that dies on any host, on any storage, is found."""
+
+    def __init__(self, trial: optuna.Trial, interval: float):
+        self.trial, self.interval = trial, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="lightning-hpo-heartbeat", daemon=True
+        )
+
+    def _beat(self) -> None:
+        self.trial.storage.set_trial_system_attr(self.trial._trial_id, BEAT, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 - a finished trial or a storage hiccup: stop beating
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) -> str | None:
+    """Why ``trial``'s (RUNNING) worker is taken for dead, or None while it may live.
+
+    ``grace``: seconds without a heartbeat after which a worker on any host is dead (None:
+    only this host's processes are checked).
+    """
+    attrs = trial.system_attrs
+    host, pid = attrs.get(HOST), attrs.get(PID)
+    if host == socket.gethostname() and pid is not None:
+        if pid == os.getpid():
+            return None
+        if not process_alive(pid, attrs.get(STARTED)):
+            return f"its worker (pid {pid} on this host) died"
+        return None
+    if grace is None:
+        return None
+    now = time.time() if now is None else now
+    last = attrs.get(BEAT)
+    if last is None and trial.datetime_start is not None:
+        last = trial.datetime_start.timestamp()
+    if last is not None and now - last > grace:
+        where = f"pid {pid} on {host}" if host else "interrupted before it said where it ran"
+        return f"its worker ({where}) sent no heartbeat for {now - last:.0f} s"
+    return None
+
+
+def fail_dead_workers(
+    study: optuna.Study, grace: float | None = None, now: float | None = None
+) -> list[int]:
+    """Mark RUNNING trials whose worker is dead (``why_dead``) as FAIL with the reason, and
+    queue their parameters once more. Live workers' trials are never touched."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        why = why_dead(t, grace, now)
+        if why is None:
+            continue
+        try:
+            study._storage.set_trial_system_attr(t._trial_id, STALE, True)
+            study._storage.set_trial_user_attr(
+                t._trial_id, FAIL_REASON, f"{why}: failed, and its parameters queued once more"
+            )
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker got there first
+        failed.append(t.number)
+        queue_retry(study, t)  # once, and never a retry of a retry
+    return failed
+
+
+def fail_dead_trials(
+    study: optuna.Study,
+    echo: Callable[[str], None] = print,
+    heartbeat: float | None = None,
+) -> None:
+    """Before counting what remains: fail the trials of dead workers, so they are run again.
+
+    ``heartbeat``: the workers' heartbeat interval in seconds (``--heartbeat``); a trial
+    silent for ``GRACE_BEATS`` of them is dead whatever its host. On RDB storages Optuna's
+    own heartbeat check runs too.
+    """
+    grace = GRACE_BEATS * heartbeat if heartbeat else None
+    for number in fail_dead_workers(study, grace):
+        echo(
+            f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again"
+        )
+    with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
