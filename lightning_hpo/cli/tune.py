@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +36,15 @@ def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
+        help="local worker processes sharing the study, each pulling trials until it is full "
+        "(default: one per GPU set where GPUs are visible, else 1)",
+    )
+    p.add_argument(
+        "--trials-per-gpu",
+        type=int,
         default=1,
-        help="local worker processes sharing the study (default: 1)",
+        help="workers packed on each GPU (each set of `devices` GPUs), for small models "
+        "(default: %(default)s)",
     )
     p.add_argument("--device", help="override the run config's device")
     p.add_argument("--epochs", type=int, help="override the run config's epochs")
@@ -52,9 +60,7 @@ def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     preflight_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's own logging")
-    p.add_argument(
-        "--max-trials", type=int, help=argparse.SUPPRESS
-    )  # a worker's share, set by --workers
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --workers child
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # torch threads per worker
     return p
 
@@ -67,10 +73,9 @@ def _load_tune_configs(args: argparse.Namespace):
     from lightning_hpo.config.run import build, load_run_config
     from lightning_hpo.storage.connect import default_url
 
-    if args.workers < 1:
-        raise ConfigError(
-            "--workers", None, f"must be >= 1, got {args.workers}", "e.g. --workers 2"
-        )
+    for flag, value in (("--workers", args.workers), ("--trials-per-gpu", args.trials_per_gpu)):
+        if value is not None and value < 1:
+            raise ConfigError(flag, None, f"must be >= 1, got {value}", f"e.g. {flag} 2")
     run = load_run_config(
         args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
     )
@@ -131,15 +136,26 @@ def _options(args: argparse.Namespace):
         output=args.output,
         progress=args.progress,
         heartbeat=args.heartbeat or None,
-        max_trials=args.max_trials,
     )
+
+
+def _worker_plan(args: argparse.Namespace, run) -> tuple[int, list[list[str]] | None]:
+    """How many workers, and each one's GPUs (None without GPUs: the CPU threads are split)."""
+    from lightning_hpo.config.lightning_args import rank_count
+    from lightning_hpo.tuning.workers import device_sets, visible_gpus
+
+    gpus = visible_gpus() if run.device in ("auto", "cuda", "gpu") else []
+    if not gpus:
+        return args.workers or 1, None
+    sets = device_sets(gpus, rank_count(run.device, run.devices), args.trials_per_gpu, args.workers)
+    return len(sets), sets
 
 
 def _tune(args: argparse.Namespace) -> int:
     run, opt = _load_tune_configs(args)
     options = _options(args)
 
-    from lightning_hpo.console import quiet_lightning
+    from lightning_hpo.console import note_once, quiet_lightning
     from lightning_hpo.tuning.liveness import fail_dead_trials
     from lightning_hpo.tuning.signals import interrupt_on_signals
     from lightning_hpo.tuning.study import create_or_load_study, no_trial_completed, remaining
@@ -148,7 +164,7 @@ def _tune(args: argparse.Namespace) -> int:
     interrupt_on_signals()
     quiet_lightning()
     quiet_optuna(args.debug)
-    if args.max_trials is None:  # not a --workers child: their parent checked already
+    if not args.worker:  # a --workers child's parent checked already
         from lightning_hpo.training.preflight import preflight_study
 
         checks = preflight_study(run, opt, args.run_config, args.optimize_config)
@@ -159,21 +175,29 @@ def _tune(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.workers > 1:
+    workers, gpu_sets = (1, None) if args.worker else _worker_plan(args, run)
+    if workers > 1:
         # Create the study once, here, before the workers race to create its tables.
         study = create_or_load_study(run, opt, options)
         fail_dead_trials(study, heartbeat=options.heartbeat)  # their retries fill slots
         from lightning_hpo.tuning.workers import run_workers
 
-        run_workers(
-            args.argv,
-            args.workers,
-            remaining(study, opt.trials),
-        )
+        codes = run_workers(args.argv, workers, remaining(study, opt.trials), gpu_sets)
+        errors = [c for c in codes if c > 0]
+        if errors:
+            return errors[0]  # a worker's own error (its line is above)
+        for code in sorted({-c for c in codes if c < 0}):
+            note_once(
+                f"a worker was killed ({signal.Signals(code).name}): the others took over its trials"
+            )
+        fail_dead_trials(study, heartbeat=options.heartbeat)
+        left = remaining(study, opt.trials)
+        if left:
+            note_once(f"the study lacks {left} trial(s): run the same command again to finish it")
     else:
         study = tune(run, opt, options)
-    if args.max_trials is not None:
-        return 0  # a --workers child: the parent reports on the study
+    if args.worker:
+        return 0  # the parent reports on the study
     why = no_trial_completed(study)
     if why:
         print(why, file=sys.stderr)

@@ -97,8 +97,25 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(redact(a) for a in args)
 
 
+def devices(device: str = "auto", count: int | str = 1) -> dict[str, Any]:
+    """What a run trains on: Lightning's accelerator and devices, and which GPUs this
+    process may use (``CUDA_VISIBLE_DEVICES``, as ``tune.py --workers`` hands them out;
+    None when unset)."""
+    from lightning_hpo.config.lightning_args import accelerator_and_devices
+
+    accelerator, chosen = accelerator_and_devices(device, count)
+    return {
+        "accelerator": accelerator,
+        "devices": chosen,
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
 def collect(
-    device: str = "auto", argv: Sequence[str] | None = None, cwd: str | Path | None = None
+    device: str = "auto",
+    argv: Sequence[str] | None = None,
+    cwd: str | Path | None = None,
+    count: int | str = 1,
 ) -> dict[str, Any]:
     """The provenance record: versions, git (when there is one), host, device, command, time."""
     record: dict[str, Any] = {"versions": versions()}
@@ -107,6 +124,7 @@ def collect(
         record["git"] = git
     record["host"] = socket.gethostname()
     record["device"] = device_name(device)
+    record["devices"] = devices(device, count)
     record["command"] = command_line(argv)
     record["cwd"] = str(Path(cwd or os.getcwd()).resolve())
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

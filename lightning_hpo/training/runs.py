@@ -104,7 +104,7 @@ def _fit(
 ) -> None:
     """Write each seed's config.yaml and provenance.yaml, fit, and write each seed's
     result.json once it has finished."""
-    record = provenance.collect(cfg.device)
+    record = provenance.collect(cfg.device, count=cfg.devices)
     for r in recorder.results:
         r.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / CONFIG_FILE)

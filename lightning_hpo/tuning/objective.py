@@ -44,7 +44,14 @@ def make_objective(
     ``folder/<group>[<trial>]/<seed>``, return the seeds' mean."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from lightning_hpo.attrs import CURVE_ATTR, EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR
+    from lightning_hpo.attrs import (
+        CURVE_ATTR,
+        DEVICES_ATTR,
+        EPOCHS_ATTR,
+        LR_SCHEDULE_ATTR,
+        N_SEEDS_ATTR,
+    )
+    from lightning_hpo.training import provenance
     from lightning_hpo.training.runs import FitOptions, fit_run
 
     mode = "min" if opt.direction == "minimize" else "max"
@@ -71,6 +78,7 @@ def make_objective(
             trial.set_user_attr(RUN_DIR, str(run_dir))
             trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
+            trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
             # The schedule PFL reads a cosine's remaining decay from (T_max as the module fills it).
             trial.set_user_attr(
                 LR_SCHEDULE_ATTR,

@@ -1,4 +1,14 @@
-"""``tune.py --workers N``: N local processes on one study, sharing the CPU and one output stream."""
+"""``tune.py --workers N``: N local processes on one study, sharing the machine's GPUs and
+CPU threads and one output stream.
+
+Workers pull: each one asks the study for a trial while its total is not reached, so the
+fast ones do more, and one that dies leaves nothing behind (its running trial is failed
+and queued again by the next worker that looks, ``tuning.liveness``).
+
+Where GPUs are visible, each worker gets its own device set through
+``CUDA_VISIBLE_DEVICES``: the ``devices`` GPUs one trial trains on, or a share of them
+with ``--trials-per-gpu K`` (K workers packed on each set, for small models).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +16,24 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 
+from lightning_hpo.errors import ConfigError
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal, record_signal
 
+VISIBLE = "CUDA_VISIBLE_DEVICES"
+WORKER_FLAG = "--worker"  # what marks a --workers child on its command line
 
-def _without(argv: list[str], flag: str) -> list[str]:
-    """``argv`` without ``flag`` and its value (either ``--flag v`` or ``--flag=v``)."""
+
+def _without(argv: list[str], flag: str, takes_value: bool = True) -> list[str]:
+    """``argv`` without ``flag`` (and its value: ``--flag v`` or ``--flag=v``)."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
         if arg == flag:
-            skip = True
+            skip = takes_value
             continue
         if arg.startswith(flag + "="):
             continue
@@ -34,21 +49,68 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def shares(total: int, workers: int) -> list[int]:
-    """Split ``total`` trials over ``workers`` as evenly as possible (sums to ``total``)."""
-    return [total // workers + (i < total % workers) for i in range(workers)]
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, by the ids ``CUDA_VISIBLE_DEVICES`` gives them (all of
+    the machine's when it is unset); none on a machine without CUDA."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get(VISIBLE)
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [g.strip() for g in listed.split(",") if g.strip()][:count]
 
 
-def run_workers(argv: list[str], workers: int, todo: int) -> None:
-    """Run ``todo`` trials on ``workers`` child processes of ``tune.py`` and wait for them.
+def device_sets(
+    gpus: Sequence[str], per_trial: int, per_gpu: int = 1, workers: int | None = None
+) -> list[list[str]]:
+    """Each worker's GPUs: the visible ``gpus`` cut into sets of ``per_trial`` (one trial's
+    ``devices``), each set shared by ``per_gpu`` workers, handed out round the sets so that
+    fewer workers spread over the GPUs. ``workers`` None: as many as fit.
 
-    Each child gets its share of the trials, so the study's total is met exactly, and
-    an equal share of the CPU threads. Children inherit stdout, so their per-trial lines
-    form one stream. Ctrl-C or SIGTERM to this process is passed on to every child; each
-    fails its running trial cleanly and exits, and this waits for them.
+    Raises:
+        ConfigError: more workers than fit, or a trial needing more GPUs than are visible.
     """
-    threads = max(1, usable_cpus() // workers)
-    base = _without(_without(argv, "--workers"), "--threads")
+    sets = [list(gpus[i : i + per_trial]) for i in range(0, len(gpus) - per_trial + 1, per_trial)]
+    if not sets:
+        raise ConfigError(
+            "devices",
+            None,
+            f"a trial trains on {per_trial} GPUs, but {len(gpus)} are visible",
+            "lower the run config's devices, or make more GPUs visible",
+        )
+    slots = [s for _ in range(per_gpu) for s in sets]
+    workers = len(slots) if workers is None else workers
+    if workers > len(slots):
+        raise ConfigError(
+            "--workers",
+            None,
+            f"{workers} workers do not fit: {len(gpus)} visible GPU(s), {per_trial} per trial, "
+            f"{per_gpu} worker(s) per GPU set make {len(slots)}",
+            f"use --workers {len(slots)} or fewer, or pack more with --trials-per-gpu "
+            f"{-(-workers // len(sets))}",
+        )
+    return slots[:workers]
+
+
+def run_workers(
+    argv: list[str], workers: int, todo: int, gpu_sets: Sequence[Sequence[str]] | None = None
+) -> list[int]:
+    """Run ``workers`` child processes of ``tune.py`` on the study (no more than the
+    ``todo`` trials it still needs) and wait for them.
+
+    Each child pulls trials until the study holds its total. It gets an equal share of the
+    CPU threads and, with ``gpu_sets``, its own GPUs (``CUDA_VISIBLE_DEVICES``). Children
+    inherit stdout, so their per-trial lines form one stream. Ctrl-C or SIGTERM to this
+    process is passed on to every child; each fails its running trial cleanly and exits,
+    and this waits for them.
+
+    Returns:
+        The children's exit statuses (negative: killed by that signal).
+    """
+    count = max(0, min(workers, todo))
+    threads = max(1, usable_cpus() // max(1, count))
+    base = _without(_without(_without(argv, "--workers"), "--threads"), "--trials-per-gpu")
     procs = []
 
     def interrupt(signum, frame):
@@ -57,21 +119,13 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        for share in shares(todo, workers):
-            if share > 0:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "lightning_hpo",
-                    "tune",
-                    *base,
-                    "--max-trials",
-                    str(share),
-                    "--threads",
-                    str(threads),
-                ]
-                procs.append(subprocess.Popen(cmd))
-        codes = [p.wait() for p in procs]
+        for k in range(count):
+            cmd = [sys.executable, "-m", "lightning_hpo", "tune", *base, WORKER_FLAG]
+            env = dict(os.environ)
+            if gpu_sets:
+                env[VISIBLE] = ",".join(gpu_sets[k])
+            procs.append(subprocess.Popen([*cmd, "--threads", str(threads)], env=env))
+        return [p.wait() for p in procs]
     except KeyboardInterrupt:
         ignore_further_signals()
         for p in procs:
@@ -82,6 +136,3 @@ def run_workers(argv: list[str], workers: int, todo: int) -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    failed = [c for c in codes if c != 0]
-    if failed:
-        raise SystemExit(failed[0])
