@@ -19,9 +19,10 @@ from lightning_hpo.attrs import FAIL_REASON, RETRIED_FROM, RETRY_OF
 STALE_REASON = "its worker stopped sending heartbeats (killed, or its machine lost): failed, and its parameters queued once more"
 
 
-def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Queue ``trial``'s parameters once more, unless it is itself a retry. True if queued."""
-    if RETRY_OF in trial.user_attrs or RETRIED_FROM in trial.system_attrs:
+def queue_retry(study: optuna.Study, trial: FrozenTrial, once: bool = True) -> bool:
+    """Queue ``trial``'s parameters once more; with ``once``, not when it is itself a retry
+    (a trial that kills its worker is not run forever). True if queued."""
+    if once and (RETRY_OF in trial.user_attrs or RETRIED_FROM in trial.system_attrs):
         return False
     study.add_trial(
         optuna.trial.create_trial(

@@ -19,10 +19,19 @@ from typing import Any
 
 import optuna
 
-from lightning_hpo.attrs import FAIL_REASON, GROUP_NAME, INTERRUPTED, RUN_DIR, SURPLUS
+from lightning_hpo.attrs import (
+    FAIL_REASON,
+    GROUP_NAME,
+    INTERRUPTED,
+    RETRY_ATTR,
+    RUN_DIR,
+    SURPLUS,
+)
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.storage.stale import queue_retry
+from lightning_hpo.tuning.continuation import prepare as continuation_of
 from lightning_hpo.tuning.liveness import Heartbeat, worker_identity
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
@@ -79,6 +88,9 @@ def make_objective(
             trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
             trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
+            continuation = continuation_of(trial, run_dir, cfg.seeds)
+            if continuation.record() is not None:
+                trial.set_user_attr(RETRY_ATTR, continuation.record())
             # The schedule PFL reads a cosine's remaining decay from (T_max as the module fills it).
             trial.set_user_attr(
                 LR_SCHEDULE_ATTR,
@@ -96,6 +108,7 @@ def make_objective(
                         callbacks=(callback,),
                         progress=options.progress,
                         after_fit=callback.check_pruned,
+                        resume=continuation.epoch > 0,
                         on_curve=lambda kind: trial.set_user_attr(CURVE_ATTR, kind),
                     ),
                 )
@@ -125,8 +138,12 @@ def make_objective(
             _system_attr(trial, INTERRUPTED, True)
             trial.set_user_attr(
                 FAIL_REASON,
-                f"interrupted by {signal.Signals(last_signal()).name}: not counted, the next run of the study runs it again",
+                f"interrupted by {signal.Signals(last_signal()).name}: not counted; its "
+                "parameters are queued, and the next run of the study continues it",
             )
+            # A SLURM time limit or preemption, a spot instance's notice: the next run (a
+            # requeued job) continues this trial from its checkpoints.
+            queue_retry(trial.study, trial.study._storage.get_trial(trial._trial_id), once=False)
             raise KeyboardInterrupt(str(exc)) from exc
 
     return objective

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RUN_DIR, SURPLUS
+from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RETRY_ATTR, RUN_DIR, SURPLUS
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
@@ -64,6 +64,14 @@ class Progress:
             best = f"best {study.best_value:.5g} (trial {study.best_trial.number})"
         except ValueError:
             best = "best -"
+        retry = trial.user_attrs.get(RETRY_ATTR)
+        if isinstance(retry, dict) and "of" in retry:
+            how = (
+                f"continued at epoch {retry['continued_at_epoch']}"
+                if retry.get("continued_at_epoch")
+                else f"started over: {retry.get('started_over')}"
+            )
+            outcome += f" (retry of trial {retry['of']}, {how})"
         self.echo(
             f"[{finished_position(trials, trial)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
         )

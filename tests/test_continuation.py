@@ -1,0 +1,146 @@
+"""A retried trial continues; it does not start over: a worker SIGKILLed mid-trial, or
+interrupted the way a SLURM time limit interrupts it, and the next run continues the trial
+from its checkpoints, with the curve the pruner saw, at the next epoch."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lightning_hpo.attrs import FAIL_REASON, RETRY_ATTR, RETRY_OF, RUN_DIR
+from lightning_hpo.config.yamlio import dump_yaml
+
+EPOCHS = 24
+
+
+def write_configs(folder: Path, seeds: list[int]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_yaml(
+        {
+            "project": "Cont",
+            "device": "cpu",
+            "seeds": seeds,
+            "epochs": EPOCHS,
+            "batch_size": 64,
+            "data_config": {"n": 2500},
+            "net_config": {"nodes": 16, "layers": 2},
+        },
+        folder / "run.yaml",
+    )
+    dump_yaml(
+        {
+            "study_name": "c",
+            "trials": 1,
+            "seed": 3,
+            "pruner": None,
+            "search_space": {
+                "optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2}}
+            },
+        },
+        folder / "optimize.yaml",
+    )
+    return [
+        sys.executable,
+        "-m",
+        "lightning_hpo",
+        "tune",
+        "--run-config",
+        str(folder / "run.yaml"),
+        "--optimize-config",
+        str(folder / "optimize.yaml"),
+        "--storage",
+        f"sqlite:///{folder}/s.db",
+        "--output",
+        str(folder / "runs"),
+    ]
+
+
+def load(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name="c", storage=f"sqlite:///{folder}/s.db")
+
+
+def stop_midway(cmd: list[str], folder: Path, sig: signal.Signals) -> int:
+    """Start the study, and send ``sig`` once its trial has reported 10 epochs."""
+    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                trials = load(folder).get_trials()
+            except KeyError:  # no study yet
+                trials = []
+            if trials and len(trials[0].intermediate_values) >= 10:
+                break
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        return proc.wait(timeout=60)
+    finally:
+        proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seeds", [[1], [1, 2]], ids=["one seed", "fused seeds"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_retried_trial_continues_from_its_checkpoints(tmp_path: Path, seeds, sig) -> None:
+    whole = tmp_path / "whole"
+    assert (
+        subprocess.run(write_configs(whole, seeds), cwd=whole, capture_output=True).returncode == 0
+    )
+    (uninterrupted,) = load(whole).get_trials()
+
+    folder = tmp_path / "stopped"
+    cmd = write_configs(folder, seeds)
+    stop_midway(cmd, folder, sig)
+    stopped, *queued = load(folder).get_trials()
+    # SIGKILL leaves it RUNNING (the next run finds its worker dead); SIGTERM fails it as
+    # interrupted and queues its parameters at once.
+    assert stopped.state == (TrialState.RUNNING if sig == signal.SIGKILL else TrialState.FAIL)
+    assert [t.state for t in queued] == ([] if sig == signal.SIGKILL else [TrialState.WAITING])
+    done = len(stopped.intermediate_values)
+
+    again = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = {t.number: t for t in load(folder).get_trials()}
+    retry = next(t for t in trials.values() if t.user_attrs.get(RETRY_OF) == stopped.number)
+    assert trials[stopped.number].state == TrialState.FAIL
+    assert trials[stopped.number].user_attrs[FAIL_REASON]
+    assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
+    epoch = retry.user_attrs[RETRY_ATTR]["continued_at_epoch"]
+    assert done - 2 <= epoch <= done  # from the last checkpoint, at most an epoch behind
+    assert f"retry of trial {stopped.number}, continued at epoch {epoch}" in again.stdout
+    # The pruner saw the same curve: the stopped trial's values, then the rest.
+    for step in range(epoch):
+        assert retry.intermediate_values[step] == stopped.intermediate_values[step]
+    assert sorted(retry.intermediate_values) == list(range(EPOCHS))
+    assert retry.value == pytest.approx(uninterrupted.value, rel=1e-5)
+    # Its own folder; the stopped trial's is left as it was.
+    assert retry.user_attrs[RUN_DIR] != stopped.user_attrs[RUN_DIR]
+    assert Path(stopped.user_attrs[RUN_DIR]).is_dir()
+
+
+def test_a_retry_whose_original_folder_is_gone_starts_over_and_says_why(tmp_path: Path) -> None:
+    from lightning_hpo.storage.stale import queue_retry
+    from lightning_hpo.tuning.continuation import prepare
+
+    study = optuna.create_study()
+    dead = study.ask()
+    dead.set_user_attr(RUN_DIR, str(tmp_path / "elsewhere" / "g[0]"))
+    dead.report(1.0, 0)
+    study.tell(dead, state=TrialState.FAIL)
+    queue_retry(study, study.trials[0])
+    retry = study.ask()
+    continuation = prepare(retry, tmp_path / "g[1]", [1])
+    assert continuation.epoch == 0
+    assert continuation.record() == {
+        "of": 0,
+        "started_over": f"trial 0's folder {tmp_path / 'elsewhere' / 'g[0]'} is not reachable from "
+        + __import__("socket").gethostname(),
+    }
+    assert not (tmp_path / "g[1]").exists()
