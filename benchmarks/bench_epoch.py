@@ -59,8 +59,8 @@ from lightning_hpo.builtin import supervised as module  # noqa: E402
 from lightning_hpo.builtin.data import synthetic_regression  # noqa: E402
 from lightning_hpo.builtin.supervised import SupervisedModule  # noqa: E402
 from lightning_hpo.config.run import RunConfig  # noqa: E402
+from lightning_hpo.training import components  # noqa: E402
 from lightning_hpo.training import runs as training  # noqa: E402
-from lightning_hpo.training.runs import components  # noqa: E402
 
 NO_CKPT = {"save_best": False, "save_last": False}
 
