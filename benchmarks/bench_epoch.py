@@ -25,7 +25,8 @@ Designs tried and not shipped, monkeypatched here:
   them ModelCheckpoint stops saving), and C hides the step structure from callbacks,
   progress bars and step-based schedulers; ``C -ckpt``: C with checkpoints off.
 
-The last column counts the .ckpt files written during a long run and the trainer's
+The last column counts the checkpoint state dumps during a long run (a new best.ckpt is a
+copy of the last.ckpt just dumped) and the trainer's
 global_step at the last write: a candidate that breaks step counting (and so
 ModelCheckpoint's saving) shows up there.
 
@@ -51,11 +52,12 @@ from _common import fmt_s, interleaved, iqr, median, plain_fit, print_table, qui
 
 quiet()
 
+import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
+import lightning_hpo.builtin as builtin  # noqa: E402
 from lightning_hpo import console  # noqa: E402
 from lightning_hpo.builtin import data  # noqa: E402
-from lightning_hpo.builtin import supervised as module  # noqa: E402
 from lightning_hpo.builtin.data import synthetic_regression  # noqa: E402
 from lightning_hpo.builtin.supervised import SupervisedModule  # noqa: E402
 from lightning_hpo.config.run import RunConfig  # noqa: E402
@@ -139,8 +141,9 @@ def patched(**changes):
     """Temporarily replace names in lightning_hpo.training.components / .data / .module."""
     saved = []
     for name, value in changes.items():
-        # The run config's module path resolves to lightning_hpo.builtin.SupervisedModule.
-        owner = {"TensorBatches": data, "SupervisedModule": module}.get(name, components)
+        # The run config's module path resolves to lightning_hpo.builtin.SupervisedModule,
+        # when each path's fresh RunConfig first resolves its components.
+        owner = {"TensorBatches": data, "SupervisedModule": builtin}.get(name, components)
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)
     try:
@@ -197,16 +200,16 @@ VARIANTS = {
 # --------------------------------------------------------------------------- runs
 
 CKPT_WRITES = {"n": 0, "global_step": None}
-_save_checkpoint = training.ModelCheckpoint._save_checkpoint
+_save_checkpoint = pl.Trainer.save_checkpoint
 
 
-def _counting_save(self, trainer, filepath):
+def _counting_save(self, filepath, *args, **kwargs):
     CKPT_WRITES["n"] += 1
-    CKPT_WRITES["global_step"] = trainer.global_step
-    return _save_checkpoint(self, trainer, filepath)
+    CKPT_WRITES["global_step"] = self.global_step
+    return _save_checkpoint(self, filepath, *args, **kwargs)
 
 
-training.ModelCheckpoint._save_checkpoint = _counting_save  # LastCheckpoint inherits it
+pl.Trainer.save_checkpoint = _counting_save  # every state dump (RunCheckpoints, ModelCheckpoint)
 
 
 class Runner:
@@ -255,16 +258,15 @@ def profile(runner: Runner, epochs: int, runs: int) -> None:
         ("loops/fit_loop.py", "advance"): "epoch loop (train + val + epoch-end hooks)",
         ("", "run_backward"): "autograd backward (torch)",  # builtin: matched by name
         ("torch/optim/adam.py", "step"): "AdamW.step, incl. the closure (training_step + backward)",
-        ("lightning_hpo/model.py", "forward"): "MLP forward, train + val (torch)",
+        ("lightning_hpo/builtin/mlp.py", "forward"): "MLP forward, train + val (torch)",
         ("optimization/automatic.py", "zero_grad_fn"): "zero_grad via Lightning",
         (
-            "callbacks/model_checkpoint.py",
+            "lightning_hpo/training/callbacks.py",
             "on_train_epoch_end",
-        ): "ModelCheckpoint.on_train_epoch_end (best/last .ckpt writes)",
-        ("callbacks/model_checkpoint.py", "on_validation_end"): "ModelCheckpoint.on_validation_end",
+        ): "RunCheckpoints.on_train_epoch_end (last.ckpt, best.ckpt)",
         (
-            "callbacks/model_checkpoint.py",
-            "_save_checkpoint",
+            "bench_epoch.py",
+            "_counting_save",
         ): "  ... of which Trainer.save_checkpoint (dump + torch.save)",
         ("pytorch/core/module.py", "log"): "LightningModule.log (4 calls/epoch)",
         ("fabric/loggers/tensorboard.py", "log_metrics"): "TensorBoard log_metrics (event writes)",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from lightning_hpo.fused.stacking import (
     split_optimizer_state,
     split_state,
 )
-from lightning_hpo.training.files import BEST, LAST, checkpoint_file
+from lightning_hpo.training.files import BEST, LAST, checkpoint_file, copy_atomically
 
 # Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
 FUSED_KEY = "lightning_hpo/fused"
@@ -151,7 +149,7 @@ class SeedCheckpoints(Callback):
                 trainer.strategy.save_checkpoint(checkpoint, last)
             if seed in improved:
                 if self.save_last and trainer.is_global_zero:
-                    _copy_atomically(last, best)
+                    copy_atomically(last, best)
                 elif not self.save_last:
                     trainer.strategy.save_checkpoint(checkpoint, best)
         trainer.strategy.barrier("SeedCheckpoints")
@@ -161,12 +159,6 @@ class SeedCheckpoints(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = dict(state_dict.get("best", {}))
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    temporary = target.with_suffix(".tmp")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
 
 
 def resume_groups(

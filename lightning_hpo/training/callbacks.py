@@ -14,11 +14,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from lightning_hpo.console import is_quiet, quiet_lightning
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
 from lightning_hpo.metrics import require_logged
+from lightning_hpo.training.files import BEST, LAST, copy_atomically
 from lightning_hpo.training.results import SeedResult
 
 # The key under which RunRecorder hands each seed's history back from spawned DDP ranks.
@@ -123,29 +124,50 @@ class RunRecorder(Callback):
                 r.history[:] = history.tolist()
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` at the end of every epoch, whatever the monitor did.
+def improved(current: float, best: float | None, mode: str) -> bool:
+    """``ModelCheckpoint``'s rule: strictly better than the best so far, and never NaN or inf."""
+    return math.isfinite(current) and (
+        best is None or (current > best if mode == "max" else current < best)
+    )
 
-    ``ModelCheckpoint(save_last=True)`` rewrites last.ckpt only when it has just saved another
-    checkpoint, i.e. when the monitor improved, so --resume would repeat every epoch since the
-    best one. This is ModelCheckpoint's own every-epoch saving (monitor=None) under a fixed
-    name; it tracks no metric, so it keeps no state in the checkpoints.
+
+class RunCheckpoints(Callback):
+    """A run's ``last.ckpt`` every epoch (for ``--resume`` and a retried trial) and its
+    ``best.ckpt`` when the monitored metric improved.
+
+    One state dump per epoch: a new best is a copy of the ``last.ckpt`` just written, where
+    a ``ModelCheckpoint`` for each file dumped the state twice (``fused.checkpoints`` does
+    the same for fused seeds). The best score is updated before the dump, so ``last.ckpt``
+    resumes with it.
     """
 
-    def __init__(self, dirpath: Path):
-        super().__init__(
-            dirpath=dirpath,
-            filename=self.CHECKPOINT_NAME_LAST,
-            monitor=None,
-            save_top_k=1,
-            enable_version_counter=False,
+    def __init__(self, dirpath: Path, monitor: str, mode: str, save_best: bool, save_last: bool):
+        self.dirpath, self.monitor, self.mode = Path(dirpath), monitor, mode
+        self.save_best, self.save_last = save_best, save_last
+        self.best: float | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        better = (
+            self.save_best and value is not None and improved(float(value), self.best, self.mode)
         )
+        if better:
+            self.best = float(value)
+        last, best = self.dirpath / f"{LAST}.ckpt", self.dirpath / f"{BEST}.ckpt"
+        if self.save_last:
+            trainer.save_checkpoint(last)
+            if better:
+                if trainer.is_global_zero:
+                    copy_atomically(last, best)
+                trainer.strategy.barrier("RunCheckpoints")
+        elif better:
+            trainer.save_checkpoint(best)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"best_model_score": self.best}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass
+        self.best = state_dict.get("best_model_score")
 
 
 class DieWithParent(Callback):

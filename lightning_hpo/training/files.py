@@ -3,6 +3,8 @@ that writes it (training, fused seeds) and the code that reads it back (``load_r
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 CONFIG_FILE = "config.yaml"  # the resolved run config of this seed: trains it again
@@ -13,3 +15,10 @@ BEST, LAST = "best", "last"  # the checkpoints' names, without the ``.ckpt`` suf
 def checkpoint_file(run_dir: str | Path, which: str) -> Path:
     """``run_dir/checkpoints/<which>.ckpt``."""
     return Path(run_dir) / CHECKPOINT_DIR / f"{which}.ckpt"
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """Copy ``source`` over ``target`` so that a reader never sees half a file."""
+    temporary = target.with_suffix(".tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
@@ -27,7 +27,7 @@ from lightning_hpo.fused.early_stopping import SeedEarlyStopping
 from lightning_hpo.fused.seeds import SeedStates
 from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.training import provenance
-from lightning_hpo.training.callbacks import LastCheckpoint, RunRecorder
+from lightning_hpo.training.callbacks import RunCheckpoints, RunRecorder
 from lightning_hpo.training.components import (
     build_components,
     build_data,
@@ -36,7 +36,7 @@ from lightning_hpo.training.components import (
     hparams_of,
     module_arguments,
 )
-from lightning_hpo.training.files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
+from lightning_hpo.training.files import CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 from lightning_hpo.training.results import SeedResult, TrainResult, load_result
 from lightning_hpo.training.trainer import build_trainer, stop_spawned_ranks
 
@@ -52,22 +52,14 @@ def _logger(run_dir: Path) -> TensorBoardLogger:
 
 
 def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list[Callback]:
-    callbacks: list[Callback] = []
-    if cfg.checkpoint_config["save_best"]:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / CHECKPOINT_DIR,
-                filename=BEST,
-                monitor=monitor,
-                mode=mode,
-                save_top_k=1,
-                enable_version_counter=False,
-            )
+    saving = cfg.checkpoint_config
+    if not (saving["save_best"] or saving["save_last"]):
+        return []
+    return [
+        RunCheckpoints(
+            run_dir / CHECKPOINT_DIR, monitor, mode, saving["save_best"], saving["save_last"]
         )
-    if cfg.checkpoint_config["save_last"]:
-        # After the best one, so last.ckpt holds this epoch's best-checkpoint state for --resume.
-        callbacks.append(LastCheckpoint(run_dir / CHECKPOINT_DIR))
-    return callbacks
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +156,7 @@ def fit_seed(
         logger=_logger(run_dir),
         callbacks=[*own, *options.callbacks],
         progress=options.progress,
-        checkpointing=len(own) > 1,
+        checkpointing=False,  # RunCheckpoints writes them; no default ModelCheckpoint
     )
     last = checkpoint_file(run_dir, LAST)
     resume_from = last if options.resume and last.exists() else None

@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from lightning_hpo.config.lightning_args import accelerator_and_devices, trainer_errors
+from lightning_hpo.config.lightning_args import (
+    accelerator_and_devices,
+    rank_count,
+    trainer_errors,
+)
 from lightning_hpo.console import note_once
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.training.callbacks import DieWithParent
@@ -53,7 +57,8 @@ def build_trainer(
     """
     accelerator, devices = accelerator_and_devices(cfg.device, cfg.devices)
     options = cfg.trainer_config
-    kwargs["callbacks"] = [*kwargs.get("callbacks", ()), DieWithParent()]
+    if rank_count(cfg.device, cfg.devices) > 1:  # spawned ranks: never outlive this process
+        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), DieWithParent()]
     kwargs = (
         {"enable_model_summary": False, "log_every_n_steps": 1, "deterministic": False}
         | options

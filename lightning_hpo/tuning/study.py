@@ -267,6 +267,8 @@ def study_folder(
     machine's study on a shared disk) is never written into: the next free
     ``<study_name>.2``, ``.3``, ... is used instead, and the command says so.
     """
+    if study_uid(study) is None:  # a study made without create_or_load_study (Python callers)
+        _label(study, opt)
     uid = study_uid(study)
     base = Path(options.output) / study_project(run)
     name = folder_name(opt.study_name)
