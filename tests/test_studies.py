@@ -203,11 +203,14 @@ def test_a_signal_exits_128_plus_its_number_and_names_itself_on_the_trial(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + sig, out
-    (trial,) = optuna.load_study(
+    trial, retry = optuna.load_study(
         study_name="cli", storage=f"sqlite:///{tmp_path}/s.db"
     ).get_trials()
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAIL_REASON].startswith(f"interrupted by {sig.name}")
+    # Its parameters are queued: the next run continues it (a SLURM requeue, a rerun).
+    assert retry.state == TrialState.WAITING and retry.params == trial.params
+    assert retry.user_attrs["retry_of"] == trial.number
 
 
 # --------------------------------------------------------------------------- optuna-dashboard

@@ -746,5 +746,7 @@ def test_an_interrupt_before_training_marks_the_trial_interrupted(
         signal.getsignal(signal.SIGTERM),
     ) == handlers  # restored for the caller
     trials = optuna.load_study(study_name="tiny", storage=settings_for(tmp_path).storage).trials
-    assert [t.state for t in trials] == [TrialState.FAIL]
+    # Interrupted, not counted, and its parameters queued for the next run to continue.
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].system_attrs.get(INTERRUPTED) is True and counted(trials) == 0
+    assert trials[1].user_attrs["retry_of"] == trials[0].number
