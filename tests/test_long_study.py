@@ -495,3 +495,35 @@ def test_the_ranks_a_spawn_strategy_started_die_with_a_sigkilled_parent(tmp_path
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def test_objective_best_returns_each_trial_s_best_epoch_and_says_so(tmp_path: Path, capsys) -> None:
+    import json
+
+    args = write_configs(tmp_path, {"epochs": 4}, objective="best", trials=2)
+    assert tune_main(args) == 0
+    out = capsys.readouterr().out
+    assert "val_loss (best epoch) " in out and "(val_loss (best epoch), minimize)" in out
+    study = load(tmp_path)
+    assert study.metric_names == ["val_loss (best epoch)"]
+    for trial in study.trials:
+        (result,) = Path(trial.user_attrs["run_dir"]).rglob("result.json")
+        history = json.loads(result.read_text())["history"]
+        assert trial.value == pytest.approx(min(history))
+        assert trial.value <= history[-1]
+
+
+def test_objective_is_last_or_best() -> None:
+    with pytest.raises(ConfigError, match="objective: expected last or best, got 'mean'"):
+        make_opt(make_run(), objective="mean")
+
+
+def test_a_rerun_with_the_other_objective_is_refused(tmp_path: Path, capsys) -> None:
+    assert tune_main(write_configs(tmp_path, trials=1)) == 0
+    capsys.readouterr()
+    assert tune_main(write_configs(tmp_path, trials=2, objective="best")) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "study 'long': objective: " in err and "keep objective: last" in err

@@ -21,6 +21,10 @@ from lightning_hpo.errors import ConfigError
 from lightning_hpo.metrics import metric_name_problem
 
 DIRECTIONS = ("minimize", "maximize")
+OBJECTIVES = {
+    "last": "the metric at the final epoch",
+    "best": "the metric at its best epoch, in the study's direction (what best.ckpt holds)",
+}
 
 
 @dataclass
@@ -32,6 +36,9 @@ class OptimizeConfig:
     seed: int | None = 42  # seeds the sampler
     metric: str = "val_loss"  # any metric the LightningModule logs; the study optimizes it
     direction: str = "minimize"
+    objective: str = (
+        "last"  # what a trial returns: last (the final epoch's metric) or best (its best epoch's)
+    )
     sampler: dict[str, Any] = field(
         default_factory=lambda: {"name": "optuna.samplers.TPESampler", "kwargs": {}}
     )
@@ -42,6 +49,11 @@ class OptimizeConfig:
     params: list[Param] = field(default_factory=list, repr=False)
     # The sampler and pruner classes by import path, resolved once (``component``).
     _classes: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def value_name(self) -> str:
+        """How a trial's value is named in lines and reports: ``val_loss``, or
+        ``val_loss (best epoch)`` with ``objective: best``."""
+        return self.metric if self.objective == "last" else f"{self.metric} (best epoch)"
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
@@ -151,6 +163,13 @@ def optimize_config_from_dict(
             "direction",
             f"expected minimize or maximize, got {cfg.direction!r}",
             "set direction: minimize or direction: maximize",
+        )
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(
+            source,
+            "objective",
+            f"expected last or best, got {cfg.objective!r}",
+            "objective: last (the final epoch's metric) or best (its best epoch's)",
         )
     problem = metric_name_problem(cfg.metric)
     if problem:

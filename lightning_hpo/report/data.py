@@ -151,6 +151,9 @@ class Report:
     study: str
     metric: str
     direction: str  # "minimize" or "maximize"
+    objective: (
+        str  # "last" (a trial's value is its final epoch's metric) or "best" (its best epoch's)
+    )
     counts: dict[str, int]  # state name -> trials, and "total"
     best: TrialSummary | None
     top_k: list[TrialSummary]

@@ -71,6 +71,7 @@ def build_report(study: optuna.Study, opt: OptimizeConfig, *, top_k: int = 10) -
     return Report(
         study=study.study_name,
         metric=opt.metric,
+        objective=opt.objective,
         direction=study.direction.name.lower(),
         counts=state_counts(trials),
         best=trial_summary(best) if best else None,

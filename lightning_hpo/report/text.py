@@ -25,7 +25,8 @@ def _pct(value: float | None) -> str:
 def format_text(report: Report) -> str:
     """The report as text for a terminal."""
     storage = "?" if report.storage is None else report.storage
-    lines = [f"Study {report.study} in {storage} ({report.metric}, {report.direction})"]
+    value = report.metric if report.objective == "last" else f"{report.metric} at its best epoch"
+    lines = [f"Study {report.study} in {storage} ({value}, {report.direction})"]
     counts = report.counts
     by_state = ", ".join(f"{s.lower()} {counts[s]}" for s in STATES if counts.get(s))
     lines.append(f"Trials: {counts['total']} ({by_state})")

@@ -122,7 +122,8 @@ def make_objective(
             )
             trial.set_user_attr(FAIL_REASON, reason.strip()[:2000])
             raise TrialFailed(reason) from exc
-        value = statistics.fmean(r.final for r in results)
+        # The seeds' mean of the final epoch's metric, or of each seed's best epoch's.
+        value = statistics.fmean(r.final if opt.objective == "last" else r.best for r in results)
         if not math.isfinite(value):
             reason = f"{opt.metric} ended at {value}"
             trial.set_user_attr(FAIL_REASON, reason)

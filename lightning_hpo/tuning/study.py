@@ -137,7 +137,7 @@ def _label(study: optuna.Study, opt: OptimizeConfig, wait: float = 0.0) -> None:
     if study.metric_names is None:
         with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([opt.metric])
+            study.set_metric_names([opt.value_name()])
 
 
 def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
@@ -154,13 +154,19 @@ def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
             fix.format(f"direction: {stored}"),
         )
     metrics = study.metric_names
-    if metrics and metrics != [opt.metric]:
+    if metrics and metrics != [opt.value_name()]:
+        stored_metric, _, best = metrics[0].partition(" (best epoch)")
+        changed, keep = (
+            ("objective", f"objective: {'best' if best else 'last'}")
+            if stored_metric == opt.metric
+            else ("metric", f"metric: {stored_metric}")
+        )
         raise ConfigError(
             where,
-            "metric",
-            f"the existing study's values are {metrics[0]} but the config says {opt.metric}: "
-            "its trials would be ranked against each other",
-            fix.format(f"metric: {metrics[0]}"),
+            changed,
+            f"the existing study's values are {metrics[0]} but the config says "
+            f"{opt.value_name()}: its trials would be ranked against each other",
+            fix.format(keep),
         )
     new = opt.distributions()
     for t in reversed(study.get_trials(deepcopy=False)):

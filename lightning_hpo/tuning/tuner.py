@@ -52,7 +52,7 @@ class Progress:
         counts = f"done {states.count(TrialState.COMPLETE)}, pruned {states.count(TrialState.PRUNED)}, failed {states.count(TrialState.FAIL)}"
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         if trial.state == TrialState.COMPLETE:
-            outcome = f"{self.opt.metric} {trial.value:.5g}"
+            outcome = f"{self.opt.value_name()} {trial.value:.5g}"
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at step {trial.last_step} ({self.opt.metric} {_fmt(trial.intermediate_values.get(trial.last_step))})"
         else:
@@ -156,7 +156,7 @@ def finish(
         return None
     echo("Best trial:")
     echo(f"  Number: {best.number}")
-    echo(f"  Value: {best.value:.6g} ({opt.metric}, {opt.direction})")
+    echo(f"  Value: {best.value:.6g} ({opt.value_name()}, {opt.direction})")
     echo("  Params:")
     for k, v in best.params.items():
         echo(f"    {k}: {_fmt(v)}")
