@@ -655,3 +655,56 @@ def test_epoch_shuffle_serves_each_epoch_s_order_whatever_epoch_it_starts_at() -
     for e in (3, 1):
         epoch[0] = e
         assert list(EpochShuffle(10, seed=5, epoch=lambda: epoch[0])) == orders[e]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class SchedulerSteps(Callback):
+    """How many times the run's learning-rate schedule stepped, and its interval."""
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        config = trainer.lr_scheduler_configs[0]
+        self.steps, self.interval = config.scheduler.last_epoch, config.interval
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "config"),
+    [
+        ("torch.optim.lr_scheduler.OneCycleLR", {"max_lr": 0.01, "interval": "step"}),
+        ("torch.optim.lr_scheduler.CosineAnnealingLR", {"interval": "step"}),
+        ("torch.optim.lr_scheduler.CosineAnnealingLR", {}),
+    ],
+    ids=["one-cycle per step", "cosine per step", "cosine per epoch"],
+)
+def test_the_built_in_module_steps_its_schedule_per_step_or_per_epoch(
+    small_config, tmp_path, scheduler, config
+) -> None:
+    cfg = small_config(epochs=3, scheduler=scheduler, scheduler_config=config)
+    seen = SchedulerSteps()
+    fit_seed(cfg, 1, tmp_path / "1", FitOptions(callbacks=[seen]))
+    per_step = config.get("interval") == "step"
+    assert seen.interval == ("step" if per_step else "epoch")
+    assert seen.steps == (3 * STEPS_PER_EPOCH if per_step else 3)
+
+
+def test_scheduler_interval_is_epoch_or_step(small_config_dict) -> None:
+    from lightning_hpo.config.run import run_config_from_dict
+
+    data = small_config_dict(scheduler_config={"interval": "hourly"})
+    with pytest.raises(ConfigError, match="scheduler_config.interval: expected epoch or step"):
+        run_config_from_dict(data, "<test>")
+
+
+def test_a_trial_records_what_pfl_can_know_of_its_schedule(small_config) -> None:
+    from lightning_hpo.tuning.objective import lr_schedule
+
+    cosine = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert lr_schedule(small_config(scheduler=cosine, scheduler_config={"interval": "step"})) == {
+        "name": cosine,
+        "T_max": small_config().epochs,
+        "interval": "step",
+    }
+    # A period given in steps cannot be placed on epochs: unknown.
+    per_step = small_config(scheduler=cosine, scheduler_config={"interval": "step", "T_max": 500})
+    assert lr_schedule(per_step)["T_max"] is None

@@ -206,7 +206,7 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
         assert t.user_attrs["n_seeds"] == 1
         # The schedule PFL's band reads (T_max defaults to the run's epochs).
         cosine = "torch.optim.lr_scheduler.CosineAnnealingLR"
-        assert t.user_attrs["lr_schedule"] == {"name": cosine, "T_max": 3}
+        assert t.user_attrs["lr_schedule"] == {"name": cosine, "T_max": 3, "interval": "epoch"}
         seed_dir = Path(t.user_attrs["run_dir"]) / "1"
         assert [p.name for p in Path(t.user_attrs["run_dir"]).iterdir()] == ["1"]
         assert len(events_files(seed_dir)) == 1, list(seed_dir.iterdir())

@@ -18,14 +18,28 @@ def is_class_target(y: torch.Tensor) -> bool:
     return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
+INTERVAL = "interval"  # scheduler_config's own key: step the schedule per "epoch" or per "step"
+
+
+def scheduler_interval(config: Mapping[str, Any]) -> str:
+    """How often the schedule steps: ``scheduler_config.interval``, ``epoch`` by default."""
+    return config.get(INTERVAL, "epoch")
+
+
 def scheduler_arguments(
-    scheduler: Callable, config: Mapping[str, Any], epochs: int
+    scheduler: Callable, config: Mapping[str, Any], epochs: int, steps: int | None = None
 ) -> dict[str, Any]:
-    """The scheduler's keyword arguments: its config, with ``T_max`` (a cosine schedule's
-    length) filled in as the run's epochs when the config leaves it out."""
-    arguments = dict(config)
-    if "T_max" in (accepted_kwargs(scheduler) or ()):
-        arguments.setdefault("T_max", epochs)
+    """The scheduler's keyword arguments: its config without ``interval``, with the
+    schedule's length filled in where the config leaves it out: ``T_max`` (a cosine's) and
+    ``total_steps`` (OneCycleLR's) are the run's epochs, or its optimizer ``steps`` for a
+    schedule stepped every step."""
+    arguments = {k: v for k, v in config.items() if k != INTERVAL}
+    length = steps if steps is not None and scheduler_interval(config) == "step" else epochs
+    accepted = accepted_kwargs(scheduler) or ()
+    if "T_max" in accepted:
+        arguments.setdefault("T_max", length)
+    if "total_steps" in accepted and "epochs" not in arguments:
+        arguments.setdefault("total_steps", length)
     return arguments
 
 
@@ -121,8 +135,7 @@ class SupervisedModule(pl.LightningModule):
         self.net, self.criterion = net, criterion
         self.optimizer_factory, self.optimizer_config = optimizer, dict(optimizer_config or {})
         self.scheduler_factory, self.scheduler_config = scheduler, dict(scheduler_config or {})
-        if scheduler is not None:
-            self.scheduler_config = scheduler_arguments(scheduler, self.scheduler_config, epochs)
+        self.epochs = epochs
         self._sums: dict[str, torch.Tensor] = {}
 
     def forward(self, x):
@@ -199,8 +212,13 @@ class SupervisedModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters(), **self.optimizer_config)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self.scheduler_config)
+        interval = scheduler_interval(self.scheduler_config)
+        steps = int(self.trainer.estimated_stepping_batches) if interval == "step" else None
+        arguments = scheduler_arguments(
+            self.scheduler_factory, self.scheduler_config, self.epochs, steps
+        )
+        scheduler = self.scheduler_factory(optimizer, **arguments)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }

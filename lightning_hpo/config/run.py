@@ -271,6 +271,15 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
                 "is handed to the module by the run itself",
                 f"set it through the run config's own keys; module_config holds only the module's other arguments ({', '.join(MODULE_ARGUMENTS)} are the run's)",
             )
+    interval = values.get("scheduler_config", {}).get("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise ConfigError(
+            source,
+            "scheduler_config.interval",
+            f"expected epoch or step, got {interval!r}",
+            "interval: epoch (the schedule steps once an epoch, the default) or step (after "
+            "every optimizer step, e.g. OneCycleLR or a warm-up)",
+        )
     check_owned(values.get("trainer_config", {}), source)
     cfg = RunConfig(**values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
@@ -306,8 +315,10 @@ def build(cfg: RunConfig, source: str = "<run config>") -> RunConfig:
         supplied = {
             "net": ("in_features", "out_features"),
             "optimizer": ("params",),
-            "scheduler": ("optimizer", "T_max"),
+            "scheduler": ("optimizer", "T_max", "total_steps"),
         }
+        if name == "scheduler":  # the schedule's own key, not the scheduler's argument
+            kwargs = {k: v for k, v in kwargs.items() if k != "interval"}
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
     check_module(cfg, source)
     check_scheduler(cfg, source)

@@ -37,6 +37,17 @@ from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
 
+def lr_schedule(cfg: RunConfig) -> dict[str, Any]:
+    """What PFL can know of a trial's schedule (user attr ``lr_schedule``): the scheduler, how
+    often it steps, and its period in epochs (``T_max`` as the module fills it: the run's
+    epochs, whether it steps per epoch or spreads them over every step; None for a period
+    given in steps, which PFL cannot place on its epochs)."""
+    interval = cfg.scheduler_config.get("interval", "epoch")
+    given = cfg.scheduler_config.get("T_max")
+    t_max = cfg.epochs if given is None else (given if interval == "epoch" else None)
+    return {"name": cfg.scheduler, "T_max": t_max, "interval": interval}
+
+
 class TrialFailed(Exception):
     """A trial's training raised: the trial ends FAIL with the reason stored, the study goes on."""
 
@@ -91,11 +102,7 @@ def make_objective(
             continuation = continuation_of(trial, run_dir, cfg.seeds)
             if continuation.record() is not None:
                 trial.set_user_attr(RETRY_ATTR, continuation.record())
-            # The schedule PFL reads a cosine's remaining decay from (T_max as the module fills it).
-            trial.set_user_attr(
-                LR_SCHEDULE_ATTR,
-                {"name": cfg.scheduler, "T_max": cfg.scheduler_config.get("T_max", cfg.epochs)},
-            )
+            trial.set_user_attr(LR_SCHEDULE_ATTR, lr_schedule(cfg))
             callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
             with beating:  # on any storage: a worker dying anywhere is found
                 results = fit_run(
