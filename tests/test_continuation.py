@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, RETRY_ATTR, RETRY_OF, RUN_DIR
+from lightning_hpo.config.run import run_config_from_dict
 from lightning_hpo.config.yamlio import dump_yaml
 
 EPOCHS = 24
@@ -136,11 +137,39 @@ def test_a_retry_whose_original_folder_is_gone_starts_over_and_says_why(tmp_path
     study.tell(dead, state=TrialState.FAIL)
     queue_retry(study, study.trials[0])
     retry = study.ask()
-    continuation = prepare(retry, tmp_path / "g[1]", [1])
+    continuation = prepare(retry, tmp_path / "g[1]", run_config_from_dict({"seeds": [1]}))
     assert continuation.epoch == 0
     assert continuation.record() == {
         "of": 0,
         "started_over": f"trial 0's folder {tmp_path / 'elsewhere' / 'g[0]'} is not reachable from "
         + __import__("socket").gethostname(),
     }
+    assert not (tmp_path / "g[1]").exists()
+
+
+def test_a_retry_of_a_trial_that_trained_another_config_starts_over_and_says_why(
+    tmp_path: Path,
+) -> None:
+    from lightning_hpo.storage.stale import queue_retry
+    from lightning_hpo.tuning.continuation import prepare
+
+    trained = run_config_from_dict({"seeds": [1], "epochs": 1000})
+    folder = tmp_path / "g[0]"
+    (folder / "1" / "checkpoints").mkdir(parents=True)
+    dump_yaml(trained.to_dict(), folder / "1" / "config.yaml")
+    (folder / "1" / "checkpoints" / "last.ckpt").write_bytes(b"not read")
+    study = optuna.create_study()
+    dead = study.ask()
+    dead.set_user_attr(RUN_DIR, str(folder))
+    study.tell(dead, state=TrialState.FAIL)
+    queue_retry(study, study.trials[0])
+    # A rerun with --epochs 2: the checkpoints belong to a 1000-epoch run.
+    retry = study.ask()
+    continuation = prepare(
+        retry, tmp_path / "g[1]", run_config_from_dict({"seeds": [1], "epochs": 2})
+    )
+    assert continuation.epoch == 0
+    assert continuation.record()["started_over"] == (
+        "the run config changed since trial 0 ran (epochs)"
+    )
     assert not (tmp_path / "g[1]").exists()

@@ -147,9 +147,11 @@ def test_a_worker_that_dies_leaves_no_share_behind(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if (tmp_path / "s.db").exists() and any(
-                t.state == TrialState.COMPLETE for t in study(tmp_path).get_trials()
-            ):
+            try:
+                trials = study(tmp_path).get_trials()
+            except KeyError:  # the parent has not created the study yet
+                trials = []
+            if any(t.state == TrialState.COMPLETE for t in trials):
                 break
             time.sleep(0.3)
         children = _worker_children(proc.pid)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from lightning_hpo import __version__
 from lightning_hpo.errors import ConfigError
@@ -46,19 +44,6 @@ def run_command(main: Callable[[argparse.Namespace], int | None], args: argparse
     except BrokenPipeError:  # `tune.py report | head`
         sys.stderr.close()
         return 0
-
-
-def check_writable(folder: str | Path, source: str) -> None:
-    """Refuse an output folder that cannot be written, without creating it."""
-    path = Path(folder).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            source,
-            None,
-            f"cannot write to {existing}",
-            "choose a writable folder or fix its permissions",
-        )
 
 
 def preflight_argument(p: argparse.ArgumentParser) -> None:

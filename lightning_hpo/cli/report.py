@@ -6,13 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lightning_hpo.cli.common import (
-    check_writable,
-    config_arguments,
-    default_configs,
-    run_command,
-)
+from lightning_hpo.cli.common import config_arguments, default_configs, run_command
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.training.files import check_writable
 
 
 def report_parser(prog: str | None = None) -> argparse.ArgumentParser:

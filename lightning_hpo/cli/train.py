@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 
 from lightning_hpo.cli.common import (
-    check_writable,
     default_configs,
     interrupted_status,
     preflight_argument,
@@ -15,6 +14,7 @@ from lightning_hpo.cli.common import (
     run_command,
     version_argument,
 )
+from lightning_hpo.training.files import check_writable
 
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from lightning_hpo.cli.common import (
     EXIT_NO_TRIAL_COMPLETED,
-    check_writable,
     config_arguments,
     default_configs,
     preflight_argument,
@@ -65,69 +64,6 @@ def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _load_tune_configs(args: argparse.Namespace):
-    """Both configs, validated together before any storage is opened: first everything that
-    needs no import (fast), then the import paths (which load torch)."""
-    from lightning_hpo.config.lightning_args import check_tunable
-    from lightning_hpo.config.optimize import check_optimize_components, load_optimize_config
-    from lightning_hpo.config.run import build, load_run_config
-    from lightning_hpo.storage.connect import default_url
-
-    for flag, value in (("--workers", args.workers), ("--trials-per-gpu", args.trials_per_gpu)):
-        if value is not None and value < 1:
-            raise ConfigError(flag, None, f"must be >= 1, got {value}", f"e.g. {flag} 2")
-    run = load_run_config(
-        args.run_config, {"device": args.device, "epochs": args.epochs}, resolve_imports=False
-    )
-    opt = load_optimize_config(
-        args.optimize_config,
-        run,
-        trials=args.trials,
-        resolve_imports=False,
-        study_name=args.study_name,
-    )
-    if args.storage:
-        from lightning_hpo.storage.connect import check_url
-
-        check_url(args.storage)
-    check_tunable(run.trainer_config, args.run_config)
-    check_writable(args.output, "--output")
-    build(run, args.run_config)
-    check_optimize_components(opt, run, args.optimize_config)
-    check_processes(run, args.storage or default_url(run.project), args.run_config)
-    from lightning_hpo.training.runs import check_fusion
-
-    check_fusion(run, args.run_config)
-    return run, opt
-
-
-def check_processes(run, url: str, source: str) -> None:
-    """Refuse what a study cannot run: ranks started by an outside launcher, each of which
-    would run a study of its own, and DDP on a journal storage, which the spawned ranks
-    cannot report to."""
-    from lightning_hpo.config.lightning_args import outside_launcher, rank_count
-    from lightning_hpo.storage.connect import is_journal, redact
-
-    launcher = outside_launcher()
-    if launcher is not None:
-        raise ConfigError(
-            "tune.py",
-            None,
-            f"started as one of several ranks by {launcher}: each rank would run a study of its own",
-            "start tune.py once per machine (--workers N for several trials at once); "
-            "it starts a trial's ranks itself (devices, strategy: ddp_spawn)",
-        )
-    ranks = rank_count(run.device, run.devices)
-    if ranks > 1 and is_journal(url):
-        raise ConfigError(
-            source,
-            "devices",
-            f"{ranks} processes per trial need an RDB storage for the pruning callback, "
-            f"but the storage is a journal ({redact(url)})",
-            "use sqlite:///file.db, postgresql://... or mysql://..., or devices: 1",
-        )
-
-
 def _options(args: argparse.Namespace):
     from lightning_hpo.tuning.study import TuneOptions
 
@@ -152,7 +88,21 @@ def _worker_plan(args: argparse.Namespace, run) -> tuple[int, list[list[str]] | 
 
 
 def _tune(args: argparse.Namespace) -> int:
-    run, opt = _load_tune_configs(args)
+    from lightning_hpo.tuning.prepare import load_tune_configs
+
+    for flag, value in (("--workers", args.workers), ("--trials-per-gpu", args.trials_per_gpu)):
+        if value is not None and value < 1:
+            raise ConfigError(flag, None, f"must be >= 1, got {value}", f"e.g. {flag} 2")
+    run, opt = load_tune_configs(
+        args.run_config,
+        args.optimize_config,
+        device=args.device,
+        epochs=args.epochs,
+        trials=args.trials,
+        study_name=args.study_name,
+        storage=args.storage,
+        output=args.output,
+    )
     options = _options(args)
 
     from lightning_hpo.console import note_once, quiet_lightning

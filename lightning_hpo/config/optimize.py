@@ -6,14 +6,16 @@ Everything here is checked before any storage is opened or anything trained.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
 from lightning_hpo.config.module_contract import check_module_config
-from lightning_hpo.config.run import RunConfig, run_config_from_dict, unknown_key
+from lightning_hpo.config.run import RunConfig, config_source, run_config_from_dict, unknown_key
 from lightning_hpo.config.search_space import Param, kwargs_target, parse_space
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
@@ -280,7 +282,7 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
 
 
 def load_optimize_config(
-    path: str | Path,
+    path: str | Path | Mapping[str, Any],
     run: RunConfig,
     trials: int | None = None,
     resolve_imports: bool = True,
@@ -288,8 +290,10 @@ def load_optimize_config(
 ) -> OptimizeConfig:
     """Load and validate an optimize config; ``trials`` and ``study_name`` override the
     file's (--trials, --study-name)."""
-    data = load_yaml(path)
+    data = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else load_yaml(path)
     for key, value in (("trials", trials), ("study_name", study_name)):
         if value is not None:
             data[key] = value
-    return optimize_config_from_dict(data, run, str(path), resolve_imports)
+    return optimize_config_from_dict(
+        data, run, config_source(path, "<optimize config>"), resolve_imports
+    )

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,11 @@ class RunConfig:
         parts.append(f"b{self.batch_size}")
         parts.append(f"e{self.epochs}")
         return re.sub(r"[^\w.\-+=]", "-", "_".join(parts))
+
+
+def config_source(config: str | Path | Mapping[str, Any], name: str) -> str:
+    """What errors call a config: its file, or ``name`` for a mapping given in Python."""
+    return name if isinstance(config, Mapping) else str(config)
 
 
 def _is_scalar(value: Any) -> bool:
@@ -383,18 +388,20 @@ def check_module(cfg: RunConfig, source: str) -> None:
 
 
 def load_run_config(
-    path: str | Path, overrides: dict[str, Any] | None = None, resolve_imports: bool = True
+    path: str | Path | Mapping[str, Any],
+    overrides: dict[str, Any] | None = None,
+    resolve_imports: bool = True,
 ) -> RunConfig:
-    """Load, validate and resolve a run config file.
+    """Load, validate and resolve a run config.
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or the config as a mapping (named ``<run config>`` in errors).
         overrides: values from the command line (e.g. ``{"epochs": 3}``), checked like the file's.
         resolve_imports: also import every named component, once, and check them (``build``); the
             structural checks before it need no import, so they answer at once.
     """
-    source = str(path)
-    data = load_yaml(path)
+    source = config_source(path, "<run config>")
+    data = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else load_yaml(path)
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = _check_value(key, value, f"--{key.replace('_', '-')}")

@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from lightning_hpo.errors import ConfigError
+
 CONFIG_FILE = "config.yaml"  # the resolved run config of this seed: trains it again
 CHECKPOINT_DIR = "checkpoints"
 BEST, LAST = "best", "last"  # the checkpoints' names, without the ``.ckpt`` suffix
@@ -22,3 +24,16 @@ def copy_atomically(source: Path, target: Path) -> None:
     temporary = target.with_suffix(".tmp")
     shutil.copyfile(source, temporary)
     os.replace(temporary, target)
+
+
+def check_writable(folder: str | Path, source: str) -> None:
+    """Refuse an output folder that cannot be written, without creating it."""
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            source,
+            None,
+            f"cannot write to {existing}",
+            "choose a writable folder or fix its permissions",
+        )

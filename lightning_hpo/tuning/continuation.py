@@ -22,7 +22,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from lightning_hpo.attrs import RETRY_OF, RUN_DIR
-from lightning_hpo.training.files import LAST, checkpoint_file
+from lightning_hpo.config.run import RunConfig
+from lightning_hpo.training.files import CONFIG_FILE, LAST, checkpoint_file
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,24 @@ def _epochs_done(run_dirs: list[Path]) -> int:
     return min(done, default=0)
 
 
-def prepare(trial: optuna.Trial, run_dir: Path, seeds: list[int]) -> Continuation:
-    """Set up ``trial`` (folder ``run_dir``) to continue the trial it runs again, if any:
-    copy that trial's run folder into ``run_dir`` and report its curve up to where its
-    checkpoints are. A first run, or a retry whose original left nothing usable, starts
-    from scratch (``epoch`` 0)."""
+def _changed(source: Path, cfg: RunConfig) -> list[str]:
+    """The run-config keys whose values differ from what the trial in ``source`` trained
+    with (its first seed's ``config.yaml``; a rerun may have changed ``--epochs``, say)."""
+    from lightning_hpo.config.yamlio import load_yaml
+
+    saved_files = sorted(source.glob(f"*/{CONFIG_FILE}"))
+    if not saved_files:
+        return []
+    saved = load_yaml(saved_files[0])
+    now = cfg.to_dict()
+    return sorted(k for k in now if k != "seeds" and saved.get(k) != now[k])
+
+
+def prepare(trial: optuna.Trial, run_dir: Path, cfg: RunConfig) -> Continuation:
+    """Set up ``trial`` (folder ``run_dir``, config ``cfg``) to continue the trial it runs
+    again, if any: copy that trial's run folder into ``run_dir`` and report its curve up to
+    where its checkpoints are. A first run, or a retry whose original left nothing usable
+    or trained another config, starts from scratch (``epoch`` 0)."""
     number = trial.user_attrs.get(RETRY_OF)
     if number is None:
         return Continuation()
@@ -79,8 +93,13 @@ def prepare(trial: optuna.Trial, run_dir: Path, seeds: list[int]) -> Continuatio
             0,
             f"trial {number}'s folder {source} is not reachable from {socket.gethostname()}",
         )
+    changed = _changed(Path(source), cfg)
+    if changed:
+        return Continuation(
+            number, 0, f"the run config changed since trial {number} ran ({', '.join(changed)})"
+        )
     shutil.copytree(source, run_dir)
-    epoch = _epochs_done([run_dir / str(seed) for seed in seeds])
+    epoch = _epochs_done([run_dir / str(seed) for seed in cfg.seeds])
     if epoch == 0:
         shutil.rmtree(run_dir)
         return Continuation(number, 0, f"trial {number}'s folder holds no usable last.ckpt")

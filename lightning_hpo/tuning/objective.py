@@ -99,7 +99,7 @@ def make_objective(
             trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
             trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
-            continuation = continuation_of(trial, run_dir, cfg.seeds)
+            continuation = continuation_of(trial, run_dir, cfg)
             if continuation.record() is not None:
                 trial.set_user_attr(RETRY_ATTR, continuation.record())
             trial.set_user_attr(LR_SCHEDULE_ATTR, lr_schedule(cfg))
