@@ -10,20 +10,13 @@ import torch
 from torch import nn
 
 from lightning_hpo.config.imports import accepted_kwargs, resolve
+from lightning_hpo.config.module_contract import SCHEDULE_INTERVAL, scheduler_interval
 from lightning_hpo.metrics import LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
 
 
 def is_class_target(y: torch.Tensor) -> bool:
     """Integer targets are class indices (classification); floating-point ones are values."""
     return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
-
-
-INTERVAL = "interval"  # scheduler_config's own key: step the schedule per "epoch" or per "step"
-
-
-def scheduler_interval(config: Mapping[str, Any]) -> str:
-    """How often the schedule steps: ``scheduler_config.interval``, ``epoch`` by default."""
-    return config.get(INTERVAL, "epoch")
 
 
 def scheduler_arguments(
@@ -33,7 +26,7 @@ def scheduler_arguments(
     schedule's length filled in where the config leaves it out: ``T_max`` (a cosine's) and
     ``total_steps`` (OneCycleLR's) are the run's epochs, or its optimizer ``steps`` for a
     schedule stepped every step."""
-    arguments = {k: v for k, v in config.items() if k != INTERVAL}
+    arguments = {k: v for k, v in config.items() if k != SCHEDULE_INTERVAL}
     length = steps if steps is not None and scheduler_interval(config) == "step" else epochs
     accepted = accepted_kwargs(scheduler) or ()
     if "T_max" in accepted:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lightning_hpo.config.imports import accepted_kwargs
 from lightning_hpo.errors import ConfigError
@@ -64,3 +65,13 @@ def init_arguments(cls: type) -> set[str] | None:
         names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         names.discard("self")
     return None
+
+
+# scheduler_config's own key, which the module reads (not an argument of the scheduler).
+SCHEDULE_INTERVAL = "interval"
+SCHEDULE_INTERVALS = ("epoch", "step")  # once an epoch (the default), or after every optimizer step
+
+
+def scheduler_interval(scheduler_config: Mapping[str, Any]) -> str:
+    """How often the schedule steps: ``scheduler_config.interval``, ``epoch`` by default."""
+    return scheduler_config.get(SCHEDULE_INTERVAL, SCHEDULE_INTERVALS[0])

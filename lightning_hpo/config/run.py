@@ -26,8 +26,11 @@ from lightning_hpo.config.lightning_args import (
 from lightning_hpo.config.module_contract import (
     DEFAULT_MODULE,
     MODULE_ARGUMENTS,
+    SCHEDULE_INTERVAL,
+    SCHEDULE_INTERVALS,
     check_module_config,
     init_arguments,
+    scheduler_interval,
 )
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
@@ -276,8 +279,8 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
                 "is handed to the module by the run itself",
                 f"set it through the run config's own keys; module_config holds only the module's other arguments ({', '.join(MODULE_ARGUMENTS)} are the run's)",
             )
-    interval = values.get("scheduler_config", {}).get("interval", "epoch")
-    if interval not in ("epoch", "step"):
+    interval = scheduler_interval(values.get("scheduler_config", {}))
+    if interval not in SCHEDULE_INTERVALS:
         raise ConfigError(
             source,
             "scheduler_config.interval",
@@ -322,8 +325,8 @@ def build(cfg: RunConfig, source: str = "<run config>") -> RunConfig:
             "optimizer": ("params",),
             "scheduler": ("optimizer", "T_max", "total_steps"),
         }
-        if name == "scheduler":  # the schedule's own key, not the scheduler's argument
-            kwargs = {k: v for k, v in kwargs.items() if k != "interval"}
+        if name == "scheduler":
+            kwargs = {k: v for k, v in kwargs.items() if k != SCHEDULE_INTERVAL}
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
     check_module(cfg, source)
     check_scheduler(cfg, source)

@@ -27,6 +27,7 @@ from lightning_hpo.attrs import (
     RUN_DIR,
     SURPLUS,
 )
+from lightning_hpo.config.module_contract import scheduler_interval
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
@@ -42,7 +43,7 @@ def lr_schedule(cfg: RunConfig) -> dict[str, Any]:
     often it steps, and its period in epochs (``T_max`` as the module fills it: the run's
     epochs, whether it steps per epoch or spreads them over every step; None for a period
     given in steps, which PFL cannot place on its epochs)."""
-    interval = cfg.scheduler_config.get("interval", "epoch")
+    interval = scheduler_interval(cfg.scheduler_config)
     given = cfg.scheduler_config.get("T_max")
     t_max = cfg.epochs if given is None else (given if interval == "epoch" else None)
     return {"name": cfg.scheduler, "T_max": t_max, "interval": interval}
