@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from lightning_hpo.fused.stacking import (
     split_optimizer_state,
     split_state,
 )
+from lightning_hpo.training.callbacks import improved as improved_on
 from lightning_hpo.training.files import BEST, LAST, checkpoint_file, copy_atomically
 
 # Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
@@ -128,12 +128,8 @@ class SeedCheckpoints(Callback):
             value = trainer.callback_metrics.get(seed_metric(self.monitor, seed))
             if value is None or not self.states.training(seed, trainer.current_epoch):
                 continue
-            current = float(value)
-            best = self.best.get(seed)
-            if math.isfinite(current) and (
-                best is None or (current > best if self.mode == "max" else current < best)
-            ):
-                self.best[seed] = current
+            if improved_on(float(value), self.best.get(seed), self.mode):
+                self.best[seed] = float(value)
                 improved.append(seed)
         return improved
 
