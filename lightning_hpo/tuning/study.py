@@ -37,14 +37,13 @@ from lightning_hpo.training import provenance
 @dataclass
 class TuneOptions:
     """Where and how a study runs: ``tune.py``'s options, by their long names (``--storage``,
-    ``--output``, ``--progress``, ``--heartbeat``; ``--max-trials`` is a ``--workers`` child's
-    share). What the study searches is the optimize config's."""
+    ``--output``, ``--progress``, ``--heartbeat``). What the study searches is the optimize
+    config's."""
 
     storage: str | None = None  # default: sqlite:///<project>_Opt.db
     output: str = "runs"
     progress: bool = False  # Lightning's per-batch bars
-    heartbeat: int | None = 30  # seconds; RDB storages only
-    max_trials: int | None = None  # this process's share (workers); None: until the study's total
+    heartbeat: int | None = 30  # seconds between a worker's heartbeats (tuning.liveness); None: off
 
 
 def study_project(run: RunConfig) -> str:

@@ -118,8 +118,6 @@ def tune(
     study = create_or_load_study(run, opt, options)
     fail_dead_trials(study, echo, options.heartbeat)
     todo = remaining(study, opt.trials)
-    if options.max_trials is not None:
-        todo = min(todo, options.max_trials)
     if todo > 0:
         folder = study_folder(run, opt, study, options, echo)
         with restored_signal_handlers():
