@@ -18,6 +18,7 @@ def is_quiet() -> bool:
 
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+_HARMLESS = r".*LeafSpec.*"  # Lightning's deprecation warning under torch 2.13, once per trial
 
 
 def quiet_lightning() -> None:
@@ -28,18 +29,21 @@ def quiet_lightning() -> None:
     _state["quiet"] = True
     for name in _LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.13, harmless
+    warnings.filterwarnings("ignore", message=_HARMLESS)
 
 
 @contextlib.contextmanager
 def banners_off() -> Iterator[None]:
-    """Lightning's banners silenced for the body only (a Trainer built just to check options)."""
+    """Lightning's banners (and its harmless warning) silenced for the body only: a Trainer
+    built just to check options, a Python caller's run."""
     loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_HARMLESS)
+            yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,7 @@ def _quiet() -> Iterator[None]:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        with banners_off(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch
+        with banners_off():
             yield
     finally:
         optuna.logging.set_verbosity(verbosity)
