@@ -201,9 +201,13 @@ def optimize_yaml(
 
 
 def tune_args(run: Path, opt: Path, storage: str, output: Path, *extra: str) -> list[str]:
+    """``python tune.py`` with these configs, storage and output folder."""
+    return [sys.executable, str(TUNE), *tune_options(run, opt, storage, output, *extra)]
+
+
+def tune_options(run: Path, opt: Path, storage: str, output: Path, *extra: str) -> list[str]:
+    """tune.py's arguments (for ``tune_main``) with these configs, storage and output folder."""
     return [
-        sys.executable,
-        str(TUNE),
         "--run-config",
         str(run),
         "--optimize-config",

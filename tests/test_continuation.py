@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from services import tune_args
 
 from lightning_hpo.attrs import FAIL_REASON, RETRY_ATTR, RETRY_OF, RUN_DIR
 from lightning_hpo.config.run import run_config_from_dict
@@ -47,20 +47,9 @@ def write_configs(folder: Path, seeds: list[int]) -> list[str]:
         },
         folder / "optimize.yaml",
     )
-    return [
-        sys.executable,
-        "-m",
-        "lightning_hpo",
-        "tune",
-        "--run-config",
-        str(folder / "run.yaml"),
-        "--optimize-config",
-        str(folder / "optimize.yaml"),
-        "--storage",
-        f"sqlite:///{folder}/s.db",
-        "--output",
-        str(folder / "runs"),
-    ]
+    return tune_args(
+        folder / "run.yaml", folder / "optimize.yaml", f"sqlite:///{folder}/s.db", folder / "runs"
+    )
 
 
 def load(folder: Path) -> optuna.Study:

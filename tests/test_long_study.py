@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from services import tune_options
 
 from lightning_hpo.attrs import FAIL_REASON
 from lightning_hpo.cli import EXIT_BAD_INPUT, tune_main
@@ -42,16 +43,7 @@ def write_configs(tmp_path: Path, run: dict | None = None, **optimize) -> list[s
     dump_yaml(RUN | (run or {}), run_path)
     base = {"study_name": "long", "trials": 2, "seed": 1, "pruner": None, "search_space": LR_SPACE}
     dump_yaml(base | optimize, opt_path)
-    return [
-        "--run-config",
-        str(run_path),
-        "--optimize-config",
-        str(opt_path),
-        "--storage",
-        f"sqlite:///{tmp_path}/s.db",
-        "--output",
-        str(tmp_path / "runs"),
-    ]
+    return tune_options(run_path, opt_path, f"sqlite:///{tmp_path}/s.db", tmp_path / "runs")
 
 
 def load(tmp_path: Path) -> optuna.Study:

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from services import tune_options
 
 from lightning_hpo.attrs import FAIL_REASON, HOST, PID, RETRIED_FROM, RETRY_OF, STALE
 from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_NO_TRIAL_COMPLETED, tune_main
@@ -136,16 +137,7 @@ def _cli_configs(tmp_path: Path, **run_overrides) -> list[str]:
         {"study_name": "cli", "trials": 2, "seed": 1, "pruner": None, "search_space": LR_SPACE},
         opt_path,
     )
-    return [
-        "--run-config",
-        str(run_path),
-        "--optimize-config",
-        str(opt_path),
-        "--storage",
-        f"sqlite:///{tmp_path}/s.db",
-        "--output",
-        str(tmp_path / "runs"),
-    ]
+    return tune_options(run_path, opt_path, f"sqlite:///{tmp_path}/s.db", tmp_path / "runs")
 
 
 def test_a_study_in_which_no_trial_completed_exits_1_with_the_commonest_reason(

@@ -12,6 +12,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from services import tune_options
 
 from lightning_hpo.attrs import DEVICES_ATTR
 from lightning_hpo.cli import EXIT_BAD_INPUT, tune_main
@@ -40,16 +41,12 @@ def configs(tmp_path: Path, trials: int, run: dict | None = None) -> list[str]:
         {"study_name": "w", "trials": trials, "seed": 1, "pruner": None, "search_space": SPACE},
         tmp_path / "optimize.yaml",
     )
-    return [
-        "--run-config",
-        str(tmp_path / "run.yaml"),
-        "--optimize-config",
-        str(tmp_path / "optimize.yaml"),
-        "--storage",
+    return tune_options(
+        tmp_path / "run.yaml",
+        tmp_path / "optimize.yaml",
         f"sqlite:///{tmp_path}/s.db",
-        "--output",
-        str(tmp_path / "runs"),
-    ]
+        tmp_path / "runs",
+    )
 
 
 def study(tmp_path: Path) -> optuna.Study:
