@@ -15,6 +15,7 @@ EPOCHS_ATTR = "epochs"  # epochs a full run trains (PFL's default target epoch)
 N_SEEDS_ATTR = "n_seeds"  # seeds each epoch trains
 PFL_ATTR = "pfl"  # PFL's latest decision and every prediction (pruner.decision_record)
 LR_SCHEDULE_ATTR = "lr_schedule"  # {"name": scheduler path or None, "T_max": int}, for PFL
+SLURM_JOB_ATTR = "slurm_job_id"  # the SLURM job that ran it (<array>_<task> for a job array)
 DEVICES_ATTR = "devices"  # what it trained on: accelerator, devices, gpus (CUDA_VISIBLE_DEVICES)
 CURVE_ATTR = (
     "curve"  # what its intermediate values are: "mean of 3 seeds", "first of 3 seeds", "one seed"

@@ -18,7 +18,9 @@ def is_quiet() -> bool:
 
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
-_HARMLESS = r".*LeafSpec.*"  # Lightning's deprecation warning under torch 2.13, once per trial
+# Lightning's deprecation warning under torch 2.13, once per trial, and its advice to use
+# srun on any machine that has it (a SLURM login node), where tune.py submits its workers.
+_HARMLESS = r".*(LeafSpec|The `srun` command is available on your system).*"
 
 
 def quiet_lightning() -> None:

@@ -45,6 +45,27 @@ def tune_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="workers packed on each GPU (each set of `devices` GPUs), for small models "
         "(default: %(default)s)",
     )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="where the workers run: local processes, or a SLURM job array (needs a storage "
+        "every node reaches; the `slurm` extra) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a SLURM option for --launcher slurm, repeatable: --slurm partition=gpu "
+        "--slurm time=04:00:00 --slurm gpus_per_task=1",
+    )
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="with --launcher slurm: return after submitting, printing how to watch and cancel",
+    )
     p.add_argument("--device", help="override the run config's device")
     p.add_argument("--epochs", type=int, help="override the run config's epochs")
     p.add_argument("--output", default="runs", help="root folder for runs (default: %(default)s)")
@@ -93,6 +114,8 @@ def _tune(args: argparse.Namespace) -> int:
     for flag, value in (("--workers", args.workers), ("--trials-per-gpu", args.trials_per_gpu)):
         if value is not None and value < 1:
             raise ConfigError(flag, None, f"must be >= 1, got {value}", f"e.g. {flag} 2")
+    if args.launcher == "slurm":
+        _check_slurm(args)
     run, opt = load_tune_configs(
         args.run_config,
         args.optimize_config,
@@ -108,8 +131,8 @@ def _tune(args: argparse.Namespace) -> int:
     from lightning_hpo.console import note_once, quiet_lightning
     from lightning_hpo.tuning.liveness import fail_dead_trials
     from lightning_hpo.tuning.signals import interrupt_on_signals
-    from lightning_hpo.tuning.study import create_or_load_study, no_trial_completed, remaining
-    from lightning_hpo.tuning.tuner import finish, quiet_optuna, tune
+    from lightning_hpo.tuning.study import create_or_load_study, remaining
+    from lightning_hpo.tuning.tuner import quiet_optuna, tune
 
     interrupt_on_signals()
     quiet_lightning()
@@ -125,6 +148,13 @@ def _tune(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.launcher == "slurm":
+        study = create_or_load_study(run, opt, options)
+        fail_dead_trials(study, heartbeat=options.heartbeat)
+        if not _slurm_workers(args, run, opt, options, study):
+            return 0  # submitted, not waited for
+        _after_workers(study, opt, options)
+        return _finish(run, opt, study, options)
     workers, gpu_sets = (1, None) if args.worker else _worker_plan(args, run)
     if workers > 1:
         # Create the study once, here, before the workers race to create its tables.
@@ -140,20 +170,77 @@ def _tune(args: argparse.Namespace) -> int:
             note_once(
                 f"a worker was killed ({signal.Signals(code).name}): the others took over its trials"
             )
-        fail_dead_trials(study, heartbeat=options.heartbeat)
-        left = remaining(study, opt.trials)
-        if left:
-            note_once(f"the study lacks {left} trial(s): run the same command again to finish it")
+        _after_workers(study, opt, options)
     else:
         study = tune(run, opt, options)
     if args.worker:
         return 0  # the parent reports on the study
+    return _finish(run, opt, study, options)
+
+
+def _after_workers(study, opt, options) -> None:
+    """Once the workers are gone: fail what dead ones left running, say what is missing."""
+    from lightning_hpo.console import note_once
+    from lightning_hpo.tuning.liveness import fail_dead_trials
+    from lightning_hpo.tuning.study import remaining
+
+    fail_dead_trials(study, heartbeat=options.heartbeat)
+    left = remaining(study, opt.trials)
+    if left:
+        note_once(f"the study lacks {left} trial(s): run the same command again to finish it")
+
+
+def _finish(run, opt, study, options) -> int:
+    from lightning_hpo.tuning.study import no_trial_completed
+    from lightning_hpo.tuning.tuner import finish
+
     why = no_trial_completed(study)
     if why:
         print(why, file=sys.stderr)
         return EXIT_NO_TRIAL_COMPLETED
     finish(run, opt, study, options)
     return 0
+
+
+def _check_slurm(args: argparse.Namespace) -> None:
+    """What --launcher slurm needs, before anything is loaded or trained."""
+    from lightning_hpo.tuning.slurm import check_cluster, check_storage
+
+    if args.trials_per_gpu != 1:
+        raise ConfigError(
+            "--trials-per-gpu",
+            str(args.trials_per_gpu),
+            "packs local workers on a GPU; SLURM hands out the GPUs of its jobs",
+            "drop it, and ask SLURM for each worker's GPUs: --slurm gpus_per_task=1",
+        )
+    check_storage(args.storage)
+    check_cluster()
+
+
+def _slurm_workers(args, run, opt, options, study) -> bool:
+    """Submit the workers a SLURM study still needs; True when this waited for them."""
+    from lightning_hpo.tuning.slurm import launch, worker_failures
+    from lightning_hpo.tuning.study import remaining, study_folder
+    from lightning_hpo.tuning.tuner import Progress
+
+    todo = remaining(study, opt.trials)
+    if not todo:
+        return True
+    folder = study_folder(run, opt, study, options)
+    jobs, waited = launch(
+        tune_main,
+        args.argv,
+        min(args.workers or 1, todo),
+        args.slurm,
+        study,
+        folder,
+        args.storage,
+        args.wait,
+        on_finished=lambda trial: Progress(opt, print)(study, trial),
+    )
+    for line in worker_failures(jobs) if waited else ():
+        print(line, file=sys.stderr)
+    return waited
 
 
 def tune_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -111,6 +111,15 @@ def devices(device: str = "auto", count: int | str = 1) -> dict[str, Any]:
     }
 
 
+def slurm_job() -> str | None:
+    """The SLURM job this process runs in: ``<array>_<task>`` for a task of a job array,
+    else the job id; None outside SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
 def collect(
     device: str = "auto",
     argv: Sequence[str] | None = None,
@@ -123,6 +132,8 @@ def collect(
     if git is not None:
         record["git"] = git
     record["host"] = socket.gethostname()
+    if slurm_job():
+        record["slurm_job_id"] = slurm_job()
     record["device"] = device_name(device)
     record["devices"] = devices(device, count)
     record["command"] = command_line(argv)

@@ -7,10 +7,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lightning_hpo.config.lightning_args import (
     accelerator_and_devices,
+    outside_launcher,
     rank_count,
     trainer_errors,
 )
@@ -59,6 +61,10 @@ def build_trainer(
     options = cfg.trainer_config
     if rank_count(cfg.device, cfg.devices) > 1:  # spawned ranks: never outlive this process
         kwargs["callbacks"] = [*kwargs.get("callbacks", ()), DieWithParent()]
+    if SLURMEnvironment.detect() and outside_launcher() is None:
+        # One process of a SLURM job (a lightning-hpo worker, train.py in an sbatch script):
+        # it starts its run's ranks itself, where SLURM's environment would wait for srun to.
+        kwargs["plugins"] = [*kwargs.get("plugins", ()), LightningEnvironment()]
     kwargs = (
         {"enable_model_summary": False, "log_every_n_steps": 1, "deterministic": False}
         | options

@@ -71,6 +71,7 @@ def make_objective(
         EPOCHS_ATTR,
         LR_SCHEDULE_ATTR,
         N_SEEDS_ATTR,
+        SLURM_JOB_ATTR,
     )
     from lightning_hpo.training import provenance
     from lightning_hpo.training.runs import FitOptions, fit_run
@@ -100,6 +101,8 @@ def make_objective(
             trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
             trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
+            if provenance.slurm_job():
+                trial.set_user_attr(SLURM_JOB_ATTR, provenance.slurm_job())
             continuation = continuation_of(trial, run_dir, cfg)
             if continuation.record() is not None:
                 trial.set_user_attr(RETRY_ATTR, continuation.record())

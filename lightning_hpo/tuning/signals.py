@@ -6,11 +6,14 @@ import contextlib
 import signal
 import threading
 
+# Ctrl-C, kill / docker stop / a scheduler's end, SLURM's warning before a time limit
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 _received: list[int] = []  # the signals that interrupted this process, in order
 
 
 def interrupt_on_signals() -> None:
-    """Make SIGTERM (kill, schedulers, docker stop) stop a study the way Ctrl-C does, and
+    """Make SIGTERM (kill, schedulers, docker stop) and SIGUSR2 (the warning SLURM sends
+    before a job's time limit, as submitit asks it to) stop a study the way Ctrl-C does, and
     remember which one came (``last_signal``: the exit status is 128 + its number).
 
     Lightning keeps a handler that is already installed, so a signal during ``fit`` also
@@ -21,7 +24,7 @@ def interrupt_on_signals() -> None:
         record_signal(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOPPING:
         signal.signal(sig, interrupt)
 
 
@@ -37,8 +40,8 @@ def last_signal() -> int:
 
 def ignore_further_signals() -> None:
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOPPING:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
@@ -47,9 +50,19 @@ def restored_signal_handlers():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.getsignal(sig) for sig in STOPPING}
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def interrupted_by(status: int) -> int | None:
+    """The signal a child process's exit ``status`` says stopped it: killed by it (negative)
+    or exiting with 128 + its number, as this tool does when interrupted. None otherwise."""
+    if status < 0:
+        return -status
+    if 128 < status < 128 + 65:
+        return status - 128
+    return None

@@ -117,14 +117,13 @@ def tune(
     options = options or TuneOptions()
     study = create_or_load_study(run, opt, options)
     fail_dead_trials(study, echo, options.heartbeat)
-    todo = remaining(study, opt.trials)
-    if todo > 0:
+    if remaining(study, opt.trials) > 0:
         folder = study_folder(run, opt, study, options, echo)
         with restored_signal_handlers():
             try:
                 study.optimize(
                     make_objective(run, opt, options, folder),
-                    n_trials=todo,
+                    n_trials=None,  # StopAtTotal: pull trials while the study is not full
                     catch=(TrialFailed,),
                     callbacks=[
                         collect_and_freeze,

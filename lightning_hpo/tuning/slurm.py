@@ -1,0 +1,292 @@
+"""``tune.py --launcher slurm --workers N``: the study's workers as one SLURM job array,
+submitted through submitit.
+
+Each array task runs the same worker a local ``--workers`` child runs (``tune.py ...
+--worker``): it pulls trials from the shared study until the study holds its total. So
+the storage must be one every node reaches (a database server, a Redis journal, or a
+journal file on a shared file system); an SQLite file is refused.
+
+Limits and preemption. submitit asks SLURM for SIGUSR2 ``signal_delay_s`` (90) seconds
+before a job's time limit. The worker takes SIGUSR2, SIGTERM and Ctrl-C alike: it fails
+its running trial as interrupted (not counted, its parameters queued again) and exits;
+on SIGUSR2 the job then requeues itself. The requeued job, or any other worker of the
+study, continues that trial from its checkpoints (``tuning.continuation``). A preempted
+job (SIGTERM) is requeued by SLURM itself: the launcher submits with ``--requeue``.
+
+The launching command waits and prints each finished trial, read from the storage,
+until no job of the array is left; Ctrl-C cancels the array. ``--no-wait`` returns after
+submitting, with the commands to watch and to cancel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.storage.connect import redact
+from lightning_hpo.training.provenance import slurm_job
+from lightning_hpo.tuning.signals import ignore_further_signals, interrupted_by
+from lightning_hpo.tuning.workers import WORKER_FLAG
+
+LAUNCHER_FLAGS = {"--launcher": True, "--slurm": True, "--no-wait": False, "--workers": True}
+EXTRA = "pip install 'lightning-hpo[slurm]'"
+REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit
+POLL_SECONDS = 2.0
+
+
+def slurm_parameters(items: Sequence[str], job_name: str) -> dict[str, Any]:
+    """submitit's SlurmExecutor parameters from ``--slurm KEY=VALUE`` items.
+
+    Keys submitit knows (``partition``, ``time``, ``gpus_per_task``, ``cpus_per_task``,
+    ``mem``, ...) are passed as they are (``time`` also as ``[D-]HH:MM:SS``); any other
+    key becomes the ``sbatch`` option of that name (``--slurm reservation=x`` is
+    ``#SBATCH --reservation=x``), which sbatch checks.
+    """
+    from submitit.slurm.slurm import _get_default_parameters
+
+    known = _get_default_parameters()
+    # No time unless given: the partition's default limit, not submitit's 5 minutes.
+    params: dict[str, Any] = {"job_name": job_name, "time": None}
+    extra: dict[str, Any] = {"requeue": True}  # a preempted job comes back
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(
+                "--slurm",
+                item,
+                "expected KEY=VALUE",
+                "e.g. --slurm partition=gpu --slurm time=04:00:00",
+            )
+        if key == "time":
+            params["time"] = _minutes(value)
+        elif key in known and key != "additional_parameters":
+            params[key] = int(value) if value.isdigit() else value
+        else:
+            extra[key] = value
+    params["additional_parameters"] = extra
+    return params
+
+
+def _minutes(value: str) -> int:
+    """SLURM's time formats (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``) in
+    whole minutes, rounded up."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
+    if not match:
+        raise ConfigError(
+            "--slurm time", value, "expected minutes or [D-]HH:MM:SS", "e.g. --slurm time=04:00:00"
+        )
+    days, a, b, c = (int(g) if g else None for g in match.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # H:M:S
+        seconds = a * 3600 + b * 60 + c
+    else:  # M or M:S
+        seconds = a * 60 + (b or 0)
+    return max(1, math.ceil(seconds / 60))
+
+
+def check_storage(url: str | None) -> None:
+    """Refuse a storage that the cluster's nodes cannot share (SQLite, the default)."""
+    if url is None or url.startswith("sqlite"):
+        raise ConfigError(
+            "--storage",
+            redact(url) if url else "the default SQLite file",
+            "SLURM workers run on other nodes, and an SQLite file cannot be shared between "
+            "machines (its locks do not hold on network file systems)",
+            "give --storage postgresql://user@host/db, mysql+pymysql://..., "
+            "journal+redis://host:6379/0, or journal:<file on a shared file system>",
+        )
+
+
+def check_cluster() -> None:
+    """submitit installed and SLURM's client on the PATH, or one line saying what to do."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--launcher", "slurm", "needs the submitit package, which is not installed", EXTRA
+        ) from None
+    if shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--launcher",
+            "slurm",
+            "sbatch is not on this machine's PATH",
+            "run tune.py on a machine that submits to your SLURM cluster (a login node)",
+        )
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """tune.py's arguments for each job: the launching command's, without the launcher's own."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in LAUNCHER_FLAGS:
+            skip = LAUNCHER_FLAGS[flag] and "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+class Worker:
+    """What each array task runs (pickled by submitit): the worker command ``main(argv +
+    [--worker])`` (tune.py's main, pickled by name) in the job's own process, whose output
+    is the job's log. Its signal handlers replace submitit's: SIGTERM and the time limit's
+    warning (``REQUEUE_SIGNAL``) fail the running trial as interrupted. After the warning
+    the job requeues itself, and the requeued job continues that trial."""
+
+    def __init__(self, main: Callable[[list[str]], int], argv: Sequence[str], cwd: str):
+        self.main, self.argv, self.cwd = main, list(argv), cwd
+
+    def __call__(self) -> int:
+        os.chdir(self.cwd)
+        code = self.main([*self.argv, WORKER_FLAG])
+        job = os.environ.get("SLURM_JOB_ID")
+        if interrupted_by(code) == REQUEUE_SIGNAL and job:
+            ignore_further_signals()  # the requeue stops this job with SIGTERM
+            print(f"requeueing SLURM job {slurm_job()}: the study goes on in it", flush=True)
+            subprocess.call(["scontrol", "requeue", job])
+        return code
+
+
+def submit(worker: Worker, workers: int, items: Sequence[str], folder: Path, job_name: str):
+    """Submit ``workers`` copies of ``worker`` as one job array; return its submitit jobs."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder / "%j")
+    executor.update_parameters(**slurm_parameters(items, job_name))
+    jobs = []
+    try:
+        with executor.batch():
+            for _ in range(workers):
+                jobs.append(executor.submit(worker))
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
+        lines = str(getattr(exc, "stderr", None) or exc).strip().splitlines() or ["no reason given"]
+        why = next((line for line in lines if "error" in line.lower()), lines[-1])
+        raise ConfigError(
+            "--slurm",
+            None,
+            f"sbatch refused the job array: {why.strip()}",
+            "fix the --slurm options",
+        ) from None
+    return jobs
+
+
+def queued(array: str) -> list[str]:
+    """The array's tasks still pending or running (``squeue``)."""
+    out = subprocess.run(["squeue", "-h", "-j", array, "-o", "%i"], capture_output=True, text=True)
+    if out.returncode != 0:
+        if "invalid job id" in out.stderr.lower():  # the controller forgot it: long ended
+            return []
+        raise RuntimeError(f"squeue -j {array} failed: {out.stderr.strip()}")
+    return out.stdout.split()
+
+
+def watch(
+    study, array: str, on_finished: Callable[[Any], None], poll: float = POLL_SECONDS
+) -> None:
+    """Until no task of ``array`` is pending or running, call ``on_finished`` once for each
+    trial that finishes, in the order they finish, reading the study's storage."""
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    while True:
+        alive = queued(array)  # before reading the trials: nothing finishes unseen
+        fresh = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and t.number not in seen
+        ]
+        for t in sorted(fresh, key=lambda t: t.datetime_complete or t.datetime_start):
+            seen.add(t.number)
+            on_finished(t)
+        if not alive:
+            return
+        time.sleep(poll)
+
+
+def cancel(array: str) -> None:
+    """``scancel`` the array: SLURM sends each running worker SIGTERM, which fails its trial
+    as interrupted (queued again for the next run)."""
+    subprocess.run(["scancel", array], check=False)
+
+
+def worker_failures(jobs: Sequence[Any]) -> list[str]:
+    """One line per worker that exited with an error: its job id, status and last error line."""
+    lines = []
+    for job in jobs:
+        result = job.paths.result_pickle
+        if not result.exists():
+            continue
+        try:
+            code = job.result()
+        except Exception as exc:  # noqa: BLE001 - the job's own exception, reported as a line
+            code, why = None, str(exc).strip().splitlines()[-1:] or ["?"]
+        else:
+            if code == 0 or interrupted_by(code) is not None:
+                continue
+            err = job.paths.stderr
+            tail = err.read_text(errors="replace").strip().splitlines() if err.exists() else []
+            why = [
+                next((line for line in reversed(tail) if line.startswith("error:")), "see its log")
+            ]
+        lines.append(f"worker job {job.job_id} exited with status {code}: {why[0]}")
+    return lines
+
+
+def launch(
+    main: Callable[[list[str]], int],
+    argv: Sequence[str],
+    workers: int,
+    items: Sequence[str],
+    study,
+    folder: Path,
+    storage: str,
+    wait: bool,
+    echo: Callable[[str], None] = print,
+    on_finished: Callable[[Any], None] | None = None,
+) -> tuple[list[Any], bool]:
+    """Submit the workers (each runs ``main``, tune.py's), then (``wait``) print the study's trials as they finish until
+    every job has ended. Ctrl-C cancels the array and says so, then re-raises.
+
+    Returns:
+        The jobs, and whether this waited for them.
+    """
+    slurm_folder = folder / "slurm"
+    worker = Worker(main, worker_argv(argv), os.getcwd())
+    jobs = submit(worker, workers, items, slurm_folder, f"lightning-hpo:{study.study_name}")
+    array = str(jobs[0].job_id).split("_")[0]
+    echo(f"Submitted SLURM job array {array}: {workers} worker(s) on study {study.study_name!r}")
+    if not wait:
+        echo("Watch:")
+        for cmd in (
+            f"squeue -j {array}",
+            f"python tune.py report --storage {shlex.quote(redact(storage))} "
+            f"--study-name {shlex.quote(study.study_name)}",
+            f"tail -f {slurm_folder}/{array}_*/{array}_*_log.out",
+        ):
+            echo(f"  {cmd}")
+        echo(f"Cancel: scancel {array}")
+        return jobs, False
+    echo(f"Logs: {slurm_folder}/{array}_<task>/ (Ctrl-C cancels the jobs)")
+    try:
+        watch(study, array, on_finished or (lambda t: None))
+    except KeyboardInterrupt:
+        cancel(array)
+        echo(
+            f"Cancelled SLURM job array {array} (scancel {array}): each running trial is "
+            "failed as interrupted; run the same command again to continue the study"
+        )
+        raise
+    return jobs, True

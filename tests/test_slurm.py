@@ -1,0 +1,231 @@
+"""``tune.py --launcher slurm``: workers as a SLURM job array on a shared study.
+
+The slow tests submit real jobs to a real SLURM cluster (``bash .ci/slurm-up`` starts a
+single-node one on this machine; CI runs it), with a PostgreSQL study.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from services import postgres_url, run, start, tune_args, unavailable, wait_for  # noqa: F401 - fixtures
+
+from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RETRY_ATTR, SLURM_JOB_ATTR
+from lightning_hpo.cli import EXIT_BAD_INPUT, tune_main
+from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.errors import ConfigError
+from lightning_hpo.tuning.signals import interrupted_by
+from lightning_hpo.tuning.slurm import slurm_parameters, worker_argv
+
+RUN = {
+    "project": "Slurm",
+    "device": "cpu",
+    "seeds": [1],
+    "batch_size": 64,
+    "data_config": {"n": 600},
+    "net_config": {"nodes": 16, "layers": 2},
+}
+SPACE = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-4, "max": 1.0e-2, "log": True}}}
+
+
+def configs(tmp_path: Path, trials: int, epochs: int) -> tuple[Path, Path]:
+    dump_yaml(RUN | {"epochs": epochs}, tmp_path / "run.yaml")
+    dump_yaml(
+        {"study_name": "s", "trials": trials, "seed": 1, "pruner": None, "search_space": SPACE},
+        tmp_path / "optimize.yaml",
+    )
+    return tmp_path / "run.yaml", tmp_path / "optimize.yaml"
+
+
+# --------------------------------------------------------------------------- no cluster needed
+
+
+def test_slurm_refuses_a_storage_other_nodes_cannot_share(tmp_path: Path, capsys) -> None:
+    run_yaml, opt_yaml = configs(tmp_path, trials=2, epochs=1)
+    for storage in (None, f"sqlite:///{tmp_path}/s.db"):
+        argv = ["--run-config", str(run_yaml), "--optimize-config", str(opt_yaml)]
+        argv += ["--launcher", "slurm", *(["--storage", storage] if storage else [])]
+        assert tune_main(argv) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith("error: --storage") and "SQLite" in err and "postgresql://" in err
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_slurm_options_pass_through_to_submitit_and_sbatch() -> None:
+    params = slurm_parameters(
+        ["partition=gpu", "time=04:00:00", "gpus_per_task=1", "cpus-per-task=4", "reservation=r1"],
+        "j",
+    )
+    assert params["partition"] == "gpu" and params["time"] == 240
+    assert params["gpus_per_task"] == 1 and params["cpus_per_task"] == 4
+    # A key submitit does not know is the sbatch option itself; preempted jobs come back.
+    assert params["additional_parameters"] == {"requeue": True, "reservation": "r1"}
+    assert slurm_parameters([], "j")["time"] is None  # the partition's limit, not 5 minutes
+    for given, minutes in (("90", 90), ("1:30", 2), ("1-00:00", 1440), ("2-3", 51 * 60)):
+        assert slurm_parameters([f"time={given}"], "j")["time"] == minutes
+    for bad in ("partition", "=gpu", "time=soon"):
+        with pytest.raises(ConfigError, match="--slurm"):
+            slurm_parameters([bad], "j")
+
+
+def test_each_job_runs_the_command_without_the_launchers_flags() -> None:
+    argv = ["--trials", "4", "--launcher", "slurm", "--slurm", "time=5", "--workers=3"]
+    argv += ["--no-wait", "--slurm=partition=x", "--storage", "postgresql://u@h/d"]
+    assert worker_argv(argv) == ["--trials", "4", "--storage", "postgresql://u@h/d"]
+
+
+def test_interrupted_by_reads_a_childs_exit_status() -> None:
+    assert interrupted_by(128 + signal.SIGUSR2) == signal.SIGUSR2
+    assert interrupted_by(-signal.SIGKILL) == signal.SIGKILL
+    assert interrupted_by(0) is None and interrupted_by(2) is None
+
+
+# --------------------------------------------------------------------------- a real cluster
+
+
+@pytest.fixture
+def slurm() -> None:
+    if shutil.which("sbatch") is None:
+        unavailable("SLURM is not installed: bash .ci/slurm-up installs and starts a local cluster")
+    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if states.returncode != 0 or not re.search(r"^(idle|mix|alloc|comp)", states.stdout, re.M):
+        unavailable("SLURM's controller or node is not up: bash .ci/slurm-up starts them")
+
+
+def squeue(array: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-j", array, "-o", "%i"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials; none before the launcher has created it."""
+    try:
+        return optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+@pytest.mark.slow
+def test_a_slurm_study_runs_its_workers_as_one_job_array(
+    tmp_path: Path, slurm, postgres_url: str
+) -> None:
+    run_yaml, opt_yaml = configs(tmp_path, trials=4, epochs=8)
+    cmd = tune_args(run_yaml, opt_yaml, postgres_url, tmp_path / "runs")
+    proc = run([*cmd, "--launcher", "slurm", "--workers", "2"], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    array = re.search(r"Submitted SLURM job array (\d+): 2 worker", proc.stdout).group(1)
+    # The command waited, printing each trial as it finished (read from the storage).
+    assert "[4/4] trial" in proc.stdout and "Best trial:" in proc.stdout
+    done = [t for t in trials(postgres_url) if t.state == TrialState.COMPLETE]
+    assert len(done) == 4
+    # Each trial names its array task; both tasks pulled trials from the shared study.
+    assert {t.user_attrs[SLURM_JOB_ATTR] for t in done} == {f"{array}_0", f"{array}_1"}
+    assert squeue(array) == []
+
+
+@pytest.mark.slow
+def test_the_time_limits_warning_interrupts_the_trial_and_the_study_continues_it(
+    tmp_path: Path, slurm, postgres_url: str
+) -> None:
+    run_yaml, opt_yaml = configs(tmp_path, trials=3, epochs=30)
+    cmd = tune_args(run_yaml, opt_yaml, postgres_url, tmp_path / "runs")
+    proc = run([*cmd, "--launcher", "slurm", "--workers", "2", "--no-wait"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    array = re.search(r"Submitted SLURM job array (\d+)", proc.stdout).group(1)
+    assert f"scancel {array}" in proc.stdout and f"squeue -j {array}" in proc.stdout
+    try:
+        first = wait_for(
+            lambda: next(
+                (
+                    t
+                    for t in trials(postgres_url)
+                    if t.state == TrialState.RUNNING
+                    and t.user_attrs.get(SLURM_JOB_ATTR) == f"{array}_0"
+                    and (t.last_step or 0) >= 2
+                ),
+                None,
+            ),
+            240,
+            f"a trial of job {array}_0 at epoch 3",
+        )
+        # What SLURM sends signal_delay_s before the time limit (submitit asks for SIGUSR2).
+        subprocess.run(["scancel", "--signal=USR2", f"{array}_0"], check=True)
+        stopped = wait_for(
+            lambda: next(
+                (
+                    t
+                    for t in trials(postgres_url)
+                    if t.number == first.number and t.state.is_finished()
+                ),
+                None,
+            ),
+            120,
+            "the interrupted trial to be failed",
+        )
+        assert stopped.state == TrialState.FAIL and stopped.system_attrs.get(INTERRUPTED)
+        assert "SIGUSR2" in stopped.user_attrs[FAIL_REASON]
+        # The job requeued itself; another worker (or the requeued job) continues the trial.
+        log = next((tmp_path / "runs").rglob(f"{array}_0_0_log.out"))
+        assert "requeueing SLURM job" in log.read_text()
+        retry = wait_for(
+            lambda: next(
+                (
+                    t
+                    for t in trials(postgres_url)
+                    if (t.user_attrs.get(RETRY_ATTR) or {}).get("of") == first.number
+                    and t.state == TrialState.COMPLETE
+                ),
+                None,
+            ),
+            400,
+            "the interrupted trial's retry to complete",
+        )
+        assert retry.user_attrs[RETRY_ATTR]["continued_at_epoch"] >= 2
+        assert retry.params == first.params
+    finally:
+        subprocess.run(["scancel", array])
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_job_array(tmp_path: Path, slurm, postgres_url: str) -> None:
+    run_yaml, opt_yaml = configs(tmp_path, trials=4, epochs=200)
+    cmd = tune_args(run_yaml, opt_yaml, postgres_url, tmp_path / "runs")
+    log = tmp_path / "tune.log"
+    proc = start([*cmd, "--launcher", "slurm", "--workers", "2"], tmp_path, log)
+    try:
+        wait_for(
+            lambda: sum(t.state == TrialState.RUNNING for t in trials(postgres_url)) == 2,
+            240,
+            "both workers running a trial",
+            proc,
+            log,
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    array = re.search(r"Submitted SLURM job array (\d+)", out).group(1)
+    assert f"Cancelled SLURM job array {array}" in out
+    wait_for(lambda: squeue(array) == [], 90, "the array to leave the queue")
+    # scancel sent each worker SIGTERM: its trial failed as interrupted, not counted.
+    ended = wait_for(
+        lambda: (
+            [t for t in trials(postgres_url) if t.state == TrialState.FAIL][1:]
+            and [t for t in trials(postgres_url) if t.state == TrialState.FAIL]
+        ),
+        60,
+        "both running trials to be failed",
+    )
+    assert len(ended) == 2 and not any(t.state == TrialState.RUNNING for t in trials(postgres_url))
+    assert all(t.system_attrs.get(INTERRUPTED) for t in ended)
+    assert all("SIGTERM" in t.user_attrs[FAIL_REASON] for t in ended)
