@@ -130,6 +130,7 @@ class SupervisedModule(pl.LightningModule):
         self.scheduler_factory, self.scheduler_config = scheduler, dict(scheduler_config or {})
         self.epochs = epochs
         self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}  # samples per stage this epoch (no tensor per step)
 
     def forward(self, x):
         return self.net(x)
@@ -139,13 +140,16 @@ class SupervisedModule(pl.LightningModule):
         value = value.to(torch.promote_types(value.dtype, torch.float32))
         self._sums[name] = self._sums[name] + value if name in self._sums else value
 
+    def _count(self, stage: str, n: int) -> None:
+        self._counts[stage] = self._counts.get(stage, 0) + n
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
         pred = self(x)
         loss = self.criterion(pred, y)
         n = x.shape[0]
         self._accumulate(f"{stage}_loss", loss.detach() * n)
-        self._accumulate(f"{stage}_n", torch.tensor(float(n), device=loss.device))
+        self._count(stage, n)
         if stage == "val" and y.is_floating_point() and pred.shape == y.shape:
             # Running sums for R² = 1 - SSE / SST, averaged over outputs.
             y2 = y.reshape(n, -1)
@@ -165,11 +169,11 @@ class SupervisedModule(pl.LightningModule):
         self._step(batch, "val")
 
     def _pop_mean(self, stage: str) -> torch.Tensor | None:
-        total, n = self._sums.pop(f"{stage}_loss", None), self._sums.pop(f"{stage}_n", None)
+        total, n = self._sums.pop(f"{stage}_loss", None), self._counts.pop(stage, 0)
         return None if total is None else total / n
 
     def on_validation_epoch_end(self):
-        n = self._sums.get("val_n")
+        n = self._counts.get("val")
         val_loss = self._pop_mean("val")
         if val_loss is None:
             return

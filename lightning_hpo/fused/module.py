@@ -60,7 +60,7 @@ class FusedModule(SupervisedModule):
         )
         n = x.shape[0] if shared else x.shape[1]
         self._accumulate(f"{stage}_loss", losses.detach() * n)
-        self._accumulate(f"{stage}_n", torch.tensor(float(n), device=losses.device))
+        self._count(stage, n)
         if shared and y.is_floating_point() and pred.shape[1:] == y.shape:
             y2 = y.reshape(n, -1)
             self._accumulate(
@@ -81,7 +81,7 @@ class FusedModule(SupervisedModule):
             self.log(seed_metric(name, seed), value, sync_dist=True)
 
     def on_validation_epoch_end(self):
-        n = self._sums.get("val_n")
+        n = self._counts.get("val")
         val_loss = self._pop_mean("val")
         if val_loss is None:
             return

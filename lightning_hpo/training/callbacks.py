@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_hpo.console import is_quiet, quiet_lightning
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
 from lightning_hpo.metrics import require_logged
-from lightning_hpo.training.files import BEST, LAST, copy_atomically
+from lightning_hpo.training.files import BEST, LAST
 from lightning_hpo.training.results import SeedResult
 
 # The key under which RunRecorder hands each seed's history back from spawned DDP ranks.
@@ -135,10 +135,10 @@ class RunCheckpoints(Callback):
     """A run's ``last.ckpt`` every epoch (for ``--resume`` and a retried trial) and its
     ``best.ckpt`` when the monitored metric improved.
 
-    One state dump per epoch: a new best is a copy of the ``last.ckpt`` just written, where
-    a ``ModelCheckpoint`` for each file dumped the state twice (``fused.checkpoints`` does
-    the same for fused seeds). The best score is updated before the dump, so ``last.ckpt``
-    resumes with it.
+    The trainer writes them in the background (``AsyncCheckpointIO``, see ``fit_seed``):
+    the epoch pays for gathering and copying the state, not for serialising and writing
+    it, and the files are replaced whole (written aside, then renamed). The best score is
+    updated before the dump, so ``last.ckpt`` resumes with it.
     """
 
     def __init__(self, dirpath: Path, monitor: str, mode: str, save_best: bool, save_last: bool):
@@ -153,15 +153,10 @@ class RunCheckpoints(Callback):
         )
         if better:
             self.best = float(value)
-        last, best = self.dirpath / f"{LAST}.ckpt", self.dirpath / f"{BEST}.ckpt"
         if self.save_last:
-            trainer.save_checkpoint(last)
-            if better:
-                if trainer.is_global_zero:
-                    copy_atomically(last, best)
-                trainer.strategy.barrier("RunCheckpoints")
-        elif better:
-            trainer.save_checkpoint(best)
+            trainer.save_checkpoint(self.dirpath / f"{LAST}.ckpt")
+        if better:
+            trainer.save_checkpoint(self.dirpath / f"{BEST}.ckpt")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_model_score": self.best}

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from torch import nn
 
 from lightning_hpo.config.lightning_args import fusion_blocker
@@ -157,6 +158,9 @@ def fit_seed(
         callbacks=[*own, *options.callbacks],
         progress=options.progress,
         checkpointing=False,  # RunCheckpoints writes them; no default ModelCheckpoint
+        # Written by a background thread, each file whole; the trainer's teardown waits
+        # for them (and raises a failed write) before fit returns.
+        plugins=[AsyncCheckpointIO()],
     )
     last = checkpoint_file(run_dir, LAST)
     resume_from = last if options.resume and last.exists() else None
