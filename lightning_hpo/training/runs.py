@@ -2,7 +2,8 @@
 
 A run of several seeds trains them all at once in one Trainer when it can (fused seeds,
 ``fit_fused``), else one Trainer per seed, one after another (``fit_seed``). ``fit_run``
-chooses; ``train`` (train.py) and the tuner's objective both call it.
+chooses; ``train`` (train.py) and the tuner's objective both call it. A run builds its data
+once (``build_data``: constructed, ``prepare_data`` called), and every seed trains on it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.training import provenance
 from lightning_hpo.training.callbacks import RunCheckpoints, RunRecorder
 from lightning_hpo.training.components import (
-    build_components,
     build_data,
+    build_module,
     build_net,
     config_errors,
+    data_for_seed,
     hparams_of,
     module_arguments,
 )
@@ -131,16 +133,21 @@ def _fit(
 
 
 def fit_seed(
-    cfg: RunConfig, seed: int, run_dir: Path, options: FitOptions = FitOptions()
+    cfg: RunConfig,
+    seed: int,
+    run_dir: Path,
+    options: FitOptions = FitOptions(),
+    dm: pl.LightningDataModule | None = None,
 ) -> SeedResult:
     """Train one seed of ``cfg`` into ``run_dir``: config.yaml, TensorBoard events,
-    checkpoints, result.json.
+    checkpoints, result.json. ``dm``: the run's data (``build_data``), else built for this seed.
 
     The hyperparameters and the final and best metric go to TensorBoard even when
     training stops early (pruned or interrupted), so every run shows in the HParams tab.
     """
     monitor, mode = options.monitor, options.mode
-    dm, module = build_components(cfg, seed)
+    dm = data_for_seed(build_data(cfg, seed) if dm is None else dm, seed)
+    module = build_module(cfg, dm, seed)
     result = SeedResult(seed, run_dir, mode=mode)
     recorder = RunRecorder([result], monitor, hparams_of(cfg))
     own: list[Callback] = [recorder, *_checkpoints(cfg, run_dir, monitor, mode)]
@@ -237,13 +244,17 @@ def fit_fused(
 
 
 def plan_fusion(
-    cfg: RunConfig, seeds: Sequence[int]
+    cfg: RunConfig, seeds: Sequence[int], dm: pl.LightningDataModule | None = None
 ) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
-    """The data, each seed's network, and how they train fused (``fused.blocker``): a
-    stacking mode, or None and the reason they cannot."""
-    from lightning_hpo.fused.checks import blocker
+    """The data (``dm``, else built), each seed's network, and how they train fused
+    (``fused.blocker``): a stacking mode, or None and the reason they cannot (then no
+    network is built)."""
+    from lightning_hpo.fused.checks import blocker, module_blocker
 
-    dm = build_data(cfg, seeds[0])
+    dm = build_data(cfg, seeds[0]) if dm is None else dm
+    reason = module_blocker(cfg.components.module)
+    if reason is not None:
+        return dm, [], None, reason
     with config_errors(cfg, "net"):
         nets = [build_net(cfg, dm, seed) for seed in seeds]
     stacking, reason = blocker(
@@ -332,8 +343,9 @@ def fit_run(
     Seed after seed, ``options.callbacks`` and ``after_fit`` go to the first seed only (its curve
     is the one a pruner sees); fused, they see the seeds' mean.
     """
+    dm = build_data(cfg, seeds[0])  # once: every seed trains on it
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
-        dm, nets, stacking, reason = plan_fusion(cfg, seeds)
+        dm, nets, stacking, reason = plan_fusion(cfg, seeds, dm)
         if stacking is not None:
             if options.on_curve is not None:
                 options.on_curve(curve_kind(len(seeds), fused=True))
@@ -354,7 +366,7 @@ def fit_run(
     later = dataclasses.replace(options, callbacks=(), after_fit=None, on_curve=None)
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
-        result = fit_seed(cfg, seed, run_dir, options if index == 0 else later)
+        result = fit_seed(cfg, seed, run_dir, options if index == 0 else later, dm)
         results.append(result)
         if on_seed is not None:
             on_seed(result)
