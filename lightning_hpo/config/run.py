@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_hpo.config.class_paths import CALLBACKS, LOGGERS, check_classes, check_entries
 from lightning_hpo.config.imports import check_kwargs, resolve
 from lightning_hpo.config.lightning_args import (
     check_device,
@@ -97,6 +98,10 @@ class RunConfig:
     trainer_config: dict[str, Any] = field(
         default_factory=dict
     )  # extra lightning.Trainer keyword arguments (lightning_args.OWNED are refused)
+    # Lightning callbacks, each {class_path, init_args}: e.g. LearningRateMonitor
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+    # Loggers instead of TensorBoard (the default), each {class_path, init_args}: CSV, MLflow, W&B
+    loggers: list[dict[str, Any]] = field(default_factory=list)
     # The import paths resolved (``components``): built once, shared by the copies made for trials.
     _components: Components | None = field(default=None, init=False, repr=False, compare=False)
     # The keys its file or mapping gave (the others are defaults): build refuses PART_KEYS
@@ -230,6 +235,8 @@ def _check_value(name: str, value: Any, source: str) -> Any:
         raise bad()
     if name == "scheduler" and value is None:
         return None
+    if name in (CALLBACKS, LOGGERS):
+        return check_entries(name, value, source)
     if name.endswith("_config"):
         if value is None:
             return {}
@@ -343,6 +350,8 @@ def build(cfg: RunConfig, source: str = "<run config>") -> RunConfig:
             kwargs = {k: v for k, v in kwargs.items() if k != SCHEDULE_INTERVAL}
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
     check_scheduler(cfg, source)
+    for name in (CALLBACKS, LOGGERS):
+        check_classes(name, getattr(cfg, name), cfg.project, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
     from lightning_hpo.config.lightning_args import accelerator_and_devices  # imports Lightning

@@ -22,6 +22,7 @@ from torch import nn
 
 from lightning_hpo.builtin.data import SupervisedData, build_datamodule, feature_sizes
 from lightning_hpo.builtin.supervised import module_parts
+from lightning_hpo.config.class_paths import shareable
 from lightning_hpo.config.imports import accepted_kwargs
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
@@ -63,7 +64,7 @@ def saved_config(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
     """The run config a module saves as its ``run_config`` hyperparameter: ``net_config``
     holds every argument the network was built with, so a checkpoint rebuilds the network
     without the data."""
-    return cfg.to_dict() | {"net_config": net_kwargs(cfg, dm)}
+    return shareable(cfg.to_dict()) | {"net_config": net_kwargs(cfg, dm)}
 
 
 def module_arguments(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def build_components(
 def hparams_of(cfg: RunConfig) -> dict[str, Any]:
     """The config flattened for TensorBoard's HParams tab (``net_config.nodes`` etc.)."""
     flat: dict[str, Any] = {}
-    for key, value in cfg.to_dict().items():
+    for key, value in shareable(cfg.to_dict()).items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from lightning_hpo.config.class_paths import logger_fusion_blocker, shareable
 from lightning_hpo.config.lightning_args import fusion_blocker
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
@@ -38,19 +38,10 @@ from lightning_hpo.training.components import (
     hparams_of,
     module_arguments,
 )
+from lightning_hpo.training.extensions import end_runs, run_callbacks, run_loggers
 from lightning_hpo.training.files import CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 from lightning_hpo.training.results import SeedResult, TrainResult, load_result
 from lightning_hpo.training.trainer import build_trainer, stop_spawned_ranks
-
-
-def _logger(run_dir: Path) -> TensorBoardLogger:
-    """The TensorBoard run ``<group>/<version>`` of one seed (or of the seeds' mean)."""
-    return TensorBoardLogger(
-        save_dir=str(run_dir.parent.parent),
-        name=run_dir.parent.name,
-        version=run_dir.name,
-        default_hp_metric=False,
-    )
 
 
 def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list[Callback]:
@@ -101,7 +92,7 @@ def _fit(
     record = provenance.collect(cfg.device, count=cfg.devices)
     for r in recorder.results:
         r.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / CONFIG_FILE)
+        dump_yaml(shareable(cfg.to_dict()) | {"seeds": [r.seed]}, r.run_dir / CONFIG_FILE)
         provenance.write(record, r.run_dir)
     start = time.perf_counter()
     try:
@@ -112,6 +103,10 @@ def _fit(
                 warnings.filterwarnings(
                     "ignore", message=r"Checkpoint directory .* exists and is not empty"
                 )
+            # The CSV logger's folder is the seed's, which already holds config.yaml.
+            warnings.filterwarnings(
+                "ignore", message=r"Experiment logs directory .* exists and is not empty"
+            )
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         recorder.collect(trainer)  # this process's histories, or under ddp_spawn rank 0's
         if after_fit is not None:
@@ -124,6 +119,7 @@ def _fit(
         # Lightning answers Ctrl-C and SIGTERM with sys.exit; callers need to know it was an interrupt.
         raise KeyboardInterrupt(f"training interrupted ({exc.__class__.__name__})") from exc
     finally:
+        end_runs(trainer.loggers)
         for r in recorder.results:
             r.seconds = time.perf_counter() - start
     # Only a finished run gets a result file: --resume reads it instead of training again.
@@ -160,8 +156,8 @@ def fit_seed(
         )
     trainer = build_trainer(
         cfg,
-        logger=_logger(run_dir),
-        callbacks=[*own, *options.callbacks],
+        logger=run_loggers(cfg, run_dir),
+        callbacks=[*own, *run_callbacks(cfg), *options.callbacks],
         progress=options.progress,
         checkpointing=False,  # RunCheckpoints writes them; no default ModelCheckpoint
     )
@@ -217,14 +213,16 @@ def fit_fused(
         )
     group = Path(run_dirs[0]).parent
     loggers = SeedLoggers(
-        _logger(group / "mean"), {seed: _logger(d) for seed, d in zip(seeds, run_dirs)}, states
+        run_loggers(cfg, group / "mean"),
+        {seed: run_loggers(cfg, d) for seed, d in zip(seeds, run_dirs)},
+        states,
     )
     io = SeedCheckpointIO(run_dirs, [p.shape for p in module.net.parameters()])
     # enable_checkpointing=False: no default ModelCheckpoint; SeedCheckpoints saves through the io plugin.
     trainer = build_trainer(
         cfg,
         logger=loggers,
-        callbacks=[*own, *options.callbacks],
+        callbacks=[*own, *run_callbacks(cfg), *options.callbacks],
         progress=options.progress,
         checkpointing=False,
         plugins=[io],
@@ -262,6 +260,8 @@ def plan_fusion(
     )
     if stacking is not None and fusion_blocker(cfg.trainer_config):
         stacking, reason = None, fusion_blocker(cfg.trainer_config)
+    if stacking is not None and logger_fusion_blocker(cfg.loggers):
+        stacking, reason = None, logger_fusion_blocker(cfg.loggers)
     return dm, nets, stacking, reason
 
 
