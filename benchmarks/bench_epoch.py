@@ -75,12 +75,12 @@ NO_CKPT = {"save_best": False, "save_last": False}
 
 @contextlib.contextmanager
 def no_tensorboard():
-    saved = training.TensorBoardLogger
-    training.TensorBoardLogger = lambda **kw: False  # Trainer(logger=False)
+    saved = training.run_loggers
+    training.run_loggers = lambda cfg, run_dir: False  # Trainer(logger=False)
     try:
         yield
     finally:
-        training.TensorBoardLogger = saved
+        training.run_loggers = saved
 
 
 class ManualOptModule(SupervisedModule):

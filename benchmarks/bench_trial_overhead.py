@@ -121,11 +121,11 @@ class Timers:
             def on_train_end(self, trainer, pl_module):
                 timers.epoch_gaps.append(time.perf_counter() - self.last)
 
-        def fit_seed(cfg, seed, run_dir, options=None):
+        def fit_seed(cfg, seed, run_dir, options=None, dm=None):
             options = options or training.FitOptions()
             options = dataclasses.replace(options, callbacks=[*options.callbacks, EpochClock()])
             start = time.perf_counter()
-            result = timers._fit_seed(cfg, seed, run_dir, options)
+            result = timers._fit_seed(cfg, seed, run_dir, options, dm)
             timers.fit_seed_s.append(time.perf_counter() - start)
             timers.trainer_fit_s.append(result.seconds)
             return result

@@ -486,11 +486,11 @@ def count_epochs_of_each_seed(patch: pytest.MonkeyPatch) -> dict[int, CountEpoch
     real = training.fit_seed
     counters: dict[int, CountEpochs] = {}
 
-    def fit_seed_counting(cfg, seed, run_dir, options=None):
+    def fit_seed_counting(cfg, seed, run_dir, options=None, dm=None):
         options = options or FitOptions()
         counters[seed] = CountEpochs()
         options = dataclasses.replace(options, callbacks=[*options.callbacks, counters[seed]])
-        return real(cfg, seed, run_dir, options)
+        return real(cfg, seed, run_dir, options, dm)
 
     patch.setattr(training, "fit_seed", fit_seed_counting)
     return counters
@@ -571,12 +571,11 @@ def _ctrl_c_after_one_epoch(monkeypatch) -> None:
     """Make train.py's runs raise KeyboardInterrupt as epoch 2 starts, as Ctrl+C would."""
     real = training.fit_seed
 
-    def fit_seed_with_ctrl_c(cfg, seed, run_dir, options=None):
+    def fit_seed_with_ctrl_c(cfg, seed, run_dir, options=None, dm=None):
         options = options or FitOptions()
         stop = StopBeforeEpoch(1, KeyboardInterrupt)
-        return real(
-            cfg, seed, run_dir, dataclasses.replace(options, callbacks=[*options.callbacks, stop])
-        )
+        options = dataclasses.replace(options, callbacks=[*options.callbacks, stop])
+        return real(cfg, seed, run_dir, options, dm)
 
     monkeypatch.setattr(training, "fit_seed", fit_seed_with_ctrl_c)
 

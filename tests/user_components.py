@@ -5,11 +5,14 @@ Importable as ``user_components`` (tests/ is on sys.path; see conftest.py).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.demos.boring_classes import BoringModel, DemoModel, RandomDataset
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -251,3 +254,83 @@ class StuckRankModule(SupervisedModule):
             else:  # stuck too, deaf to SIGINT and SIGTERM like a rank inside a collective
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 time.sleep(600)
+
+
+# --------------------------------------------------------------------------- Lightning's demos
+# lightning.pytorch.demos' classes are Lightning projects this package did not write; these
+# subclasses add only the validation metric the demos do not log (and, for the schedule, the
+# interval), nothing of this package's.
+
+
+class LoggedDemoModel(DemoModel):
+    """Lightning's ``DemoModel`` (its own ``out_dim`` and ``learning_rate``, its own Adam),
+    logging ``val_loss``: the mean of what its training step minimises."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self(batch).sum(dim=1).mean())
+
+
+class LoggedBoringModel(BoringModel):
+    """Lightning's ``BoringModel`` (SGD and a StepLR stepped once an epoch, its own
+    ``configure_optimizers``), logging ``val_loss``."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.step(batch))
+
+
+class StepScheduledDemo(LoggedDemoModel):
+    """``LoggedDemoModel`` with a schedule stepped after every optimizer step: lr / (1 + step)."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.learning_rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class CountingData(LightningDataModule):
+    """A DataModule that records each hook of Lightning's contract it sees, in order, in
+    ``CountingData.events`` (``init``, ``prepare_data``, ``setup:<stage>``) and, with
+    ``record``, as ``<event> <pid>`` lines in that file (spawned ranks included). It serves
+    random 32-feature samples as the demos' ``RandomDataset`` does, ``length`` of them for
+    training; with ``pairs``, ``(x, y)`` pairs (y: x's first two features) for the built-in module.
+    """
+
+    events: list[str] = []
+
+    def __init__(
+        self, length: int = 64, batch_size: int = 16, pairs: bool = False, record: str = ""
+    ):
+        super().__init__()
+        self.length, self.batch_size, self.pairs, self.record = length, batch_size, pairs, record
+        self._event("init")
+
+    def _event(self, name: str) -> None:
+        CountingData.events.append(name)
+        if self.record:
+            with open(self.record, "a") as f:
+                f.write(f"{name} {os.getpid()}\n")
+
+    def prepare_data(self):
+        self._event("prepare_data")
+
+    def _dataset(self, n: int) -> Dataset:
+        x = RandomDataset(32, n).data
+        return TensorDataset(x, x[:, :2].clone()) if self.pairs else RandomDataset(32, n)
+
+    def setup(self, stage: str):
+        self._event(f"setup:{getattr(stage, 'value', stage)}")  # Lightning passes a str enum
+        self.train_set, self.val_set = self._dataset(self.length), self._dataset(32)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class NetOnlyModule(pl.LightningModule):
+    """Takes the run's network but not its loss or optimizer: neither contract."""
+
+    def __init__(self, net: nn.Module | None = None):
+        super().__init__()
+        self.net = net

@@ -223,6 +223,12 @@ class SupervisedData(pl.LightningDataModule):
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
         self.fused_seeds: list[int] | None = None  # set by fuse(): one training batch per seed
 
+    def for_seed(self, seed: int) -> SupervisedData:
+        """The same datasets, shuffled by ``seed``: what that seed trains on alone."""
+        if seed == self.seed and self.fused_seeds is None:
+            return self
+        return SupervisedData(self.train, self.val, self.batch_size, seed)
+
     def fuse(self, seeds: list[int]) -> SupervisedData:
         """Serve stacked training batches, each seed's from its own shuffle (fused seeds)."""
         self.fused_seeds = list(seeds)

@@ -89,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
         f"final val_loss over {len(result.results)} seed(s): {result.mean:.5g} ± {result.std:.2g}"
     )
     print(f"runs and checkpoints: {where}")
-    print(f"TensorBoard: tensorboard --logdir {where.parent}")
+    if not cfg.loggers:  # TensorBoard, the default; loggers: lists others
+        print(f"TensorBoard: tensorboard --logdir {where.parent}")
     return 0
 
 

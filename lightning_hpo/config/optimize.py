@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
-from lightning_hpo.config.module_contract import check_module_config
+from lightning_hpo.config.module_contract import PART_KEYS, check_module_config
 from lightning_hpo.config.run import RunConfig, config_source, run_config_from_dict, unknown_key
-from lightning_hpo.config.search_space import Param, kwargs_target, parse_space
+from lightning_hpo.config.search_space import Param, kwargs_target, parse_space, unused_part
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
 from lightning_hpo.errors import ConfigError
@@ -253,6 +253,8 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
             skip=("search_space",) if part == "sampler" else (),
         )
     for p in cfg.params:
+        if run.own_parts and p.group in PART_KEYS:
+            raise unused_part(run, p.group, source)
         target = kwargs_target(run, p.group) if p.group else None
         if target is not None:
             check_kwargs(target, {p.key: None}, source, f"search_space.{p.group}", require=False)

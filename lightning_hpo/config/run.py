@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_hpo.config.class_paths import CALLBACKS, LOGGERS, check_classes, check_entries
 from lightning_hpo.config.imports import check_kwargs, resolve
 from lightning_hpo.config.lightning_args import (
     check_device,
@@ -25,11 +26,11 @@ from lightning_hpo.config.lightning_args import (
 )
 from lightning_hpo.config.module_contract import (
     DEFAULT_MODULE,
-    MODULE_ARGUMENTS,
+    PART_KEYS,
     SCHEDULE_INTERVAL,
     SCHEDULE_INTERVALS,
-    check_module_config,
-    init_arguments,
+    builds_own_parts,
+    check_module,
     scheduler_interval,
 )
 from lightning_hpo.config.validation import is_int
@@ -48,7 +49,8 @@ class Components:
     """What a run config's import paths name, resolved once: classes and functions.
 
     ``paths`` are the import paths they were resolved from, so a config whose paths
-    changed is resolved again rather than served another config's components.
+    changed is resolved again rather than served another config's components. ``own_parts``:
+    the module builds its own network, loss and optimizer (``builds_own_parts``).
     """
 
     paths: tuple[str | None, ...]
@@ -58,6 +60,7 @@ class Components:
     criterion: Callable
     data: Callable
     module: type
+    own_parts: bool = False
 
 
 @dataclass
@@ -95,11 +98,26 @@ class RunConfig:
     trainer_config: dict[str, Any] = field(
         default_factory=dict
     )  # extra lightning.Trainer keyword arguments (lightning_args.OWNED are refused)
+    # Lightning callbacks, each {class_path, init_args}: e.g. LearningRateMonitor
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+    # Loggers instead of TensorBoard (the default), each {class_path, init_args}: CSV, MLflow, W&B
+    loggers: list[dict[str, Any]] = field(default_factory=list)
     # The import paths resolved (``components``): built once, shared by the copies made for trials.
     _components: Components | None = field(default=None, init=False, repr=False, compare=False)
+    # The keys its file or mapping gave (the others are defaults): build refuses PART_KEYS
+    # given for a module that builds its own parts.
+    _given: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    @property
+    def own_parts(self) -> bool:
+        """The module builds its own network, loss and optimizer from ``module_config``."""
+        return self.components.own_parts
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: copy.deepcopy(getattr(self, name)) for name in _field_names()}
+        """The config as a mapping; without ``PART_KEYS`` (unused) once resolved to a module
+        that builds its own parts."""
+        unused = PART_KEYS if self._components is not None and self.own_parts else ()
+        return {n: copy.deepcopy(getattr(self, n)) for n in _field_names() if n not in unused}
 
     def import_paths(self) -> tuple[str | None, ...]:
         return tuple(getattr(self, name) for name in IMPORT_FIELDS)
@@ -115,7 +133,7 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` (not checked), keeping the resolved components."""
         new = dataclasses.replace(self, **changes)
-        new._components = self._components
+        new._components, new._given = self._components, self._given
         return new
 
     def merged(self, data: dict[str, Any], source: str) -> RunConfig:
@@ -126,11 +144,15 @@ class RunConfig:
         return new
 
     def group_name(self) -> str:
-        """A readable folder name from the network, its settings and the learning rate."""
-        parts = [self.net.rsplit(".", 1)[-1]]
-        parts += [f"{k[0]}{_short(v)}" for k, v in self.net_config.items() if _is_scalar(v)]
-        parts.append(self.optimizer.rsplit(".", 1)[-1])
-        if "lr" in self.optimizer_config:
+        """A readable folder name from the network, its settings and the learning rate (or,
+        for a module that builds its own parts, from the module and its settings)."""
+        own = self._components is not None and self.own_parts
+        name, settings = (self.module, self.module_config) if own else (self.net, self.net_config)
+        parts = [name.rsplit(".", 1)[-1]]
+        parts += [f"{k[0]}{_short(v)}" for k, v in settings.items() if _is_scalar(v)]
+        if not own:
+            parts.append(self.optimizer.rsplit(".", 1)[-1])
+        if not own and "lr" in self.optimizer_config:
             parts.append(f"lr{_short(self.optimizer_config['lr'])}")
         parts.append(f"b{self.batch_size}")
         parts.append(f"e{self.epochs}")
@@ -213,6 +235,8 @@ def _check_value(name: str, value: Any, source: str) -> Any:
         raise bad()
     if name == "scheduler" and value is None:
         return None
+    if name in (CALLBACKS, LOGGERS):
+        return check_entries(name, value, source)
     if name.endswith("_config"):
         if value is None:
             return {}
@@ -271,14 +295,6 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
     values["checkpoint_config"] = _check_section(
         "checkpoint_config", values.get("checkpoint_config", {}), _CHECKPOINT, source
     )
-    for key in values.get("module_config", {}):
-        if key in MODULE_ARGUMENTS:
-            raise ConfigError(
-                source,
-                f"module_config.{key}",
-                "is handed to the module by the run itself",
-                f"set it through the run config's own keys; module_config holds only the module's other arguments ({', '.join(MODULE_ARGUMENTS)} are the run's)",
-            )
     interval = scheduler_interval(values.get("scheduler_config", {}))
     if interval not in SCHEDULE_INTERVALS:
         raise ConfigError(
@@ -290,6 +306,7 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
         )
     check_owned(values.get("trainer_config", {}), source)
     cfg = RunConfig(**values)
+    cfg._given = frozenset(values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
         raise ConfigError(
             source,
@@ -306,17 +323,21 @@ def resolve_components(cfg: RunConfig, source: str = "<run config>") -> Componen
         name: None if path is None else resolve(path, source, name)
         for name, path in zip(IMPORT_FIELDS, cfg.import_paths())
     }
-    return Components(paths=cfg.import_paths(), **objects)
+    module = objects["module"]
+    own = isinstance(module, type) and builds_own_parts(module)
+    return Components(paths=cfg.import_paths(), own_parts=own, **objects)
 
 
 def build(cfg: RunConfig, source: str = "<run config>") -> RunConfig:
     """Resolve the config's import paths (once: ``cfg.components`` keeps them) and check
     each component's keyword arguments, the module, the scheduler, the device, the strategy
     and ``trainer_config``. Returns ``cfg``."""
+    module = resolve(cfg.module, source, "module")  # first: it decides which keys apply
+    check_module(module, cfg.module, cfg.module_config, cfg._given, source)
     cfg._components = resolve_components(cfg, source)
     for name in IMPORT_FIELDS[:-1]:
         obj = getattr(cfg.components, name)
-        if obj is None:
+        if obj is None or (cfg.own_parts and name in PART_KEYS):
             continue
         kwargs = getattr(cfg, f"{name}_config")
         # Arguments the trainer supplies itself are not the user's to misspell.
@@ -328,8 +349,9 @@ def build(cfg: RunConfig, source: str = "<run config>") -> RunConfig:
         if name == "scheduler":
             kwargs = {k: v for k, v in kwargs.items() if k != SCHEDULE_INTERVAL}
         check_kwargs(obj, kwargs, source, f"{name}_config", skip=supplied.get(name, ()))
-    check_module(cfg, source)
     check_scheduler(cfg, source)
+    for name in (CALLBACKS, LOGGERS):
+        check_classes(name, getattr(cfg, name), cfg.project, source)
     check_device(cfg.device, source)
     check_strategy(cfg.strategy, source)
     from lightning_hpo.config.lightning_args import accelerator_and_devices  # imports Lightning
@@ -361,33 +383,6 @@ def check_scheduler(cfg: RunConfig, source: str) -> None:
             "use a schedule that steps by epoch (CosineAnnealingLR, StepLR, ...), or a module "
             "of your own whose configure_optimizers names the metric",
         )
-
-
-def check_module(cfg: RunConfig, source: str) -> None:
-    """``module`` names a LightningModule class taking the run's arguments (``MODULE_ARGUMENTS``)
-    and ``module_config``."""
-    import lightning.pytorch as pl
-
-    cls = cfg.components.module
-    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        raise ConfigError(
-            source,
-            "module",
-            f"{cfg.module} is not a lightning.pytorch.LightningModule subclass",
-            f"name one, e.g. a subclass of {DEFAULT_MODULE}",
-        )
-    accepted = init_arguments(cls)
-    missing = [a for a in MODULE_ARGUMENTS if a != "run_config" and a not in (accepted or (a,))]
-    if missing:
-        raise ConfigError(
-            source,
-            "module",
-            f"{cfg.module} takes no argument {missing[0]!r}, but the run constructs it with "
-            + ", ".join(f"{a}=..." for a in MODULE_ARGUMENTS if a != "run_config"),
-            f"accept those arguments (or **kwargs), e.g. subclass {DEFAULT_MODULE}",
-        )
-    check_module_config(cls, cfg.module_config, source)
-    check_kwargs(cls, cfg.module_config, source, "module_config", skip=MODULE_ARGUMENTS)
 
 
 def load_run_config(

@@ -10,6 +10,7 @@ from typing import Any
 
 from lightning_hpo.config.lightning_args import KEY as TRAINER_KEY
 from lightning_hpo.config.lightning_args import NOT_WHEN_TUNING, OWNED
+from lightning_hpo.config.module_contract import PART_KEYS
 from lightning_hpo.config.run import IMPORT_FIELDS, RunConfig, unknown_key
 from lightning_hpo.config.validation import is_number
 from lightning_hpo.errors import ConfigError
@@ -228,6 +229,8 @@ def parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
         if group in SCALAR_FIELDS:
             params.append(parse_param(None, group, entries, source))
             continue
+        if group in PART_KEYS and run._components is not None and run.own_parts:
+            raise unused_part(run, group, source)
         if group not in run_fields or not isinstance(run_fields[group], dict):
             raise unknown_key(source, str(group), groups, prefix="search_space.")
         if not isinstance(entries, dict) or not entries:
@@ -261,6 +264,16 @@ def parse_space(space: Any, run: RunConfig, source: str) -> list[Param]:
                 )
             params.append(parse_param(group, str(key), spec, source))
     return params
+
+
+def unused_part(run: RunConfig, group: str, source: str) -> ConfigError:
+    """A search of ``group`` (one of ``PART_KEYS``) for a module that builds its own parts."""
+    return ConfigError(
+        source,
+        f"search_space.{group}",
+        f"is not used: {run.module} builds its own network, loss and optimizer",
+        "search its own arguments under module_config instead",
+    )
 
 
 def kwargs_target(run: RunConfig, group: str):

@@ -33,12 +33,9 @@ def blocker(
     ``module`` is the run's LightningModule class: ``FusedModule`` runs the built-in one's
     steps for every seed, so any other (a subclass included) trains seed after seed.
     """
-    if module is not SupervisedModule:
-        return (
-            None,
-            f"module {module.__module__}.{module.__qualname__} is not the built-in "
-            f"{SupervisedModule.__module__}.{SupervisedModule.__qualname__}, whose steps fused training runs",
-        )
+    reason = module_blocker(module)
+    if reason is not None:
+        return None, reason
     if not isinstance(dm, SupervisedData):
         return (
             None,
@@ -57,3 +54,16 @@ def blocker(
     if why:
         return None, f"{getattr(optimizer, '__qualname__', optimizer)}: {why}"
     return mode, None
+
+
+def module_blocker(module: type) -> str | None:
+    """Why seeds of a ``module`` cannot fuse, or None: ``FusedModule`` runs the built-in
+    module's steps for every seed; any other module's steps (and its own optimizers and
+    schedulers) see one network, so they train seed after seed."""
+    if module is SupervisedModule:
+        return None
+    return (
+        f"module {module.__module__}.{module.__qualname__} is not the built-in "
+        f"{SupervisedModule.__module__}.{SupervisedModule.__qualname__}, whose steps fused "
+        "training runs"
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_hpo.console import is_quiet, quiet_lightning
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
@@ -32,7 +33,7 @@ class RunRecorder(Callback):
     With one seed the metric is ``monitor`` itself; in a fused run seed ``s`` records
     ``monitor/seed_<s>`` until the epoch early stopping stopped it (``states``). The
     sanity check is never recorded. A metric that is never logged fails fast, listing
-    the ones that are. The hyperparameters go to TensorBoard (each seed's own run) with
+    the ones that are. The hyperparameters go to every logger (each seed's own run) with
     the final and best metric however training ends (finished, early-stopped, pruned or
     interrupted), before Lightning closes the logger.
 
@@ -95,11 +96,13 @@ class RunRecorder(Callback):
         for_seed = getattr(trainer.logger, "for_seed", None)  # fused.SeedLoggers: one run per seed
         for r in self.results:
             final = {f"final_{self.monitor}": r.final, f"best_{self.monitor}": r.best}
-            logger = for_seed(r.seed) if for_seed else trainer.logger
-            logger.log_hyperparams(
-                self.hparams | {"seed": r.seed},
-                {k: v for k, v in final.items() if math.isfinite(v)},
-            )
+            final = {k: v for k, v in final.items() if math.isfinite(v)}
+            for logger in for_seed(r.seed) if for_seed else trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):  # its HParams tab pairs them
+                    logger.log_hyperparams(self.hparams | {"seed": r.seed}, final)
+                else:
+                    logger.log_hyperparams(self.hparams | {"seed": r.seed})
+                    logger.log_metrics(final, trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_hparams(trainer)

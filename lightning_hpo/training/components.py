@@ -3,7 +3,8 @@
 The module is the class ``module:`` names, constructed as the README's module contract says:
 ``cls(net=..., criterion=..., optimizer=..., optimizer_config=..., scheduler=...,
 scheduler_config=..., epochs=..., **module_config)``, plus ``run_config=`` (what
-``load_from_checkpoint`` rebuilds it from) when the constructor takes it.
+``load_from_checkpoint`` rebuilds it from) when the constructor takes it. A module that takes
+none of the run's parts (``module_contract.builds_own_parts``) is ``cls(**module_config)``.
 
 A constructor that rejects its config's arguments is a ConfigError, raised before anything
 is written.
@@ -12,17 +13,23 @@ is written.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 from torch import nn
 
-from lightning_hpo.builtin.data import build_datamodule, feature_sizes
+from lightning_hpo.builtin.data import SupervisedData, build_datamodule, feature_sizes
 from lightning_hpo.builtin.supervised import module_parts
+from lightning_hpo.config.class_paths import shareable
 from lightning_hpo.config.imports import accepted_kwargs
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.training.prepared import prepare
+
+# Each DataModule's (in_features, out_features): read from its first batch once, not per seed.
+_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def net_kwargs(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
@@ -32,7 +39,9 @@ def net_kwargs(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
     sizes = {"in_features", "out_features"}
     accepted = accepted_kwargs(cfg.components.net)
     if (accepted is None or sizes <= accepted) and not sizes <= kwargs.keys():
-        kwargs["in_features"], kwargs["out_features"] = feature_sizes(dm)
+        if dm not in _SIZES:
+            _SIZES[dm] = feature_sizes(dm)
+        kwargs["in_features"], kwargs["out_features"] = _SIZES[dm]
     return kwargs
 
 
@@ -55,7 +64,7 @@ def saved_config(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
     """The run config a module saves as its ``run_config`` hyperparameter: ``net_config``
     holds every argument the network was built with, so a checkpoint rebuilds the network
     without the data."""
-    return cfg.to_dict() | {"net_config": net_kwargs(cfg, dm)}
+    return shareable(cfg.to_dict()) | {"net_config": net_kwargs(cfg, dm)}
 
 
 def module_arguments(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, Any]:
@@ -69,7 +78,12 @@ def module_arguments(cfg: RunConfig, dm: pl.LightningDataModule) -> dict[str, An
 
 def build_module(cfg: RunConfig, dm: pl.LightningDataModule, seed: int = 0) -> pl.LightningModule:
     """The LightningModule of one seed (the class ``module:`` names), with the network sized
-    from the data."""
+    from the data; or, for a module that builds its own parts, from ``module_config`` alone
+    after ``seed_everything(seed)``."""
+    if cfg.own_parts:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        with config_errors(cfg, "module"):
+            return cfg.components.module(**cfg.module_config)
     with config_errors(cfg, "net"):
         net = build_net(cfg, dm, seed)
     with config_errors(cfg, "criterion"):
@@ -96,10 +110,18 @@ def config_errors(cfg: RunConfig, stage: str) -> Iterator[None]:
 
 def build_data(cfg: RunConfig, seed: int) -> pl.LightningDataModule:
     """The data of a run whose (first) seed is ``seed``, built after ``seed_everything(seed)``
-    so a factory drawing from the global RNG is reproducible too. Fused seeds share it."""
+    so a factory drawing from the global RNG is reproducible too, and prepared (its
+    ``prepare_data``, once: ``prepared.prepare``). Every seed of the run trains on it."""
     pl.seed_everything(seed, workers=True, verbose=False)
     with config_errors(cfg, "data"):
-        return build_datamodule(cfg.components.data, cfg.data_config, cfg.batch_size, seed)
+        dm = build_datamodule(cfg.components.data, cfg.data_config, cfg.batch_size, seed)
+    return prepare(dm)
+
+
+def data_for_seed(dm: pl.LightningDataModule, seed: int) -> pl.LightningDataModule:
+    """The run's data as ``seed`` trains on it: the built-in ``SupervisedData`` shuffles by
+    its seed (a copy sharing the datasets); a DataModule of your own is the same instance."""
+    return dm.for_seed(seed) if isinstance(dm, SupervisedData) else dm
 
 
 def build_components(
@@ -113,7 +135,7 @@ def build_components(
 def hparams_of(cfg: RunConfig) -> dict[str, Any]:
     """The config flattened for TensorBoard's HParams tab (``net_config.nodes`` etc.)."""
     flat: dict[str, Any] = {}
-    for key, value in cfg.to_dict().items():
+    for key, value in shareable(cfg.to_dict()).items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:

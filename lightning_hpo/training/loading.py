@@ -3,6 +3,9 @@
 A run folder (``runs/<project>/<group>/<seed>/``, a study's trial seeds included) holds
 ``config.yaml`` and ``checkpoints/best.ckpt`` and ``last.ckpt``; a fused run's seed folder
 holds that seed's slice only, so every folder loads the same way.
+
+A module that builds its own parts (``module_contract.builds_own_parts``) has no ``net`` of
+the run's: ``load_run`` returns the module itself, loaded by its own ``load_from_checkpoint``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lightning_hpo.config.module_contract import DEFAULT_MODULE
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.training.files import BEST, CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 
@@ -61,7 +65,9 @@ def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu"
         map_location: where the weights go, as for ``torch.load``.
 
     Returns:
-        The ``nn.Module`` (``module.net`` of the trained LightningModule), in eval mode.
+        The ``nn.Module`` (``module.net`` of the trained LightningModule), in eval mode; for a
+        module that builds its own parts, the LightningModule itself, loaded by its own
+        ``load_from_checkpoint`` with the run's ``module_config`` (``own_module``).
 
     Raises:
         ConfigError: the folder is not a run folder or lacks the checkpoint.
@@ -71,6 +77,9 @@ def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu"
     from lightning_hpo.config.imports import resolve
 
     path = checkpoint_path(run_dir, which)
+    module = own_module(Path(run_dir), path, map_location)
+    if module is not None:
+        return module
     # Our own files, written by Lightning: optimizer and loop states need full unpickling.
     checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     saved = checkpoint.get("hyper_parameters", {}).get("run_config")
@@ -107,3 +116,22 @@ def _net_from_folder(run_dir: Path):
     path = run_dir / CONFIG_FILE
     cfg = run_config_from_dict(load_yaml(path), str(path))
     return build_net(cfg, build_data(cfg, cfg.seeds[0]), cfg.seeds[0])
+
+
+def own_module(run_dir: Path, path: Path, map_location: Any = "cpu"):
+    """The run's module loaded from checkpoint ``path`` by its own ``load_from_checkpoint``
+    (``module_config`` from ``config.yaml`` given as its arguments, so a module that saves no
+    hyperparameters loads too), in eval mode; None for a module that takes the run's parts."""
+    from lightning_hpo.config.imports import resolve
+    from lightning_hpo.config.module_contract import builds_own_parts
+    from lightning_hpo.config.yamlio import load_yaml
+
+    config = run_dir / CONFIG_FILE
+    saved = load_yaml(config)
+    cls = resolve(saved.get("module", DEFAULT_MODULE), str(config), "module")
+    if not builds_own_parts(cls):
+        return None
+    module = cls.load_from_checkpoint(
+        path, map_location=map_location, weights_only=False, **saved.get("module_config", {})
+    )
+    return module.eval()

@@ -13,6 +13,11 @@ One check per component, each on the configured device and each blaming the key 
 5. **Lightning**: the LightningModule and a ``fast_dev_run`` Trainer (with ``trainer_config``)
    train one batch and validate one batch, which shows the metric names the module logs.
 
+A module that builds its own parts (``module_contract.builds_own_parts``) has no net, loss or
+optimizer of the run's to check: its check is **module** (it builds from ``module_config``,
+a value it rejects naming its key), then **Lightning**, which runs its own steps and its own
+``configure_optimizers``.
+
 A study checks its run config like this, then each corner of its search space (every
 parameter at its low end, then at its high end, and each categorical choice once), so a
 space that cannot even build is refused before trial 0. Nothing is written: the Trainer logs
@@ -213,6 +218,20 @@ def _check_parts(result: Preflight, cfg: RunConfig, source: str, dm, batch, devi
             detail.append(f"{_short(cfg.scheduler)} {scheduler_config}")
 
 
+def _check_own_module(result: Preflight, cfg: RunConfig, source: str) -> None:
+    """A module that builds its own parts builds from ``module_config``."""
+    cls = cfg.components.module
+    with result.check("module") as detail:
+        module = probe_kwargs(
+            lambda kw: cls(**kw), cfg.module_config, source, "module_config", cls, cfg.module
+        )
+        result.parameters = sum(p.numel() for p in module.parameters())
+        detail.append(
+            f"{cls.__qualname__} {cfg.module_config}: {result.parameters:,} parameters, "
+            "its own configure_optimizers"
+        )
+
+
 def _check_lightning(result: Preflight, cfg: RunConfig, source: str, dm) -> None:
     """The LightningModule trains and validates one batch in a ``fast_dev_run`` Trainer."""
     import torch
@@ -282,7 +301,9 @@ def preflight_run(
         else:
             detail.append(f"{_short(cfg.data)}: a {type(batch).__name__} batch, not (x, y)")
             detail.append("the module's own step checks the rest")
-    if _is_pair(batch):
+    if cfg.own_parts:
+        _check_own_module(result, cfg, source)
+    elif _is_pair(batch):
         _check_parts(result, cfg, source, dm, batch, device)
     _check_lightning(result, cfg, source, dm)
     if monitor is not None and monitor not in logged_names(result.metrics):
@@ -292,7 +313,8 @@ def preflight_run(
             "module",
             f"{cfg.module} never logs {monitor!r}, which the run checkpoints and stops early "
             f"on (it logs {logged})",
-            f"log {monitor} in validation, e.g. by subclassing the built-in module",
+            f"log {monitor} in validation (self.log({monitor!r}, ...) in validation_step), "
+            "or tune on a metric it logs",
         )
     return result
 

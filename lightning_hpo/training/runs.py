@@ -2,7 +2,8 @@
 
 A run of several seeds trains them all at once in one Trainer when it can (fused seeds,
 ``fit_fused``), else one Trainer per seed, one after another (``fit_seed``). ``fit_run``
-chooses; ``train`` (train.py) and the tuner's objective both call it.
+chooses; ``train`` (train.py) and the tuner's objective both call it. A run builds its data
+once (``build_data``: constructed, ``prepare_data`` called), and every seed trains on it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from torch import nn
 
+from lightning_hpo.config.class_paths import logger_fusion_blocker, shareable
 from lightning_hpo.config.lightning_args import fusion_blocker
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
@@ -30,26 +31,18 @@ from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.training import provenance
 from lightning_hpo.training.callbacks import RunCheckpoints, RunRecorder
 from lightning_hpo.training.components import (
-    build_components,
     build_data,
+    build_module,
     build_net,
     config_errors,
+    data_for_seed,
     hparams_of,
     module_arguments,
 )
+from lightning_hpo.training.extensions import end_runs, run_callbacks, run_loggers
 from lightning_hpo.training.files import CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
 from lightning_hpo.training.results import SeedResult, TrainResult, load_result
 from lightning_hpo.training.trainer import build_trainer, stop_spawned_ranks
-
-
-def _logger(run_dir: Path) -> TensorBoardLogger:
-    """The TensorBoard run ``<group>/<version>`` of one seed (or of the seeds' mean)."""
-    return TensorBoardLogger(
-        save_dir=str(run_dir.parent.parent),
-        name=run_dir.parent.name,
-        version=run_dir.name,
-        default_hp_metric=False,
-    )
 
 
 def _checkpoints(cfg: RunConfig, run_dir: Path, monitor: str, mode: str) -> list[Callback]:
@@ -100,7 +93,7 @@ def _fit(
     record = provenance.collect(cfg.device, count=cfg.devices)
     for r in recorder.results:
         r.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg.to_dict() | {"seeds": [r.seed]}, r.run_dir / CONFIG_FILE)
+        dump_yaml(shareable(cfg.to_dict()) | {"seeds": [r.seed]}, r.run_dir / CONFIG_FILE)
         provenance.write(record, r.run_dir)
     start = time.perf_counter()
     try:
@@ -111,6 +104,10 @@ def _fit(
                 warnings.filterwarnings(
                     "ignore", message=r"Checkpoint directory .* exists and is not empty"
                 )
+            # The CSV logger's folder is the seed's, which already holds config.yaml.
+            warnings.filterwarnings(
+                "ignore", message=r"Experiment logs directory .* exists and is not empty"
+            )
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         recorder.collect(trainer)  # this process's histories, or under ddp_spawn rank 0's
         if after_fit is not None:
@@ -123,6 +120,7 @@ def _fit(
         # Lightning answers Ctrl-C and SIGTERM with sys.exit; callers need to know it was an interrupt.
         raise KeyboardInterrupt(f"training interrupted ({exc.__class__.__name__})") from exc
     finally:
+        end_runs(trainer.loggers)
         for r in recorder.results:
             r.seconds = time.perf_counter() - start
     # Only a finished run gets a result file: --resume reads it instead of training again.
@@ -132,16 +130,21 @@ def _fit(
 
 
 def fit_seed(
-    cfg: RunConfig, seed: int, run_dir: Path, options: FitOptions = FitOptions()
+    cfg: RunConfig,
+    seed: int,
+    run_dir: Path,
+    options: FitOptions = FitOptions(),
+    dm: pl.LightningDataModule | None = None,
 ) -> SeedResult:
     """Train one seed of ``cfg`` into ``run_dir``: config.yaml, TensorBoard events,
-    checkpoints, result.json.
+    checkpoints, result.json. ``dm``: the run's data (``build_data``), else built for this seed.
 
     The hyperparameters and the final and best metric go to TensorBoard even when
     training stops early (pruned or interrupted), so every run shows in the HParams tab.
     """
     monitor, mode = options.monitor, options.mode
-    dm, module = build_components(cfg, seed)
+    dm = data_for_seed(build_data(cfg, seed) if dm is None else dm, seed)
+    module = build_module(cfg, dm, seed)
     result = SeedResult(seed, run_dir, mode=mode)
     recorder = RunRecorder([result], monitor, hparams_of(cfg))
     own: list[Callback] = [recorder, *_checkpoints(cfg, run_dir, monitor, mode)]
@@ -154,8 +157,8 @@ def fit_seed(
         )
     trainer = build_trainer(
         cfg,
-        logger=_logger(run_dir),
-        callbacks=[*own, *options.callbacks],
+        logger=run_loggers(cfg, run_dir),
+        callbacks=[*own, *run_callbacks(cfg), *options.callbacks],
         progress=options.progress,
         checkpointing=False,  # RunCheckpoints writes them; no default ModelCheckpoint
         # Written by a background thread, each file whole; the trainer's teardown waits
@@ -214,14 +217,16 @@ def fit_fused(
         )
     group = Path(run_dirs[0]).parent
     loggers = SeedLoggers(
-        _logger(group / "mean"), {seed: _logger(d) for seed, d in zip(seeds, run_dirs)}, states
+        run_loggers(cfg, group / "mean"),
+        {seed: run_loggers(cfg, d) for seed, d in zip(seeds, run_dirs)},
+        states,
     )
     io = SeedCheckpointIO(run_dirs, [p.shape for p in module.net.parameters()])
     # enable_checkpointing=False: no default ModelCheckpoint; SeedCheckpoints saves through the io plugin.
     trainer = build_trainer(
         cfg,
         logger=loggers,
-        callbacks=[*own, *options.callbacks],
+        callbacks=[*own, *run_callbacks(cfg), *options.callbacks],
         progress=options.progress,
         checkpointing=False,
         plugins=[io],
@@ -241,13 +246,17 @@ def fit_fused(
 
 
 def plan_fusion(
-    cfg: RunConfig, seeds: Sequence[int]
+    cfg: RunConfig, seeds: Sequence[int], dm: pl.LightningDataModule | None = None
 ) -> tuple[pl.LightningDataModule, list[nn.Module], str | None, str | None]:
-    """The data, each seed's network, and how they train fused (``fused.blocker``): a
-    stacking mode, or None and the reason they cannot."""
-    from lightning_hpo.fused.checks import blocker
+    """The data (``dm``, else built), each seed's network, and how they train fused
+    (``fused.blocker``): a stacking mode, or None and the reason they cannot (then no
+    network is built)."""
+    from lightning_hpo.fused.checks import blocker, module_blocker
 
-    dm = build_data(cfg, seeds[0])
+    dm = build_data(cfg, seeds[0]) if dm is None else dm
+    reason = module_blocker(cfg.components.module)
+    if reason is not None:
+        return dm, [], None, reason
     with config_errors(cfg, "net"):
         nets = [build_net(cfg, dm, seed) for seed in seeds]
     stacking, reason = blocker(
@@ -255,6 +264,8 @@ def plan_fusion(
     )
     if stacking is not None and fusion_blocker(cfg.trainer_config):
         stacking, reason = None, fusion_blocker(cfg.trainer_config)
+    if stacking is not None and logger_fusion_blocker(cfg.loggers):
+        stacking, reason = None, logger_fusion_blocker(cfg.loggers)
     return dm, nets, stacking, reason
 
 
@@ -336,8 +347,9 @@ def fit_run(
     Seed after seed, ``options.callbacks`` and ``after_fit`` go to the first seed only (its curve
     is the one a pruner sees); fused, they see the seeds' mean.
     """
+    dm = build_data(cfg, seeds[0])  # once: every seed trains on it
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
-        dm, nets, stacking, reason = plan_fusion(cfg, seeds)
+        dm, nets, stacking, reason = plan_fusion(cfg, seeds, dm)
         if stacking is not None:
             if options.on_curve is not None:
                 options.on_curve(curve_kind(len(seeds), fused=True))
@@ -358,7 +370,7 @@ def fit_run(
     later = dataclasses.replace(options, callbacks=(), after_fit=None, on_curve=None)
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
-        result = fit_seed(cfg, seed, run_dir, options if index == 0 else later)
+        result = fit_seed(cfg, seed, run_dir, options if index == 0 else later, dm)
         results.append(result)
         if on_seed is not None:
             on_seed(result)

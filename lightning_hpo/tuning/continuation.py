@@ -62,13 +62,14 @@ def _epochs_done(run_dirs: list[Path]) -> int:
 def _changed(source: Path, cfg: RunConfig) -> list[str]:
     """The run-config keys whose values differ from what the trial in ``source`` trained
     with (its first seed's ``config.yaml``; a rerun may have changed ``--epochs``, say)."""
+    from lightning_hpo.config.class_paths import shareable
     from lightning_hpo.config.yamlio import load_yaml
 
     saved_files = sorted(source.glob(f"*/{CONFIG_FILE}"))
     if not saved_files:
         return []
     saved = load_yaml(saved_files[0])
-    now = cfg.to_dict()
+    now = shareable(cfg.to_dict())  # as config.yaml holds it
     return sorted(k for k in now if k != "seeds" and saved.get(k) != now[k])
 
 

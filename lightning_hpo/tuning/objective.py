@@ -106,7 +106,8 @@ def make_objective(
             continuation = continuation_of(trial, run_dir, cfg)
             if continuation.record() is not None:
                 trial.set_user_attr(RETRY_ATTR, continuation.record())
-            trial.set_user_attr(LR_SCHEDULE_ATTR, lr_schedule(cfg))
+            if not cfg.own_parts:  # a module's own configure_optimizers: the schedule is unknown
+                trial.set_user_attr(LR_SCHEDULE_ATTR, lr_schedule(cfg))
             callback = PyTorchLightningPruningCallback(trial, monitor=opt.metric)
             with beating:  # on any storage: a worker dying anywhere is found
                 results = fit_run(

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RETRY_ATTR, RUN_DIR, SURPLUS
+from lightning_hpo.config.class_paths import shareable
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
@@ -159,7 +160,7 @@ def finish(
         echo(f"    {k}: {_fmt(v)}")
     echo(f"  Path: {best.user_attrs.get(RUN_DIR, '?')}")
     path = study_folder(run, opt, study, options, echo) / "best.yaml"
-    dump_yaml(best_config(run, opt, study).to_dict(), path)
+    dump_yaml(shareable(best_config(run, opt, study).to_dict()), path)
     echo(f"Best config: {path}  (python train.py --config {path})")
     url = options.storage or default_url(run.project)
     echo(f"Study: {redact(url)}  ({dashboard_command(url)})")
