@@ -500,8 +500,8 @@ def main() -> None:
                             "task": t,
                             "kind": k[0],
                             "id": k[1],
-                            "orders": "table",
                             **dataclasses.asdict(f),
+                            "order_set": "table",
                         }
                         for (t, k), f in figures.items()
                     ]
@@ -510,8 +510,8 @@ def main() -> None:
                             "task": t,
                             "kind": k[0],
                             "id": k[1],
-                            "orders": "selection",
                             **dataclasses.asdict(f),
+                            "order_set": "selection",
                         }
                         for (t, k), f in searched.items()
                     ],

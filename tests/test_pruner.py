@@ -187,7 +187,15 @@ SIGNS = {"minimize": 1.0, "maximize": -1.0}
 # Twelve completed curves a*exp(-0.1 t) + c, asymptotes 0.30 ... 0.85: top_k=3 puts the
 # threshold at 0.40 (+ exp(-3), the finals are at epoch 30).
 ASYMPTOTES = [0.30 + 0.05 * i for i in range(12)]
-RULE = {"n_startup_trials": 5, "n_warmup_epochs": 10, "warmup_fraction": None, "top_k": 3}
+# The rule these tests document (the shipped defaults differ: test_constructor_defaults).
+RULE = {
+    "n_startup_trials": 5,
+    "n_warmup_epochs": 10,
+    "warmup_fraction": None,
+    "top_k": 3,
+    "min_probability": 0.05,
+    "neighbours": 10,
+}
 
 
 def _jitter(n: int, amplitude: float, seed: int = 0) -> list[float]:
@@ -405,7 +413,7 @@ def test_warmup_fraction_without_an_epochs_attr_follows_the_longest_completed_cu
 def test_warmup_is_the_longer_of_the_epochs_and_the_share() -> None:
     pruner = PFLPruner(n_warmup_epochs=4, warmup_fraction=0.1)
     assert [pruner.warmup_epochs(n) for n in (10, 30, 45, 50, 100)] == [4, 4, 5, 5, 10]
-    assert PFLPruner(n_warmup_epochs=7).warmup_epochs(100) == 20  # the default share, 0.2
+    assert PFLPruner(n_warmup_epochs=7).warmup_epochs(100) == 10  # the default share, 0.1
     assert PFLPruner(n_warmup_epochs=7, warmup_fraction=None).warmup_epochs(100) == 7
 
 
@@ -482,10 +490,10 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
 
 def test_constructor_defaults() -> None:
     pruner = PFLPruner()
-    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 0, 5)
-    assert pruner._warmup_fraction == 0.2
-    assert [pruner.warmup_epochs(n) for n in (10, 30, 50)] == [2, 6, 10]
-    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.05, 10, None)
+    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 0, 10)
+    assert pruner._warmup_fraction == 0.1
+    assert [pruner.warmup_epochs(n) for n in (10, 30, 50)] == [1, 3, 5]
+    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.02, 5, None)
 
 
 # --------------------------------------------------------------------------- the stored record

@@ -121,11 +121,11 @@ class PFLPruner(optuna.pruners.BasePruner):
             (the run's length: ``target_epoch``, else the trial's ``epochs`` attr, else
             the longest completed curve). The warm-up is the longer of this and
             ``n_warmup_epochs``. None: a fixed warm-up of ``n_warmup_epochs``.
-            Default 0.2.
+            Default 0.1.
         top_k: The trial must be likely enough to end at or better than the ``top_k``-th
-            best completed final value (the worst of them while fewer). Default 5.
-        min_probability: Pruned below this probability, in [0, 1). Default 0.05.
-        neighbours: Completed curves a forecast is drawn from, >= 1. Default 10.
+            best completed final value (the worst of them while fewer). Default 10.
+        min_probability: Pruned below this probability, in [0, 1). Default 0.02.
+        neighbours: Completed curves a forecast is drawn from, >= 1. Default 5.
         target_epoch: Epoch count of a full run. Defaults to the trial's ``epochs``
             attr, else the longest curve among completed trials.
 
@@ -142,10 +142,10 @@ class PFLPruner(optuna.pruners.BasePruner):
         self,
         n_startup_trials: int = 10,
         n_warmup_epochs: int = 0,
-        warmup_fraction: float | None = 0.2,
-        top_k: int = 5,
-        min_probability: float = 0.05,
-        neighbours: int = 10,
+        warmup_fraction: float | None = 0.1,
+        top_k: int = 10,
+        min_probability: float = 0.02,
+        neighbours: int = 5,
         target_epoch: int | None = None,
     ) -> None:
         _check_int("n_startup_trials", n_startup_trials, 0)
