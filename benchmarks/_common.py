@@ -111,8 +111,14 @@ def plain_fit(
     batch_size: int = 256,
     criterion=None,
     out_features: int | None = None,
+    schedule: str = "cosine",
 ) -> list[float]:
     """The reference training path: in-memory batches, AdamW, cosine schedule, per-epoch validation.
+
+    ``schedule`` picks the learning-rate schedule: ``"cosine"`` (CosineAnnealingLR over the
+    run to ``eta_min``, stepped per epoch; the project's default), ``"constant"`` (none),
+    ``"step"`` (StepLR: times 0.3 every third of the run) or ``"onecycle"`` (OneCycleLR to
+    ``lr`` over every optimizer step of the run: a warm-up, then annealing).
 
     Uses the same RNG calls as the project's path (``seed_everything(seed)`` then the
     MLP's initialisation, and a ``Generator(seed)`` for the per-epoch permutation), so
@@ -138,9 +144,10 @@ def plain_fit(
     random.seed(seed)
     net = MLP(xt.shape[-1], out_features, nodes, layers, activation)
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=eta_min)
-    gen = torch.Generator().manual_seed(seed)
     n_train, n_val = len(xt), len(xv)
+    per_step = schedule == "onecycle"
+    sched = make_schedule(opt, schedule, epochs, -(-n_train // batch_size), lr, eta_min)
+    gen = torch.Generator().manual_seed(seed)
     history = []
     for _ in range(epochs):
         net.train()
@@ -151,7 +158,10 @@ def plain_fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
+            if per_step:
+                sched.step()
+        if sched is not None and not per_step:
+            sched.step()
         net.eval()
         total = torch.zeros(())
         with torch.no_grad():
@@ -160,6 +170,25 @@ def plain_fit(
                 total += crit(net(xb), yv[s : s + batch_size]) * len(xb)
         history.append(float(total / n_val))
     return history
+
+
+SCHEDULES = ("cosine", "constant", "step", "onecycle")
+
+
+def make_schedule(opt, schedule: str, epochs: int, steps_per_epoch: int, lr: float, eta_min: float):
+    """The learning-rate scheduler ``plain_fit`` steps (None for a constant rate)."""
+    import torch
+
+    sched = torch.optim.lr_scheduler
+    if schedule == "cosine":
+        return sched.CosineAnnealingLR(opt, T_max=epochs, eta_min=eta_min)
+    if schedule == "constant":
+        return None
+    if schedule == "step":
+        return sched.StepLR(opt, step_size=max(epochs // 3, 1), gamma=0.3)
+    if schedule == "onecycle":
+        return sched.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def cpu_count() -> int:

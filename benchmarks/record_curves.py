@@ -15,6 +15,11 @@ bench_epoch.py).
   epochs, the run template's three seeds (89, 231, 928). The replayed curve (``values``)
   is the seeds' mean per epoch, which is what a trial whose seeds train fused reports;
   each seed's curve is kept too (``seed_values``).
+* the tasks that vary the schedule (``moons``, ``sines``, ``iris``, ``blobs``,
+  ``friedman3``): 120 configurations of the noisy space, 30 epochs, one seed or three,
+  under a constant rate, StepLR or OneCycleLR (``SETUPS``). Each recording keeps its
+  schedule and the ``lr_schedule`` user attr the tuner would write for it, which
+  bench_pruners.py sets on the replayed trials.
 
 Tasks:
 
@@ -29,11 +34,28 @@ Tasks:
 * ``friedman``: Friedman's regression #1 (10 uniform features, 5 of them irrelevant,
   2,000 points, 20 % validation) with heavy-tailed noise (Student's t, 3 degrees of
   freedom, about as much variance as the signal), target standardised, MSE.
+* ``moons``: two moons (scikit-learn's generator, noise 0.3; 300 training points, 100
+  validation), cross-entropy, a constant learning rate, one seed: noisy, and large nets
+  overfit.
+* ``sines``: a sum of sines of 4 of 6 uniform features plus normal noise (300 training
+  points, 120 validation), MSE, a constant learning rate, the mean of 3 seeds; overfits.
+* ``iris``: scikit-learn's bundled iris data (150 samples, 45 validation), cross-entropy,
+  StepLR (x0.3 every 10 epochs), the mean of 3 seeds; tiny, so its curves are noisy and
+  overconfident nets overfit.
+* ``blobs``: scikit-learn's make_classification (1,500 points, 20 features, 4 classes, 5 %
+  flipped labels; 300 validation), cross-entropy, OneCycleLR stepped per batch (a
+  warm-up, then annealing), one seed.
+* ``friedman3``: scikit-learn's make_friedman3 with noise (300 training points, 150
+  validation), target standardised, MSE, a constant learning rate, one seed.
+
+Data that scikit-learn keeps for independent evaluation (digits, diabetes,
+breast_cancer) is never recorded here.
 
 Output: benchmarks/data/curves_<task>.json.gz with the params and the per-epoch
 validation losses rounded to 6 significant digits (null for non-finite values).
 
-Run: ``python benchmarks/record_curves.py --tasks wine,friedman`` (the noisy tasks: 3 and
+Run: ``python benchmarks/record_curves.py --tasks moons,sines,iris,blobs,friedman3``
+(the schedule tasks), ``python benchmarks/record_curves.py --tasks wine,friedman`` (the noisy tasks: 3 and
 21 minutes on 2 busy cores; scikit-learn is needed for ``wine`` only:
 ``pip install -e .[bench]``),
 ``--tasks synthetic,spirals`` for the first two (~7.5 minutes on 2 busy cores),
@@ -58,18 +80,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, cpu_count  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-TASKS = ("synthetic", "spirals", "wine", "friedman")
+TASKS = (
+    "synthetic",
+    "spirals",
+    "wine",
+    "friedman",
+    "moons",
+    "sines",
+    "iris",
+    "blobs",
+    "friedman3",
+)
 SEEDS = (89, 231, 928)  # the run template's seeds
 
 
 @dataclass(frozen=True)
 class TaskSetup:
-    """How a task is recorded: its search space, run length and seeds."""
+    """How a task is recorded: its search space, run length, seeds and learning-rate schedule."""
 
     space: str  # "default" (the optimize template's) or "noisy" (small batches, high lr)
     configs: int
     epochs: int
     seeds: tuple[int, ...]
+    schedule: str = "cosine"  # _common.SCHEDULES
 
 
 SETUPS = {
@@ -77,7 +110,27 @@ SETUPS = {
     "spirals": TaskSetup("default", 200, 50, SEEDS[:1]),
     "wine": TaskSetup("noisy", 120, 30, SEEDS),
     "friedman": TaskSetup("noisy", 120, 30, SEEDS),
+    "moons": TaskSetup("noisy", 120, 30, SEEDS[:1], "constant"),
+    "sines": TaskSetup("noisy", 120, 30, SEEDS, "constant"),
+    "iris": TaskSetup("noisy", 120, 30, SEEDS, "step"),
+    "blobs": TaskSetup("noisy", 120, 30, SEEDS[:1], "onecycle"),
+    "friedman3": TaskSetup("noisy", 120, 30, SEEDS[:1], "constant"),
 }
+
+# What the tuner records for each schedule (user attr lr_schedule, tuning.objective.lr_schedule):
+# the scheduler's import path (None: a constant rate), its period in epochs, how it steps.
+SCHEDULERS = {
+    "cosine": ("torch.optim.lr_scheduler.CosineAnnealingLR", "epoch"),
+    "constant": (None, "epoch"),
+    "step": ("torch.optim.lr_scheduler.StepLR", "epoch"),
+    "onecycle": ("torch.optim.lr_scheduler.OneCycleLR", "step"),
+}
+
+
+def lr_schedule_attr(schedule: str, epochs: int) -> dict:
+    """The ``lr_schedule`` user attr a trial of this schedule gets from the tuner."""
+    name, interval = SCHEDULERS[schedule]
+    return {"name": name, "T_max": epochs, "interval": interval}
 
 
 def spirals(
@@ -143,6 +196,81 @@ def friedman(n: int = 2000, noise: float = 0.6, val_fraction: float = 0.2, seed:
     return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
 
 
+def _split(x, y, n_val: int, seed: int, standardise_y: bool = False):
+    """(train, val) TensorDatasets: a seeded split, features (and a regression target)
+    standardised on the training part."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val], perm[n_val:]
+    x = (x - x[train].mean(0)) / x[train].std(0)
+    if standardise_y:
+        y = ((y - y[train].mean()) / y[train].std()).unsqueeze(1)
+    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+
+def moons(n: int = 400, n_val: int = 100, seed: int = 42):
+    """scikit-learn's two moons (generated, no download), noise 0.3, 300 training points."""
+    import torch
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n, noise=0.3, random_state=seed)
+    return _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y), n_val, seed)
+
+
+def sines(n: int = 420, n_val: int = 120, seed: int = 42):
+    """A sum of sines of 4 uniform features plus 2 irrelevant ones and normal noise of
+    half the signal's deviation; 300 training points, so large nets overfit."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 6, generator=g) * 2 - 1
+    signal = (
+        torch.sin(3 * x[:, 0]) + torch.sin(5 * x[:, 1] * x[:, 2]) + 0.5 * torch.cos(4 * x[:, 3])
+    )
+    y = signal + 0.5 * signal.std() * torch.randn(n, generator=g)
+    return _split(x, y, n_val, seed, standardise_y=True)
+
+
+def iris(n_val: int = 45, seed: int = 42):
+    """scikit-learn's bundled iris data (150 samples, 4 features, 3 classes, no download)."""
+    import torch
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y), n_val, seed)
+
+
+def blobs(n: int = 1500, n_val: int = 300, seed: int = 42):
+    """scikit-learn's make_classification (generated): 20 features, 6 informative, 4
+    classes, 5 % of labels flipped."""
+    import torch
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=n,
+        n_features=20,
+        n_informative=6,
+        n_redundant=4,
+        n_classes=4,
+        flip_y=0.05,
+        random_state=seed,
+    )
+    return _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y), n_val, seed)
+
+
+def friedman3(n: int = 450, n_val: int = 150, seed: int = 42):
+    """scikit-learn's make_friedman3 (generated, arctan of a ratio of 4 features), noise
+    0.3, target standardised; 300 training points."""
+    import torch
+    from sklearn.datasets import make_friedman3
+
+    x, y = make_friedman3(n_samples=n, noise=0.3, random_state=seed)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    return _split(x, y, n_val, seed, standardise_y=True)
+
+
 def task_data(task: str):
     from torch import nn
 
@@ -159,6 +287,15 @@ def task_data(task: str):
         return train, val, nn.CrossEntropyLoss(), 3
     if task == "friedman":
         train, val = friedman()
+        return train, val, nn.MSELoss(), 1
+    classification = {"moons": (moons, 2), "iris": (iris, 3), "blobs": (blobs, 4)}
+    if task in classification:
+        make, classes = classification[task]
+        train, val = make()
+        return train, val, nn.CrossEntropyLoss(), classes
+    regression = {"sines": sines, "friedman3": friedman3}
+    if task in regression:
+        train, val = regression[task]()
         return train, val, nn.MSELoss(), 1
     raise ValueError(task)
 
@@ -179,6 +316,7 @@ def _rounded(values: list[float]) -> list[float | None]:
 def _train_one(job: tuple[str, int, dict, int, tuple[int, ...]]) -> tuple[int, list, float]:
     """One configuration, every seed: (index, per-seed curves, seconds)."""
     task, index, params, epochs, seeds = job
+    schedule = SETUPS[task].schedule
     if task not in _CACHE:
         _CACHE[task] = task_data(task)
     train, val, criterion, out = _CACHE[task]
@@ -197,6 +335,7 @@ def _train_one(job: tuple[str, int, dict, int, tuple[int, ...]]) -> tuple[int, l
             batch_size=params.get("batch_size", 256),
             criterion=criterion,
             out_features=out,
+            schedule=schedule,
         )
         for seed in seeds
     ]
@@ -208,6 +347,12 @@ def seed_mean(curves: list[list[float]]) -> list[float]:
     return [math.fsum(epoch) / len(epoch) for epoch in zip(*curves)]
 
 
+SCHEDULE_TEXT = {
+    "cosine": "CosineAnnealingLR(T_max=epochs, eta_min=1e-5), per epoch",
+    "constant": "none (constant learning rate)",
+    "step": "StepLR(step_size=epochs // 3, gamma=0.3), per epoch",
+    "onecycle": "OneCycleLR(max_lr=lr, total_steps=every step of the run), per step",
+}
 NOISY_SPACE_TEXT = "nodes {32, 64, 128}, layers 2..4, lr 3e-4..3e-2 log, batch_size {8, 16, 32, 64}"
 
 
@@ -287,9 +432,11 @@ def record(
         "seeds": list(seeds),
         "values": "the seeds' mean per epoch" if several else "the seed's curve",
         "sampler": f"optuna.samplers.RandomSampler(seed={sampler_seed}) over {space_text}",
+        "schedule": SETUPS[task].schedule,
+        "lr_schedule": lr_schedule_attr(SETUPS[task].schedule, epochs),
         "fixed": {
             "optimizer": "AdamW",
-            "scheduler": "CosineAnnealingLR(T_max=epochs, eta_min=1e-5)",
+            "scheduler": SCHEDULE_TEXT[SETUPS[task].schedule],
             "activation": "GELU",
             **({"batch_size": 256} if space == "default" else {}),
         },

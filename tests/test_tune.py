@@ -242,9 +242,9 @@ def test_pfl_study_end_to_end(tmp_path: Path) -> None:
 
 def test_pfl_prunes_a_hopeless_trial_and_stores_its_decision(tmp_path: Path) -> None:
     # Two good trials finish first (n_startup_trials=2, the reference set, top_k=2); the third
-    # learns 100x slower: after its second epoch (past n_warmup_epochs=1) it is worse than both
-    # over the same epochs, and its prediction (its last value: curves under 10 epochs are not
-    # extrapolated) is worse than theirs at the end, so PFL prunes it there.
+    # learns 100x slower: after its second epoch (past n_warmup_epochs=1) its level is far
+    # behind both, and so is its forecast (its level plus how they moved from the same epoch
+    # to their end), so PFL prunes it there.
     run = make_run(epochs=3)
     opt = make_opt(run, trials=4, pruner=PFL)
     settings = settings_for(tmp_path)
@@ -265,12 +265,18 @@ def test_pfl_prunes_a_hopeless_trial_and_stores_its_decision(tmp_path: Path) -> 
     pruned = trials[2]
     assert steps(pruned) == [0, 1] and pruned.last_step == 1
     # The decision is stored on the trial (user attr "pfl", which the report and optuna-dashboard
-    # read): pruned at step 1 as "worse", predicting its last value, past the reference set's worst.
+    # read): pruned at step 1 as "worse", its forecast past the 2nd best completed value.
     record = pruned.user_attrs[PFL_ATTR]
     assert (record["step"], record["decision"], record["prune"]) == (1, "worse", True)
-    assert record["predicted"] == pruned.intermediate_values[1]
+    level = (pruned.intermediate_values[0] + pruned.intermediate_values[1]) / 2
+    moves = sorted(
+        t.value - (t.intermediate_values[0] + t.intermediate_values[1]) / 2 for t in trials[:2]
+    )
+    assert record["level"] == pytest.approx(level)
+    assert record["predicted"] == pytest.approx(level + (moves[0] + moves[1]) / 2)
     assert record["threshold"] == max(t.value for t in trials[:2])
-    assert stored_predictions(pruned) == {1: pruned.intermediate_values[1]}
+    assert record["probability"] < 0.05 and record["neighbours"] == 2
+    assert stored_predictions(pruned) == {1: record["predicted"]}
     # The start-up trials were never judged; trial 3 was, every epoch past warm-up, and kept.
     assert [PFL_ATTR in t.user_attrs for t in trials[:2]] == [False, False]
     assert list(stored_predictions(trials[3])) == [1, 2]

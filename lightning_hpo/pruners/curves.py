@@ -1,7 +1,6 @@
 """Predicted-Final-Loss (PFL): extrapolating a learning curve to the end of training.
 
-Pure arithmetic on curves given as plain sequences of floats (no Optuna); the pruner
-that ranks trials with it is :mod:`lightning_hpo.pruners.pfl`.
+Pure arithmetic on curves given as plain sequences of floats (no Optuna).
 
 :func:`predict_final_loss` takes ``values[i]``, the metric after epoch ``i + 1``, and
 predicts its value at a target epoch:
@@ -20,15 +19,13 @@ predicts its value at a target epoch:
 4. Either way the EMA's lag of ``(span - 1) / 2`` epochs is added to the horizon, so the
    prediction lands on the raw curve rather than the smoothed one.
 
-:func:`running_best` is the best finite value so far at every epoch, which the pruner
-ranks trials by over the same epochs (:func:`robust_running_best` the same over the
-curve's running median of three, so a single spike or dip counts for nothing), and
-:func:`rank_bound` the bound of a rank band among such values.
+How noisy a curve is: :func:`noise_level` is the spread of the recent epochs around their
+local trend, the trial's own share of the pruner's uncertainty band.
 
-How sure the pruner can be about a curve: :func:`noise_level` is the spread of the recent
-epochs around their local trend, and :func:`lr_remaining` the fraction of the learning
-rate a declared schedule has still to anneal (a cosine schedule's late drop, which no
-fitted curve predicts from the epochs before it).
+The pruner's forecast no longer rests on this fit: it is calibrated on the study's own
+completed curves (:mod:`lightning_hpo.pruners.calibration`), which on recorded curves
+predicted final values as well or better and knows its own uncertainty. The fit stays
+as a curve tool of the public API (``lightning_hpo.predict_final_loss``).
 """
 
 from __future__ import annotations
@@ -39,12 +36,8 @@ from collections.abc import Sequence
 __all__ = [
     "MAX_EMA_SPAN",
     "MIN_POINTS_FOR_FIT",
-    "lr_remaining",
     "noise_level",
     "predict_final_loss",
-    "rank_bound",
-    "robust_running_best",
-    "running_best",
 ]
 
 MIN_POINTS_FOR_FIT = 10
@@ -187,61 +180,6 @@ def predict_final_loss(values: Sequence[float], target_epoch: int) -> float:
     return prediction if math.isfinite(prediction) else last
 
 
-def running_best(values: Sequence[float], maximize: bool) -> list[float]:
-    """Best finite value of ``values[: i + 1]`` for every ``i``.
-
-    Before the first finite value the entry is the worst infinity (``inf`` when
-    minimizing), which the same-epoch ranking leaves out.
-    """
-    # Chained comparisons skip NaN (every comparison is False) and both infinities; a
-    # plain loop is about 4x faster than itertools.accumulate with min/max.
-    out = []
-    if maximize:
-        best = -math.inf
-        for v in values:
-            if best < v < math.inf:
-                best = v
-            out.append(best)
-    else:
-        best = math.inf
-        for v in values:
-            if best > v > -math.inf:
-                best = v
-            out.append(best)
-    return out
-
-
-def rank_bound(scores: Sequence[float], fraction: float, top_k: int) -> float | None:
-    """The ``max(top_k, ceil(fraction * n))``-th of the ``n`` best-first ``scores``, or None."""
-    # round() first: 0.55 * 100 is 55.00000000000001 in floating point.
-    k = max(top_k, math.ceil(round(fraction * len(scores), 9)))
-    return scores[k - 1] if len(scores) >= k else None
-
-
-def robust_running_best(values: Sequence[float], maximize: bool) -> list[float]:
-    """:func:`running_best` of the causal running median of three (``values[i-2..i]``).
-
-    One epoch's outlier, a spike or a lucky dip, never becomes the best so far, so a noisy
-    curve is ranked by the level it holds rather than by its luckiest epoch. The first two
-    entries are the running best of the raw values (there is no median of three yet).
-    Non-finite values are dropped from each window.
-    """
-    # Written out rather than sorting a window per epoch: a process's first decision
-    # derives this for every completed trial (~20 ms at 1,000 trials x 100 epochs, 3x less).
-    medians = list(values[:2])
-    inf, nan = math.inf, math.nan
-    for i in range(2, len(values)):
-        a, b, c = values[i - 2], values[i - 1], values[i]
-        # Chained comparisons are False for NaN and both infinities.
-        if not (-inf < a < inf and -inf < b < inf and -inf < c < inf):
-            medians.append(nan)
-            continue
-        if a > b:
-            a, b = b, a
-        medians.append(b if c > b else c if c > a else a)
-    return running_best(medians, maximize)
-
-
 NOISE_WINDOW = 10  # recent epochs the noise level is measured over
 _MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation, normal noise
 
@@ -264,19 +202,3 @@ def noise_level(values: Sequence[float], window: int = NOISE_WINDOW) -> float:
     k = len(residuals)
     median = residuals[k // 2] if k % 2 else (residuals[k // 2 - 1] + residuals[k // 2]) / 2
     return _MAD_TO_SIGMA * median / math.sqrt(1.5)
-
-
-def lr_remaining(schedule: str | None, epoch: int, t_max: int) -> float | None:
-    """Fraction of the learning rate still to anneal after ``epoch`` epochs of a schedule.
-
-    ``schedule`` is the scheduler's import path or class name. For ``CosineAnnealingLR``
-    (period ``t_max``) it is ``(1 + cos(pi * epoch / t_max)) / 2``, which is 1 at the
-    start and 0 at ``t_max``; no scheduler (a constant rate) gives 0; any other schedule,
-    whose shape this function does not know, gives None.
-    """
-    if schedule is None:
-        return 0.0
-    if schedule.rsplit(".", 1)[-1] != "CosineAnnealingLR" or t_max < 1:
-        return None
-    progress = min(max(epoch / t_max, 0.0), 1.0)
-    return (1 + math.cos(math.pi * progress)) / 2

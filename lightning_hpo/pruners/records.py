@@ -11,9 +11,6 @@ from optuna.trial import FrozenTrial
 
 from lightning_hpo.attrs import CURVE_ATTR, EPOCHS_ATTR, LR_SCHEDULE_ATTR, PFL_ATTR
 from lightning_hpo.config.validation import is_int
-from lightning_hpo.pruners.curves import (
-    predict_final_loss,
-)
 
 
 def trial_curve(trial: FrozenTrial) -> list[float]:
@@ -30,10 +27,13 @@ def curve_of(trial: FrozenTrial) -> str | None:
 
 
 def like(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
-    """Those of ``trials`` whose curves are of ``trial``'s kind (``curve_of``): a seed mean
-    is never ranked against one seed's curve."""
-    kind = curve_of(trial)
-    return [t for t in trials if curve_of(t) == kind]
+    """Those of ``trials`` whose curves are of ``trial``'s kind (``curve_of``) under the same
+    declared schedule (the ``lr_schedule`` attr, or none): a seed mean is never ranked
+    against one seed's curve, nor a cosine-annealed curve against a constant rate's."""
+    kind, schedule = curve_of(trial), trial.user_attrs.get(LR_SCHEDULE_ATTR)
+    return [
+        t for t in trials if curve_of(t) == kind and t.user_attrs.get(LR_SCHEDULE_ATTR) == schedule
+    ]
 
 
 def epochs_of(trial: FrozenTrial) -> int | None:
@@ -42,23 +42,6 @@ def epochs_of(trial: FrozenTrial) -> int | None:
     if is_int(value) and value >= 1:
         return value
     return None
-
-
-def lr_schedule_of(trial: FrozenTrial) -> tuple[str | None, int | None] | None:
-    """The trial's ``lr_schedule`` attr as ``(scheduler import path or None, T_max or None)``,
-    or None when absent or malformed (the schedule is then unknown)."""
-    record = trial.user_attrs.get(LR_SCHEDULE_ATTR)
-    if not isinstance(record, dict):
-        return None
-    name, t_max = record.get("name"), record.get("T_max")
-    if name is not None and not isinstance(name, str):
-        return None
-    return name, (t_max if is_int(t_max) and t_max >= 1 else None)
-
-
-def trial_pfl(trial: FrozenTrial, target_epoch: int) -> float:
-    """:func:`predict_final_loss` of the trial's curve (NaN without intermediate values)."""
-    return predict_final_loss(trial_curve(trial), target_epoch)
 
 
 def stored_predictions(trial: FrozenTrial) -> dict[int, float]:
@@ -83,6 +66,9 @@ def decision_record(decision: PFLDecision, previous: Any = None) -> dict[str, An
         "prune": decision.prune,
         "predicted": decision.pfl,
         "threshold": decision.threshold,
+        "probability": decision.probability,
+        "level": decision.level,
+        "neighbours": decision.neighbours,
         "band": decision.band,
         "history": history,
     }
@@ -103,10 +89,8 @@ Reason = Literal[
     "startup",
     "warm-up",
     "no-reference",
+    "unlike",
     "worse",
-    "overruled",
-    "protected",
-    "uncertain",
     "ok",
 ]
 
@@ -116,21 +100,19 @@ class PFLDecision:
     """Outcome of :meth:`PFLPruner.evaluate`.
 
     ``reason`` (:data:`Reason`) is one of ``"no-values"``, ``"non-finite"`` (pruned),
-    ``"startup"``, ``"warm-up"``, ``"no-reference"``, ``"worse"`` (pruned: predicted worse
-    than the reference set and not protected by the same-epoch rank), ``"overruled"`` (pruned:
-    predicted within the reference set but ranked outside ``overrule_quantile`` over the
-    same epochs), ``"protected"`` (kept: predicted worse, but ranked within ``quantile``
-    over the same epochs), ``"uncertain"`` (kept: the same numbers without the trial's
-    uncertainty band would prune it) and ``"ok"`` (kept).
+    ``"startup"`` (kept: too few completed trials of its kind), ``"warm-up"``,
+    ``"no-reference"`` (kept: too few completed curves reach its epoch), ``"unlike"``
+    (kept: it improved over its recent epochs by more than any completed curve did over
+    the same epochs), ``"worse"`` (pruned: its ``probability`` of ending at or better
+    than ``threshold`` is below the pruner's ``min_probability``) and ``"ok"`` (kept).
 
-    ``pfl`` is the trial's predicted final value and ``threshold`` the worst prediction
-    among the ``top_k`` best completed trials; ``score`` is the trial's best value so far
-    (over the running median of three epochs with ``robust_best``), ``protected_bound`` and ``overrule_bound`` the completed trials' best values over as
-    many epochs that it is ranked against (None where too few). ``noise`` is the trial's
-    noise level (:func:`lightning_hpo.pruners.curves.noise_level`), ``lr_remaining`` the fraction of
-    its declared cosine schedule still to anneal (None when unknown) and ``band`` how far
-    toward better its ``score`` and ``pfl`` were moved before they were compared:
-    ``noise * (noise_band + schedule_band * lr_remaining)``.
+    In the study's own sign: ``pfl`` is the forecast's median final value, ``threshold``
+    the ``top_k``-th best completed final value, ``level`` the trial's median of its last
+    three values. ``probability`` is the forecast's probability of a final value at or
+    better than ``threshold``, drawn from ``neighbours`` completed curves; ``band`` the
+    width of each outcome's kernel (the trial's ``noise``, the spread of the curves'
+    moves) and ``noise`` the trial's noise level
+    (:func:`lightning_hpo.pruners.curves.noise_level`).
     """
 
     prune: bool
@@ -139,11 +121,10 @@ class PFLDecision:
     pfl: float | None = None
     threshold: float | None = None
     target_epoch: int | None = None
-    score: float | None = None
-    protected_bound: float | None = None
-    overrule_bound: float | None = None
+    level: float | None = None
+    probability: float | None = None
+    neighbours: int | None = None
     noise: float | None = None
-    lr_remaining: float | None = None
     band: float | None = None
 
 

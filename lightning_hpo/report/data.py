@@ -116,9 +116,8 @@ class ReplayedTrial:
     reason: str | None = None
     pfl: float | None = None
     threshold: float | None = None
-    score: float | None = None
-    overrule_bound: float | None = None
-    band: float | None = None  # how far toward better score and pfl moved (PFLDecision.band)
+    probability: float | None = None  # of ending at or better than threshold (PFLDecision)
+    band: float | None = None  # the forecast's kernel width (PFLDecision.band)
 
 
 @dataclass(frozen=True)

@@ -397,8 +397,7 @@ def _replay_one(
                 reason=decision.reason,
                 pfl=decision.pfl,
                 threshold=decision.threshold,
-                score=decision.score,
-                overrule_bound=decision.overrule_bound,
+                probability=decision.probability,
                 band=decision.band,
             )
     return ReplayedTrial(number=number, value=trial.value, would_prune=False)

@@ -141,16 +141,14 @@ def _audit_lines(audit: Audit, metric: str) -> list[str]:
     for t in r.trials:
         if not t.would_prune:
             continue
-        # Overruled: predicted within the reference set, but far behind at the same epoch.
-        # The band (PFL's uncertainty) moved both numbers toward better before comparing.
-        band = f" (uncertainty band {_num(t.band)})" if t.band else ""
-        if t.reason == "overruled":
+        # The forecast, calibrated on the other completed trials, and its probability of
+        # ending at or better than the top_k-th best of them.
+        if t.pfl is not None:
+            band = f", band {_num(t.band)}" if t.band else ""
             detail = (
-                f"best so far {_num(t.score)}{band} vs same-epoch bound {_num(t.overrule_bound)} "
-                f"(overruled; predicted {_num(t.pfl)})"
+                f"predicted {_num(t.pfl)}{band}, probability {_pct(t.probability)} of ending "
+                f"at or better than {_num(t.threshold)}"
             )
-        elif t.pfl is not None:
-            detail = f"predicted {_num(t.pfl)}{band} vs threshold {_num(t.threshold)}"
         else:
             detail = t.reason
         lines.append(
