@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import EPOCHS_ATTR
@@ -31,6 +32,19 @@ def trial_epoch(trial: FrozenTrial) -> tuple[int, int | None, float | None]:
         return 0, total, None
     step = max(trial.intermediate_values)
     return step + 1, total, trial.intermediate_values[step]
+
+
+def _best(trials: list[FrozenTrial], direction: StudyDirection) -> str:
+    """``best v (trial n)`` from the trials already read (``study.best_trial`` would read
+    the storage again), as the progress line has it; ``best -`` before any completes."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return "best -"
+    if direction == StudyDirection.MINIMIZE:
+        best = min(complete, key=lambda t: (t.value, t.number))
+    else:
+        best = max(complete, key=lambda t: (t.value, -t.number))
+    return f"best {best.value:.5g} (trial {best.number})"
 
 
 class StudyView:
@@ -67,10 +81,7 @@ class StudyView:
         if self._done_at_start is None:
             self._done_at_start = done
         complete, pruned, failed = state_counts(trials)
-        try:
-            best = f"best {self.study.best_value:.5g} (trial {self.study.best_trial.number})"
-        except ValueError:
-            best = "best -"
+        best = _best(trials, self.study.direction)
         head = Table.grid(padding=(0, 1))
         head.add_row(
             Text(f"trials {finished}/{total}", style="bold"),
