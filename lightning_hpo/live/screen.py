@@ -2,8 +2,9 @@
 above it.
 
 The region is redrawn by the display's own thread once a second from a ``render``
-function, so whatever ``render`` reads (a study's storage) is read off the training
-thread and at that rate at most. Lines printed meanwhile (``Screen.echo``, and anything
+function, and at once after a line is printed above it (a finished trial's: the region
+then agrees with the line), never twice in ``MIN_SECONDS``. So whatever ``render`` reads
+(a study's storage) is read off the training thread, about once a second. Lines printed meanwhile (``Screen.echo``, and anything
 written to ``sys.stdout`` or, on the same terminal, ``sys.stderr``) go above the region and
 stay in the scrollback as they are; the region itself is erased on exit, so the
 scrollback ends up holding the same lines a plain run prints.
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 REFRESH_SECONDS = 1.0
+MIN_SECONDS = 0.25  # between two drawings, however many lines are printed
+MARGIN = 4  # columns left free on the region's right
 
 
 def wanted(stream: IO[str] | None = None) -> bool:
@@ -52,21 +55,32 @@ class Screen:
             file=file or sys.stdout, force_terminal=force_terminal, highlight=False
         )
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a line was printed: redraw now, not in up to a second
         self._lock = threading.Lock()  # relayed lines, from several threads, one at a time
         self._thread: threading.Thread | None = None
         self._live = None
         self._last: Any = ""
 
     def _draw(self) -> Any:
+        from rich.constrain import Constrain
+
         try:
-            self._last = self.render()
+            # A few columns short of the terminal: the cursor waits at the end of the last
+            # line, and the ^C a terminal echoes there must not wrap (it would scroll the
+            # region off by one, and its erasing at the end would miss a line).
+            self._last = Constrain(self.render(), width=max(1, self.console.width - MARGIN))
         except Exception:  # noqa: BLE001 - the display never stops the run it shows
             pass
         return self._last
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        while True:
+            self._wake.wait(self.period)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self._live.update(self._draw(), refresh=True)
+            self._stop.wait(MIN_SECONDS)  # a burst of lines wakes it once
 
     def __enter__(self) -> Screen:
         from rich.live import Live
@@ -88,6 +102,7 @@ class Screen:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         self._live.stop()
@@ -95,6 +110,7 @@ class Screen:
     def echo(self, line: str) -> None:
         """Print ``line`` above the region, as it is (no markup, wrapped by the terminal)."""
         self.console.print(line, markup=False, emoji=False, soft_wrap=True)
+        self._wake.set()
 
     def relay(self, line: str, err: bool = False) -> None:
         """A line another process wrote (a ``--workers`` child): stdout's above the region,
