@@ -10,6 +10,7 @@ tests check that on the same runs that check the lines.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
 import shutil
@@ -164,18 +165,22 @@ def _configs(tmp_path: Path, seeds: str = "[1]", epochs: int = 3, trials: int = 
 
 
 class Terminal:
-    """A command in a 120x30 tmux pane of a tmux server of its own."""
+    """A command in a tmux pane (120x30 unless told) of a tmux server of its own."""
 
-    def __init__(self, cmd: list[str], cwd: Path):
+    def __init__(self, cmd: list[str], cwd: Path, width: int = 120):
         if shutil.which("tmux") is None:
             pytest.skip("tmux is not installed")
         self.socket = f"lightning-hpo-test-{uuid.uuid4().hex[:8]}"
         shell = f"cd {shlex.quote(str(cwd))} && {shlex.join(cmd)}; echo EXIT=$?; sleep 600"
-        self.tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "30", shell)
+        self.tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", "30", shell)
 
     def tmux(self, *args: str) -> str:
+        # The server passes its environment on to the pane: a COLUMNS or LINES set here (a
+        # test runner's) would tell the command a size other than the pane's.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         return subprocess.run(
             ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            env=env,
             check=True,
             capture_output=True,
             text=True,
@@ -203,8 +208,8 @@ class Terminal:
 def terminals():
     opened: list[Terminal] = []
 
-    def open_(cmd: list[str], cwd: Path) -> Terminal:
-        opened.append(Terminal(cmd, cwd))
+    def open_(cmd: list[str], cwd: Path, width: int = 120) -> Terminal:
+        opened.append(Terminal(cmd, cwd, width))
         return opened[-1]
 
     yield open_
@@ -264,3 +269,19 @@ def test_train_draws_its_seeds_live_in_a_terminal(tmp_path: Path, terminals) -> 
         assert sum(line.startswith(f"seed {seed}: final val_loss") for line in lines) == 1, final
     assert any(line.startswith("final val_loss over 2 seed(s):") for line in lines)
     assert "elapsed" not in final and "epoch " not in final, final
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_piece_of_the_region_behind(tmp_path: Path, terminals) -> None:
+    # The terminal echoes ^C at the end of the region's last line, which the running
+    # trial's parameters fill to the edge of an 80-column pane: it must not wrap there and
+    # shift the region, whose erasing would then leave its top line behind.
+    run_yaml, opt_yaml = _configs(tmp_path, epochs=40, trials=2)
+    cmd = tune_args(run_yaml, opt_yaml, "sqlite:///s.db", tmp_path / "runs")
+    term = terminals(cmd, tmp_path, width=80)
+    term.wait_for(r"^  trial 0 .* epoch [1-9]\d*/40 .*…$", timeout=240)
+    term.tmux("send-keys", "-t", "t", "C-c")
+    final = term.wait_for(r"^EXIT=\d+", timeout=120)
+    assert "EXIT=130" in final, final
+    assert re.search(r"^interrupted$", final, re.M), final
+    assert not re.search(r"trials \d/2|elapsed|epoch \d", final), final
