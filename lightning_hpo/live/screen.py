@@ -4,10 +4,12 @@ above it.
 The region is redrawn by the display's own thread once a second from a ``render``
 function, and at once after a line is printed above it (a finished trial's: the region
 then agrees with the line), never twice in ``MIN_SECONDS``. So whatever ``render`` reads
-(a study's storage) is read off the training thread, about once a second. Lines printed meanwhile (``Screen.echo``, and anything
-written to ``sys.stdout`` or, on the same terminal, ``sys.stderr``) go above the region and
-stay in the scrollback as they are; the region itself is erased on exit, so the
-scrollback ends up holding the same lines a plain run prints.
+(a study's storage) is read off the training thread, about once a second.
+
+Lines printed meanwhile (``Screen.echo``, and anything written to ``sys.stdout`` or, on
+the same terminal, ``sys.stderr``) go above the region and stay in the scrollback as they
+are; the region itself is erased on exit, so the scrollback ends up holding the same
+lines a plain run prints.
 """
 
 from __future__ import annotations
