@@ -636,6 +636,9 @@ def test_cli_tune_then_train_the_best_config(tmp_path: Path) -> None:
                 "--storage", f"sqlite:///{db}", "--output", str(tmp_path / "runs"))  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr
+    # Not a terminal (a pipe): the plain lines alone, no live display (tests/test_live.py).
+    assert "\x1b" not in proc.stdout + proc.stderr
+    assert not re.search(r"elapsed|ETA|running \d", proc.stdout), proc.stdout
     trial_lines = [
         line for line in proc.stdout.splitlines() if re.match(r"\[\d+/3\] trial \d+ ", line)
     ]
@@ -663,6 +666,8 @@ def test_cli_tune_then_train_the_best_config(tmp_path: Path) -> None:
         str(tmp_path / "train_runs"),
     )
     assert trained.returncode == 0, trained.stderr
+    assert "\x1b" not in trained.stdout + trained.stderr
+    assert not re.search(r"elapsed|ETA|epoch \d", trained.stdout), trained.stdout
     assert re.search(r"^seed 1: final val_loss \S+ .* after 1 epochs", trained.stdout, re.M), (
         trained.stdout
     )
@@ -683,6 +688,7 @@ def test_cli_workers_reach_exactly_the_total(tmp_path: Path) -> None:
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.system_attrs[PID] for t in trials}) == 2  # two worker processes shared the work
     assert len(re.findall(r"^\[\d+/3\] trial \d+ ", proc.stdout, re.M)) == 3
+    assert "\x1b" not in proc.stdout + proc.stderr  # plain lines (no terminal), each once
     assert proc.stdout.count("Best trial:") == 1
     assert (tmp_path / "runs" / "Tiny_Opt" / "tiny_cli" / "best.yaml").is_file()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from lightning_hpo.cli.common import (
     default_configs,
@@ -63,24 +66,29 @@ def _train(args: argparse.Namespace) -> int:
     if done is not None:
         return done
 
-    def report(r) -> None:
-        took = f"{r.seconds:.1f} s" + (
-            f" for {r.together} seeds together" if r.together > 1 else ""
-        )
-        print(
-            f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {took}",
-            flush=True,
-        )
-
     try:
-        result = train(
-            cfg,
-            args.output,
-            resume=args.resume,
-            progress=args.progress,
-            on_seed=report,
-            source=args.config,
-        )
+        with _live(cfg, args) as (screen, board):
+            echo = screen.echo if screen else functools.partial(print, flush=True)
+
+            def report(r) -> None:
+                took = f"{r.seconds:.1f} s" + (
+                    f" for {r.together} seeds together" if r.together > 1 else ""
+                )
+                if board is not None:
+                    board.ended_seed(r.seed, len(r.history), r.final)
+                echo(
+                    f"seed {r.seed}: final val_loss {r.final:.5g} (best {r.best:.5g}) after {len(r.history)} epochs, {took}"
+                )
+
+            result = train(
+                cfg,
+                args.output,
+                resume=args.resume,
+                progress=args.progress,
+                on_seed=report,
+                on_epoch=board.epoch if board is not None else None,
+                source=args.config,
+            )
     except KeyboardInterrupt:
         print("interrupted: continue with the same command plus --resume", file=sys.stderr)
         return interrupted_status()
@@ -92,6 +100,25 @@ def _train(args: argparse.Namespace) -> int:
     if not cfg.loggers:  # TensorBoard, the default; loggers: lists others
         print(f"TensorBoard: tensorboard --logdir {where.parent}")
     return 0
+
+
+@contextlib.contextmanager
+def _live(cfg, args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The live display of the seeds (``live.screen.Screen`` drawing ``live.seeds.SeedBoard``)
+    where stdout is a terminal and Lightning's own bars (``--progress``) are off; else
+    (None, None): plain lines."""
+    from lightning_hpo.live.screen import wanted
+
+    if args.progress or not wanted():
+        yield None, None
+        return
+    from lightning_hpo.live.screen import Screen
+    from lightning_hpo.live.seeds import SeedBoard
+    from lightning_hpo.metrics import VAL_LOSS
+
+    board = SeedBoard(cfg.seeds, cfg.epochs, VAL_LOSS)
+    with Screen(board) as screen:
+        yield screen, board
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

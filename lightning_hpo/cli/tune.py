@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning_hpo.cli.common import (
     EXIT_NO_TRIAL_COMPLETED,
@@ -128,11 +130,9 @@ def _tune(args: argparse.Namespace) -> int:
     )
     options = _options(args)
 
-    from lightning_hpo.console import note_once, quiet_lightning
-    from lightning_hpo.tuning.liveness import fail_dead_trials
+    from lightning_hpo.console import quiet_lightning
     from lightning_hpo.tuning.signals import interrupt_on_signals
-    from lightning_hpo.tuning.study import create_or_load_study, remaining
-    from lightning_hpo.tuning.tuner import quiet_optuna, tune
+    from lightning_hpo.tuning.tuner import quiet_optuna
 
     interrupt_on_signals()
     quiet_lightning()
@@ -148,34 +148,76 @@ def _tune(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.launcher == "slurm":
-        study = create_or_load_study(run, opt, options)
-        fail_dead_trials(study, heartbeat=options.heartbeat)
-        if not _slurm_workers(args, run, opt, options, study):
-            return 0  # submitted, not waited for
-        _after_workers(study, opt, options)
-        return _finish(run, opt, study, options)
-    workers, gpu_sets = (1, None) if args.worker else _worker_plan(args, run)
-    if workers > 1:
-        # Create the study once, here, before the workers race to create its tables.
-        study = create_or_load_study(run, opt, options)
-        fail_dead_trials(study, heartbeat=options.heartbeat)  # their retries fill slots
+    with _live(args, opt) as screen:
+        study, code = _run_trials(args, run, opt, options, screen)
+    if code is not None:
+        return code
+    if args.worker:
+        return 0  # the parent reports on the study
+    return _finish(run, opt, study, options)
+
+
+def _run_trials(args, run, opt, options, screen) -> tuple[Any, int | None]:
+    """Run the study's missing trials: in this process, in ``--workers`` children or in
+    SLURM jobs, their lines through ``screen`` (the live display) where there is one.
+
+    Returns:
+        The study, and an exit status when the command ends without its report.
+    """
+    from lightning_hpo.console import note_once
+    from lightning_hpo.tuning.liveness import fail_dead_trials
+    from lightning_hpo.tuning.study import create_or_load_study, remaining
+    from lightning_hpo.tuning.tuner import tune
+
+    echo = screen.echo if screen else print
+    watch = screen.render.watch if screen else (lambda study: None)
+    local = args.launcher == "local"
+    workers, gpu_sets = (1, None) if args.worker or not local else _worker_plan(args, run)
+    if local and workers == 1:
+        return tune(run, opt, options, echo=echo, on_study=watch), None
+    # Create the study once, here, before the workers race to create its tables.
+    study = create_or_load_study(run, opt, options)
+    fail_dead_trials(study, heartbeat=options.heartbeat)  # their retries fill slots
+    watch(study)
+    if not local:
+        if not _slurm_workers(args, run, opt, options, study, echo):
+            return study, 0  # submitted, not waited for
+    else:
         from lightning_hpo.tuning.workers import run_workers
 
-        codes = run_workers(args.argv, workers, remaining(study, opt.trials), gpu_sets)
+        codes = run_workers(
+            args.argv,
+            workers,
+            remaining(study, opt.trials),
+            gpu_sets,
+            relay=screen.relay if screen else None,
+        )
         errors = [c for c in codes if c > 0]
         if errors:
-            return errors[0]  # a worker's own error (its line is above)
+            return study, errors[0]  # a worker's own error (its line is above)
         for code in sorted({-c for c in codes if c < 0}):
             note_once(
                 f"a worker was killed ({signal.Signals(code).name}): the others took over its trials"
             )
-        _after_workers(study, opt, options)
-    else:
-        study = tune(run, opt, options)
-    if args.worker:
-        return 0  # the parent reports on the study
-    return _finish(run, opt, study, options)
+    _after_workers(study, opt, options)
+    return study, None
+
+
+@contextlib.contextmanager
+def _live(args: argparse.Namespace, opt) -> Iterator[Any]:
+    """The live display of the study (``live.screen.Screen`` drawing ``live.study.StudyView``)
+    while the trials run, where stdout is a terminal; None elsewhere, and in a ``--workers``
+    child, with ``--progress`` (Lightning's bars) or ``--no-wait``: plain lines there."""
+    from lightning_hpo.live.screen import wanted
+
+    if args.worker or args.progress or not args.wait or not wanted():
+        yield None
+        return
+    from lightning_hpo.live.screen import Screen
+    from lightning_hpo.live.study import StudyView
+
+    with Screen(StudyView(opt)) as screen:
+        yield screen
 
 
 def _after_workers(study, opt, options) -> None:
@@ -217,7 +259,7 @@ def _check_slurm(args: argparse.Namespace) -> None:
     check_cluster()
 
 
-def _slurm_workers(args, run, opt, options, study) -> bool:
+def _slurm_workers(args, run, opt, options, study, echo=print) -> bool:
     """Submit the workers a SLURM study still needs; True when this waited for them."""
     from lightning_hpo.tuning.slurm import launch, worker_failures
     from lightning_hpo.tuning.study import remaining, study_folder
@@ -236,7 +278,8 @@ def _slurm_workers(args, run, opt, options, study) -> bool:
         folder,
         args.storage,
         args.wait,
-        on_finished=lambda trial: Progress(opt, print)(study, trial),
+        echo,
+        on_finished=lambda trial: Progress(opt, echo)(study, trial),
     )
     for line in worker_failures(jobs) if waited else ():
         print(line, file=sys.stderr)

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ class RunRecorder(Callback):
     sanity check is never recorded. A metric that is never logged fails fast, listing
     the ones that are. The hyperparameters go to every logger (each seed's own run) with
     the final and best metric however training ends (finished, early-stopped, pruned or
-    interrupted), before Lightning closes the logger.
+    interrupted), before Lightning closes the logger. ``on_epoch(epoch, {seed: value})``, where
+    given, is told each epoch's recorded values (epochs counted from 1): the live display.
 
     Under a spawn-based strategy (ddp_spawn) the ranks train in other processes, on
     copies of this callback: at the end of training each history is put into
@@ -49,6 +50,7 @@ class RunRecorder(Callback):
         monitor: str,
         hparams: dict[str, Any],
         states: SeedStates | None = None,
+        on_epoch: Callable[[int, dict[int, float]], None] | None = None,
     ):
         self.results, self.monitor, self.hparams, self.states = (
             list(results),
@@ -56,12 +58,14 @@ class RunRecorder(Callback):
             hparams,
             states,
         )
+        self.on_epoch = on_epoch
 
     def _key(self, seed: int) -> str:
         return self.monitor if self.states is None else seed_metric(self.monitor, seed)
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_quiet": is_quiet()}
+        # A spawned rank tells no display: the display lives in this process.
+        return self.__dict__ | {"_quiet": is_quiet(), "on_epoch": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
@@ -77,9 +81,13 @@ class RunRecorder(Callback):
             if self.monitor.startswith("val") or trainer.current_epoch > 0:
                 require_logged(self.monitor, metrics, source="the monitored metric")
             return
+        recorded = {}
         for result in self.results:
             if self.states is None or self.states.training(result.seed, trainer.current_epoch):
                 result.history.append(float(metrics[self._key(result.seed)]))
+                recorded[result.seed] = result.history[-1]
+        if self.on_epoch is not None:
+            self.on_epoch(trainer.current_epoch + 1, recorded)
 
     # The histories ride in every checkpoint, so a resumed run's results cover all its epochs.
     def state_dict(self) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class FitOptions:
         after_fit: called right after ``Trainer.fit`` returns (the tuner checks DDP pruning there).
         on_curve: told, before training starts, what the curve ``callbacks`` see is
             (``curve_kind``): the tuner records it, so a pruner compares like with like.
+        on_epoch: told after each epoch, of every seed (unlike ``callbacks``): the epoch
+            (from 1) and each seed's recorded metric (``RunRecorder``): train.py's live display.
     """
 
     monitor: str = VAL_LOSS
@@ -77,6 +79,7 @@ class FitOptions:
     progress: bool = False
     after_fit: Callable[[], None] | None = None
     on_curve: Callable[[str], None] | None = None
+    on_epoch: Callable[[int, dict[int, float]], None] | None = None
 
 
 def _fit(
@@ -146,7 +149,7 @@ def fit_seed(
     dm = data_for_seed(build_data(cfg, seed) if dm is None else dm, seed)
     module = build_module(cfg, dm, seed)
     result = SeedResult(seed, run_dir, mode=mode)
-    recorder = RunRecorder([result], monitor, hparams_of(cfg))
+    recorder = RunRecorder([result], monitor, hparams_of(cfg), on_epoch=options.on_epoch)
     own: list[Callback] = [recorder, *_checkpoints(cfg, run_dir, monitor, mode)]
     stopping = cfg.early_stopping_config
     if stopping["enabled"]:
@@ -201,7 +204,7 @@ def fit_fused(
         SeedResult(seed, run_dir, mode=mode, together=len(seeds))
         for seed, run_dir in zip(seeds, run_dirs)
     ]
-    recorder = RunRecorder(results, monitor, hparams_of(cfg), states)
+    recorder = RunRecorder(results, monitor, hparams_of(cfg), states, options.on_epoch)
     own: list[Callback] = [recorder]
     saving = cfg.checkpoint_config
     if saving["save_best"] or saving["save_last"]:
@@ -401,13 +404,15 @@ def train(
     resume: bool = False,
     progress: bool = False,
     on_seed: Callable[[SeedResult], None] | None = None,
+    on_epoch: Callable[[int, dict[int, float]], None] | None = None,
     source: str = "<run config>",
 ) -> TrainResult:
     """Train every seed of ``cfg`` under ``output/<project>/<group>/<seed>``.
 
     Without ``resume`` an existing run folder is an error (nothing is overwritten);
     with it, finished seeds are read back and unfinished ones continue from their last
-    checkpoint.
+    checkpoint. ``on_seed`` is told each seed's result, ``on_epoch`` each epoch's values
+    (``FitOptions.on_epoch``).
     """
     dirs = seed_dirs(cfg, output)
     if not resume:
@@ -422,7 +427,7 @@ def train(
             cfg,
             [s for s, _ in todo],
             [d for _, d in todo],
-            FitOptions(resume=resume, progress=progress),
+            FitOptions(resume=resume, progress=progress, on_epoch=on_epoch),
             on_seed=on_seed,
             source=source,
         )

@@ -213,6 +213,16 @@ def counting(
     ]
 
 
+def state_counts(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int, int]:
+    """The study's trials done (complete), pruned and failed, as the progress line counts them."""
+    states = [t.state for t in trials]
+    return (
+        states.count(TrialState.COMPLETE),
+        states.count(TrialState.PRUNED),
+        states.count(TrialState.FAIL),
+    )
+
+
 def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -> int:
     """How many trials count toward the study's total (``counting``)."""
     return len(counting(trials, before))

@@ -9,7 +9,6 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -19,6 +18,7 @@ from lightning_hpo.config.class_paths import shareable
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.live.screen import short
 from lightning_hpo.storage.connect import default_url, redact
 from lightning_hpo.storage.dashboard import dashboard_command
 from lightning_hpo.tuning.liveness import fail_dead_trials
@@ -30,6 +30,7 @@ from lightning_hpo.tuning.study import (
     create_or_load_study,
     finished_position,
     remaining,
+    state_counts,
     study_folder,
 )
 
@@ -49,13 +50,13 @@ class Progress:
         if trial.system_attrs.get(SURPLUS):
             return
         trials = study.get_trials(deepcopy=False)
-        states = [t.state for t in trials]
-        counts = f"done {states.count(TrialState.COMPLETE)}, pruned {states.count(TrialState.PRUNED)}, failed {states.count(TrialState.FAIL)}"
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        complete, pruned, failed = state_counts(trials)
+        counts = f"done {complete}, pruned {pruned}, failed {failed}"
+        params = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
         if trial.state == TrialState.COMPLETE:
             outcome = f"{self.opt.value_name()} {trial.value:.5g}"
         elif trial.state == TrialState.PRUNED:
-            outcome = f"pruned at step {trial.last_step} ({self.opt.metric} {_fmt(trial.intermediate_values.get(trial.last_step))})"
+            outcome = f"pruned at step {trial.last_step} ({self.opt.metric} {short(trial.intermediate_values.get(trial.last_step))})"
         else:
             outcome = "FAILED: " + (
                 trial.user_attrs.get(FAIL_REASON)
@@ -76,10 +77,6 @@ class Progress:
         self.echo(
             f"[{finished_position(trials, trial)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
         )
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class StopAtTotal:
@@ -109,14 +106,18 @@ def tune(
     opt: OptimizeConfig,
     options: TuneOptions | None = None,
     echo: Callable[[str], None] = print,
+    on_study: Callable[[optuna.Study], None] | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study until it holds ``opt.trials`` trials; return it.
 
     Rerunning continues: only missing trials run. Trials interrupted by Ctrl-C/SIGTERM or
-    left behind by a dead worker do not count and are run again.
+    left behind by a dead worker do not count and are run again. ``on_study`` is given
+    the study once it is open (the live display watches it).
     """
     options = options or TuneOptions()
     study = create_or_load_study(run, opt, options)
+    if on_study is not None:
+        on_study(study)
     fail_dead_trials(study, echo, options.heartbeat)
     if remaining(study, opt.trials) > 0:
         folder = study_folder(run, opt, study, options, echo)
@@ -157,7 +158,7 @@ def finish(
     echo(f"  Value: {best.value:.6g} ({opt.value_name()}, {opt.direction})")
     echo("  Params:")
     for k, v in best.params.items():
-        echo(f"    {k}: {_fmt(v)}")
+        echo(f"    {k}: {short(v)}")
     echo(f"  Path: {best.user_attrs.get(RUN_DIR, '?')}")
     path = study_folder(run, opt, study, options, echo) / "best.yaml"
     dump_yaml(shareable(best_config(run, opt, study).to_dict()), path)

@@ -16,7 +16,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal, record_signal
@@ -93,17 +94,36 @@ def device_sets(
     return slots[:workers]
 
 
+def _relayed(pipe, relay: Callable[[str, bool], None], err: bool) -> threading.Thread:
+    """A thread handing each line of a child's ``pipe`` to ``relay`` until the child closes it."""
+
+    def pump() -> None:
+        with pipe:
+            for line in pipe:
+                relay(line, err)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
 def run_workers(
-    argv: list[str], workers: int, todo: int, gpu_sets: Sequence[Sequence[str]] | None = None
+    argv: list[str],
+    workers: int,
+    todo: int,
+    gpu_sets: Sequence[Sequence[str]] | None = None,
+    relay: Callable[[str, bool], None] | None = None,
 ) -> list[int]:
     """Run ``workers`` child processes of ``tune.py`` on the study (no more than the
     ``todo`` trials it still needs) and wait for them.
 
     Each child pulls trials until the study holds its total. It gets an equal share of the
     CPU threads and, with ``gpu_sets``, its own GPUs (``CUDA_VISIBLE_DEVICES``). Children
-    inherit stdout, so their per-trial lines form one stream. Ctrl-C or SIGTERM to this
-    process is passed on to every child; each fails its running trial cleanly and exits,
-    and this waits for them.
+    inherit stdout, so their per-trial lines form one stream; with ``relay`` (this
+    process's live display) each line a child writes is handed to ``relay(line, err)``
+    instead, so that the children never write into the display's region. Ctrl-C or
+    SIGTERM to this process is passed on to every child; each fails its running trial
+    cleanly and exits, and this waits for them.
 
     Returns:
         The children's exit statuses (negative: killed by that signal).
@@ -111,7 +131,13 @@ def run_workers(
     count = max(0, min(workers, todo))
     threads = max(1, usable_cpus() // max(1, count))
     base = _without(_without(_without(argv, "--workers"), "--threads"), "--trials-per-gpu")
-    procs = []
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    piped = (
+        {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "errors": "replace"}
+        if relay
+        else {}
+    )
 
     def interrupt(signum, frame):
         record_signal(signum)
@@ -124,8 +150,14 @@ def run_workers(
             env = dict(os.environ)
             if gpu_sets:
                 env[VISIBLE] = ",".join(gpu_sets[k])
-            procs.append(subprocess.Popen([*cmd, "--threads", str(threads)], env=env))
-        return [p.wait() for p in procs]
+            proc = subprocess.Popen([*cmd, "--threads", str(threads)], env=env, **piped)
+            procs.append(proc)
+            if relay:
+                pumps += [_relayed(proc.stdout, relay, False), _relayed(proc.stderr, relay, True)]
+        codes = [p.wait() for p in procs]
+        for pump in pumps:
+            pump.join()  # every line a child wrote, before the parent's own
+        return codes
     except KeyboardInterrupt:
         ignore_further_signals()
         for p in procs:
@@ -133,6 +165,8 @@ def run_workers(
                 p.send_signal(last_signal())
         for p in procs:
             p.wait()
+        for pump in pumps:
+            pump.join(timeout=5)  # the children's last lines (their interrupted trials)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
