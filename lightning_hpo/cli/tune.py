@@ -269,6 +269,7 @@ def _slurm_workers(args, run, opt, options, study, echo=print) -> bool:
     if not todo:
         return True
     folder = study_folder(run, opt, study, options)
+    progress = Progress(opt, echo)
     jobs, waited = launch(
         tune_main,
         args.argv,
@@ -279,7 +280,7 @@ def _slurm_workers(args, run, opt, options, study, echo=print) -> bool:
         args.storage,
         args.wait,
         echo,
-        on_finished=lambda trial: Progress(opt, echo)(study, trial),
+        on_finished=lambda trial: progress(study, trial),
     )
     for line in worker_failures(jobs) if waited else ():
         print(line, file=sys.stderr)

@@ -132,8 +132,9 @@ def collect(
     if git is not None:
         record["git"] = git
     record["host"] = socket.gethostname()
-    if slurm_job():
-        record["slurm_job_id"] = slurm_job()
+    job = slurm_job()
+    if job:
+        record["slurm_job_id"] = job
     record["device"] = device_name(device)
     record["devices"] = devices(device, count)
     record["command"] = command_line(argv)

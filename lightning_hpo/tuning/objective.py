@@ -101,8 +101,9 @@ def make_objective(
             trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
             trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
-            if provenance.slurm_job():
-                trial.set_user_attr(SLURM_JOB_ATTR, provenance.slurm_job())
+            job = provenance.slurm_job()
+            if job:
+                trial.set_user_attr(SLURM_JOB_ATTR, job)
             continuation = continuation_of(trial, run_dir, cfg)
             if continuation.record() is not None:
                 trial.set_user_attr(RETRY_ATTR, continuation.record())

@@ -36,7 +36,7 @@ from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.connect import redact
 from lightning_hpo.training.provenance import slurm_job
 from lightning_hpo.tuning.signals import ignore_further_signals, interrupted_by
-from lightning_hpo.tuning.workers import WORKER_FLAG
+from lightning_hpo.tuning.workers import WORKER_FLAG, without_flags
 
 LAUNCHER_FLAGS = {"--launcher": True, "--slurm": True, "--no-wait": False, "--workers": True}
 EXTRA = "pip install 'lightning-hpo[slurm]'"
@@ -128,17 +128,7 @@ def check_cluster() -> None:
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
     """tune.py's arguments for each job: the launching command's, without the launcher's own."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        flag = arg.split("=", 1)[0]
-        if flag in LAUNCHER_FLAGS:
-            skip = LAUNCHER_FLAGS[flag] and "=" not in arg
-            continue
-        out.append(arg)
-    return out
+    return without_flags(argv, LAUNCHER_FLAGS)
 
 
 class Worker:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal, record_signal
@@ -26,17 +26,17 @@ VISIBLE = "CUDA_VISIBLE_DEVICES"
 WORKER_FLAG = "--worker"  # what marks a --workers child on its command line
 
 
-def _without(argv: list[str], flag: str, takes_value: bool = True) -> list[str]:
-    """``argv`` without ``flag`` (and its value: ``--flag v`` or ``--flag=v``)."""
+def without_flags(argv: Sequence[str], flags: Mapping[str, bool]) -> list[str]:
+    """``argv`` without the ``flags`` (each mapped to whether it takes a value, which goes
+    too: ``--flag v`` or ``--flag=v``)."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg == flag:
-            skip = takes_value
-            continue
-        if arg.startswith(flag + "="):
+        flag, eq, _ = arg.partition("=")
+        if flag in flags:
+            skip = flags[flag] and not eq
             continue
         out.append(arg)
     return out
@@ -130,7 +130,7 @@ def run_workers(
     """
     count = max(0, min(workers, todo))
     threads = max(1, usable_cpus() // max(1, count))
-    base = _without(_without(_without(argv, "--workers"), "--threads"), "--trials-per-gpu")
+    base = without_flags(argv, {"--workers": True, "--threads": True, "--trials-per-gpu": True})
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
     piped = (
