@@ -12,7 +12,8 @@ to 1e-5, batch 256, validation every epoch):
 * ``project``: ``lightning_hpo.training.runs.fit_seed`` on the default RunConfig (TensorBoard
   logger, best.ckpt + last.ckpt), i.e. what train.py and every tuning trial run.
 * ``project sync-ckpt``: the same with the checkpoints written on the training thread
-  (``TorchCheckpointIO``), as before they moved to a background one.
+  (``TorchCheckpointIO``, a new best copied once last.ckpt is written), as before they
+  moved to a background one.
 * ``project -ckpt``: the same with ``checkpoint_config: {save_best: false, save_last: false}``
   (a config switch that exists today).
 * ``project -ckpt -tb``: additionally no TensorBoard logger (monkeypatched here; this
@@ -66,6 +67,7 @@ from lightning_hpo.builtin.supervised import SupervisedModule  # noqa: E402
 from lightning_hpo.config.run import RunConfig  # noqa: E402
 from lightning_hpo.training import components  # noqa: E402
 from lightning_hpo.training import runs as training  # noqa: E402
+from lightning_hpo.training.files import copy_atomically  # noqa: E402
 
 NO_CKPT = {"save_best": False, "save_last": False}
 
@@ -188,15 +190,22 @@ def _epoch_step_public():
     )
 
 
+class SyncCheckpointIO(TorchCheckpointIO):
+    """Writes on the training thread; a new best is copied once last.ckpt is written."""
+
+    def copy_when_written(self, source, target):
+        copy_atomically(source, target)
+
+
 @contextlib.contextmanager
 def sync_checkpoints():
     """The checkpoints written on the training thread (before they moved to a background one)."""
-    saved = training.AsyncCheckpointIO
-    training.AsyncCheckpointIO = TorchCheckpointIO
+    saved = training.BackgroundCheckpointIO
+    training.BackgroundCheckpointIO = SyncCheckpointIO
     try:
         yield
     finally:
-        training.AsyncCheckpointIO = saved
+        training.BackgroundCheckpointIO = saved
 
 
 VARIANTS = {

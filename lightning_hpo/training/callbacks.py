@@ -16,11 +16,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from lightning_hpo.console import is_quiet, quiet_lightning
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
 from lightning_hpo.metrics import require_logged
-from lightning_hpo.training.files import BEST, LAST
+from lightning_hpo.training.files import BEST, LAST, copy_atomically
 from lightning_hpo.training.results import SeedResult
 
 # The key under which RunRecorder hands each seed's history back from spawned DDP ranks.
@@ -142,14 +143,30 @@ def improved(current: float, best: float | None, mode: str) -> bool:
     )
 
 
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """Lightning's background checkpoint writer (one thread, in order), which can also copy
+    a file once the writes queued before the copy have landed."""
+
+    def copy_when_written(self, source: Path, target: Path) -> None:
+        self._ensure_setup()
+
+        def copy() -> None:
+            try:
+                copy_atomically(source, target)
+            except BaseException as exc:  # noqa: BLE001 - raised by the next save or teardown
+                self._error = exc
+
+        self._executor.submit(copy)
+
+
 class RunCheckpoints(Callback):
     """A run's ``last.ckpt`` every epoch (for ``--resume`` and a retried trial) and its
     ``best.ckpt`` when the monitored metric improved.
 
-    The trainer writes them in the background (``AsyncCheckpointIO``, see ``fit_seed``):
-    the epoch pays for gathering and copying the state, not for serialising and writing
-    it, and the files are replaced whole (written aside, then renamed). The best score is
-    updated before the dump, so ``last.ckpt`` resumes with it.
+    One state dump per epoch: a new best is a copy of the ``last.ckpt`` just dumped. The
+    trainer writes in the background (``BackgroundCheckpointIO``, see ``fit_seed``), so the
+    copy is queued behind that write; each file is replaced whole (written aside, then
+    renamed). The best score is updated before the dump, so ``last.ckpt`` resumes with it.
     """
 
     def __init__(self, dirpath: Path, monitor: str, mode: str, save_best: bool, save_last: bool):
@@ -164,10 +181,13 @@ class RunCheckpoints(Callback):
         )
         if better:
             self.best = float(value)
+        last, best = self.dirpath / f"{LAST}.ckpt", self.dirpath / f"{BEST}.ckpt"
         if self.save_last:
-            trainer.save_checkpoint(self.dirpath / f"{LAST}.ckpt")
-        if better:
-            trainer.save_checkpoint(self.dirpath / f"{BEST}.ckpt")
+            trainer.save_checkpoint(last)
+            if better and trainer.is_global_zero:  # the rank that writes
+                trainer.strategy.checkpoint_io.copy_when_written(last, best)
+        elif better:
+            trainer.save_checkpoint(best)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_model_score": self.best}

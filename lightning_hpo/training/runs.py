@@ -16,7 +16,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from torch import nn
 
 from lightning_hpo.config.class_paths import logger_fusion_blocker, shareable
@@ -29,7 +28,7 @@ from lightning_hpo.fused.early_stopping import SeedEarlyStopping
 from lightning_hpo.fused.seeds import SeedStates
 from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.training import provenance
-from lightning_hpo.training.callbacks import RunCheckpoints, RunRecorder
+from lightning_hpo.training.callbacks import BackgroundCheckpointIO, RunCheckpoints, RunRecorder
 from lightning_hpo.training.components import (
     build_data,
     build_module,
@@ -166,7 +165,7 @@ def fit_seed(
         checkpointing=False,  # RunCheckpoints writes them; no default ModelCheckpoint
         # Written by a background thread, each file whole; the trainer's teardown waits
         # for them (and raises a failed write) before fit returns.
-        plugins=[AsyncCheckpointIO()],
+        plugins=[BackgroundCheckpointIO()],
     )
     last = checkpoint_file(run_dir, LAST)
     resume_from = last if options.resume and last.exists() else None
