@@ -113,6 +113,11 @@ def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def trial_where(storage: str, predicate) -> optuna.trial.FrozenTrial | None:
+    """The study's first trial ``predicate`` holds for, or None (``wait_for`` polls it)."""
+    return next((t for t in trials(storage) if predicate(t)), None)
+
+
 @pytest.mark.slow
 def test_a_slurm_study_runs_its_workers_as_one_job_array(
     tmp_path: Path, slurm, postgres_url: str
@@ -143,15 +148,13 @@ def test_the_time_limits_warning_interrupts_the_trial_and_the_study_continues_it
     assert f"scancel {array}" in proc.stdout and f"squeue -j {array}" in proc.stdout
     try:
         first = wait_for(
-            lambda: next(
-                (
-                    t
-                    for t in trials(postgres_url)
-                    if t.state == TrialState.RUNNING
+            lambda: trial_where(
+                postgres_url,
+                lambda t: (
+                    t.state == TrialState.RUNNING
                     and t.user_attrs.get(SLURM_JOB_ATTR) == f"{array}_0"
                     and (t.last_step or 0) >= 2
                 ),
-                None,
             ),
             240,
             f"a trial of job {array}_0 at epoch 3",
@@ -159,13 +162,8 @@ def test_the_time_limits_warning_interrupts_the_trial_and_the_study_continues_it
         # What SLURM sends signal_delay_s before the time limit (submitit asks for SIGUSR2).
         subprocess.run(["scancel", "--signal=USR2", f"{array}_0"], check=True)
         stopped = wait_for(
-            lambda: next(
-                (
-                    t
-                    for t in trials(postgres_url)
-                    if t.number == first.number and t.state.is_finished()
-                ),
-                None,
+            lambda: trial_where(
+                postgres_url, lambda t: t.number == first.number and t.state.is_finished()
             ),
             120,
             "the interrupted trial to be failed",
@@ -176,14 +174,12 @@ def test_the_time_limits_warning_interrupts_the_trial_and_the_study_continues_it
         log = next((tmp_path / "runs").rglob(f"{array}_0_0_log.out"))
         assert "requeueing SLURM job" in log.read_text()
         retry = wait_for(
-            lambda: next(
-                (
-                    t
-                    for t in trials(postgres_url)
-                    if (t.user_attrs.get(RETRY_ATTR) or {}).get("of") == first.number
+            lambda: trial_where(
+                postgres_url,
+                lambda t: (
+                    (t.user_attrs.get(RETRY_ATTR) or {}).get("of") == first.number
                     and t.state == TrialState.COMPLETE
                 ),
-                None,
             ),
             400,
             "the interrupted trial's retry to complete",
