@@ -44,7 +44,10 @@ class Continuation:
 
 
 def _epochs_done(run_dirs: list[Path]) -> int:
-    """Epochs every seed's ``last.ckpt`` holds (0 when a seed has none)."""
+    """The epoch the retry's reported curve continues at: the furthest seed's ``last.ckpt``
+    (0 when a seed has none). A kill between fused seeds' writes leaves some seeds an epoch
+    behind; the furthest group resumes first and reports (``training.runs._resume_fused``),
+    and the dead trial had reported that epoch before any seed's checkpoint was written."""
     import torch
 
     done = []
@@ -56,7 +59,7 @@ def _epochs_done(run_dirs: list[Path]) -> int:
             done.append(int(torch.load(path, map_location="cpu", weights_only=False)["epoch"]) + 1)
         except Exception:  # noqa: BLE001 - a truncated file: that seed starts over
             return 0
-    return min(done, default=0)
+    return max(done, default=0)
 
 
 def _changed(source: Path, cfg: RunConfig) -> list[str]:
