@@ -6,6 +6,7 @@ single-node one on this machine; CI runs it), with a PostgreSQL study.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 from services import postgres_url, run, start, tune_args, unavailable, wait_for  # noqa: F401 - fixtures
 
-from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, RETRY_ATTR, SLURM_JOB_ATTR
+from lightning_hpo.attrs import FAIL_REASON, INTERRUPTED, PID, RETRY_ATTR, SLURM_JOB_ATTR
 from lightning_hpo.cli import EXIT_BAD_INPUT, tune_main
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.errors import ConfigError
@@ -212,16 +213,57 @@ def test_ctrl_c_cancels_the_job_array(tmp_path: Path, slurm, postgres_url: str) 
     out = log.read_text()
     array = re.search(r"Submitted SLURM job array (\d+)", out).group(1)
     assert f"Cancelled SLURM job array {array}" in out
-    wait_for(lambda: squeue(array) == [], 90, "the array to leave the queue")
-    # scancel sent each worker SIGTERM: its trial failed as interrupted, not counted.
-    ended = wait_for(
-        lambda: (
-            [t for t in trials(postgres_url) if t.state == TrialState.FAIL][1:]
-            and [t for t in trials(postgres_url) if t.state == TrialState.FAIL]
-        ),
-        60,
-        "both running trials to be failed",
-    )
+    # The command waited for the array to leave the queue: no trial is left RUNNING.
+    assert squeue(array) == []
+    ended = [t for t in trials(postgres_url) if t.state == TrialState.FAIL]
     assert len(ended) == 2 and not any(t.state == TrialState.RUNNING for t in trials(postgres_url))
-    assert all(t.system_attrs.get(INTERRUPTED) for t in ended)
-    assert all("SIGTERM" in t.user_attrs[FAIL_REASON] for t in ended)
+    for t in ended:
+        # scancel sent each worker SIGTERM: its trial failed as interrupted, not counted. A
+        # worker still busy after SLURM's KillWait is killed; then the launcher fails its trial.
+        reason = t.user_attrs[FAIL_REASON]
+        if t.system_attrs.get(INTERRUPTED):
+            assert "SIGTERM" in reason
+        else:
+            job = t.user_attrs[SLURM_JOB_ATTR]
+            assert f"its SLURM job {job} ended while the trial ran" in reason
+            assert f"trial {t.number} was left RUNNING by its SLURM job, killed" in out
+
+
+@pytest.mark.slow
+def test_a_job_killed_outright_leaves_no_trial_running(
+    tmp_path: Path, slurm, postgres_url: str
+) -> None:
+    """SIGKILL (the out-of-memory killer, a lost node): the worker cannot fail its trial; the
+    waiting launcher sees the job leave the queue and fails the trial, its parameters queued."""
+    run_yaml, opt_yaml = configs(tmp_path, trials=2, epochs=200)
+    cmd = tune_args(run_yaml, opt_yaml, postgres_url, tmp_path / "runs")
+    log = tmp_path / "tune.log"
+    proc = start([*cmd, "--launcher", "slurm", "--workers", "2"], tmp_path, log)
+    try:
+        running = wait_for(
+            lambda: (
+                [t for t in trials(postgres_url) if PID in t.system_attrs][1:]
+                and [t for t in trials(postgres_url) if PID in t.system_attrs]
+            ),
+            240,
+            "both workers running a trial",
+            proc,
+            log,
+        )
+        for t in running:  # the cluster is this machine
+            os.kill(t.system_attrs[PID], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1, log.read_text()  # no trial completed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    now = {t.number: t for t in trials(postgres_url)}
+    for t in running:
+        failed = now[t.number]
+        job = failed.user_attrs[SLURM_JOB_ATTR]
+        assert failed.state == TrialState.FAIL and not failed.system_attrs.get(INTERRUPTED)
+        assert f"its SLURM job {job} ended while the trial ran" in failed.user_attrs[FAIL_REASON]
+        assert f"trial {t.number} was left RUNNING by its SLURM job, which ended" in out
+    # Each one's parameters wait for the next run, which continues it.
+    waiting = [t for t in now.values() if t.state == TrialState.WAITING]
+    assert sorted(str(t.params) for t in waiting) == sorted(str(t.params) for t in running)

@@ -120,13 +120,18 @@ def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) 
 
 
 def fail_dead_workers(
-    study: optuna.Study, grace: float | None = None, now: float | None = None
+    study: optuna.Study,
+    grace: float | None = None,
+    now: float | None = None,
+    dead: Callable[[FrozenTrial], str | None] | None = None,
 ) -> list[int]:
-    """Mark RUNNING trials whose worker is dead (``why_dead``) as FAIL with the reason, and
+    """Mark RUNNING trials whose worker is dead (``why_dead``, or ``dead`` where given: why
+    the trial's worker is known dead, None while it may live) as FAIL with the reason, and
     queue their parameters once more. Live workers' trials are never touched."""
+    dead = dead or (lambda t: why_dead(t, grace, now))
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        why = why_dead(t, grace, now)
+        why = dead(t)
         if why is None:
             continue
         try:

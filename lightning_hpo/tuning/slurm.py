@@ -28,10 +28,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_hpo.attrs import SLURM_JOB_ATTR
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.connect import redact
 from lightning_hpo.training.provenance import slurm_job
@@ -42,6 +43,8 @@ LAUNCHER_FLAGS = {"--launcher": True, "--slurm": True, "--no-wait": False, "--wo
 EXTRA = "pip install 'lightning-hpo[slurm]'"
 REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit
 POLL_SECONDS = 2.0
+CANCEL_WAIT_SECONDS = 300  # longer than any sane KillWait (SLURM's default: 30 s)
+ORPHANED = "marked FAIL, its parameters queued again"
 
 
 def slurm_parameters(items: Sequence[str], job_name: str) -> dict[str, Any]:
@@ -177,7 +180,10 @@ def submit(worker: Worker, workers: int, items: Sequence[str], folder: Path, job
 
 def queued(array: str) -> list[str]:
     """The array's tasks still pending or running (``squeue``)."""
-    out = subprocess.run(["squeue", "-h", "-j", array, "-o", "%i"], capture_output=True, text=True)
+    # -r: one line per task (a pending array is otherwise one line, "A_[0-3]")
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-j", array, "-o", "%i"], capture_output=True, text=True
+    )
     if out.returncode != 0:
         if "invalid job id" in out.stderr.lower():  # the controller forgot it: long ended
             return []
@@ -185,14 +191,38 @@ def queued(array: str) -> list[str]:
     return out.stdout.split()
 
 
+def fail_ended_jobs(study, array: str, alive: Collection[str]) -> list[int]:
+    """Fail the trials still RUNNING whose job of ``array`` is no longer in the queue
+    (``alive``, read before the trials). Such a job was killed outright: SIGKILL once
+    ``scancel``'s grace ran out, out of memory, its node lost. It could not fail its trial
+    itself, and no heartbeat check may run again. Their parameters are queued once more,
+    and the next run of the study continues them from their checkpoints."""
+    from lightning_hpo.tuning.liveness import fail_dead_workers
+
+    def ended(trial) -> str | None:
+        job = trial.user_attrs.get(SLURM_JOB_ATTR)
+        if job and job.split("_")[0] == array and job not in alive:
+            return f"its SLURM job {job} ended while the trial ran"
+        return None
+
+    return fail_dead_workers(study, dead=ended)
+
+
 def watch(
-    study, array: str, on_finished: Callable[[Any], None], poll: float = POLL_SECONDS
+    study,
+    array: str,
+    on_finished: Callable[[Any], None],
+    poll: float = POLL_SECONDS,
+    echo: Callable[[str], None] = print,
 ) -> None:
     """Until no task of ``array`` is pending or running, call ``on_finished`` once for each
-    trial that finishes, in the order they finish, reading the study's storage."""
+    trial that finishes, in the order they finish, reading the study's storage. A trial
+    whose job ended under it is failed (``fail_ended_jobs``)."""
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     while True:
         alive = queued(array)  # before reading the trials: nothing finishes unseen
+        for number in fail_ended_jobs(study, array, alive):
+            echo(f"trial {number} was left RUNNING by its SLURM job, which ended: {ORPHANED}")
         fresh = [
             t
             for t in study.get_trials(deepcopy=False)
@@ -206,10 +236,21 @@ def watch(
         time.sleep(poll)
 
 
-def cancel(array: str) -> None:
-    """``scancel`` the array: SLURM sends each running worker SIGTERM, which fails its trial
-    as interrupted (queued again for the next run)."""
+def cancel(
+    study, array: str, echo: Callable[[str], None] = print, poll: float = POLL_SECONDS
+) -> None:
+    """``scancel`` the array and wait for its jobs to leave the queue. SLURM sends each
+    running worker SIGTERM, which fails its trial as interrupted (queued again for the next
+    run); a worker still running after SLURM's ``KillWait`` is killed, and its trial is
+    failed here (``fail_ended_jobs``). Ctrl-C again stops waiting: the next run's heartbeat
+    check then fails such trials."""
     subprocess.run(["scancel", array], check=False)
+    echo(f"Cancelling SLURM job array {array} (scancel {array}): waiting for its jobs to stop")
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while (alive := queued(array)) and time.monotonic() < deadline:
+        time.sleep(poll)
+    for number in fail_ended_jobs(study, array, alive):
+        echo(f"trial {number} was left RUNNING by its SLURM job, killed: {ORPHANED}")
 
 
 def worker_failures(jobs: Sequence[Any]) -> list[str]:
@@ -271,12 +312,12 @@ def launch(
         return jobs, False
     echo(f"Logs: {slurm_folder}/{array}_<task>/ (Ctrl-C cancels the jobs)")
     try:
-        watch(study, array, on_finished or (lambda t: None))
+        watch(study, array, on_finished or (lambda t: None), echo=echo)
     except KeyboardInterrupt:
-        cancel(array)
+        cancel(study, array, echo)
         echo(
-            f"Cancelled SLURM job array {array} (scancel {array}): each running trial is "
-            "failed as interrupted; run the same command again to continue the study"
+            f"Cancelled SLURM job array {array}: its running trials are failed, not counted; "
+            "run the same command again to continue the study"
         )
         raise
     return jobs, True
