@@ -14,6 +14,13 @@ to 1e-5, batch 256, validation every epoch):
 * ``project sync-ckpt``: the same with the checkpoints written on the training thread
   (``TorchCheckpointIO``, a new best copied once last.ckpt is written), as before they
   moved to a background one.
+* ``project lightning-io``: the checkpoints written by Lightning's own ``AsyncCheckpointIO``
+  (the state snapshot with ``apply_to_collection``, pickled by the background thread, which
+  then holds the GIL the training thread needs; fsspec's write), as before
+  ``training.checkpoint_io``.
+* ``project nn-setattr``: the built-in module without its ``__setattr__`` shortcut for the
+  attribute Lightning sets around every hook (``_current_fx_name``).
+* ``project before``: both of the above: the path as it was before them.
 * ``project -ckpt``: the same with ``checkpoint_config: {save_best: false, save_last: false}``
   (a config switch that exists today).
 * ``project -ckpt -tb``: additionally no TensorBoard logger (monkeypatched here; this
@@ -58,6 +65,7 @@ quiet()
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO  # noqa: E402
+from lightning.pytorch.plugins.io import AsyncCheckpointIO  # noqa: E402
 
 import lightning_hpo.builtin as builtin  # noqa: E402
 from lightning_hpo import console  # noqa: E402
@@ -197,6 +205,39 @@ class SyncCheckpointIO(TorchCheckpointIO):
         copy_atomically(source, target)
 
 
+class LightningAsyncIO(AsyncCheckpointIO):
+    """The background writer as it was before training.checkpoint_io: Lightning's own
+    AsyncCheckpointIO (generic apply_to_collection snapshot, TorchCheckpointIO's fsspec
+    write), a new best copied behind the write."""
+
+    def copy_when_written(self, source, target):
+        self._ensure_setup()
+        self._executor.submit(copy_atomically, source, target)
+
+
+class NNModuleSetattr(SupervisedModule):
+    """The module with nn.Module's own __setattr__ for Lightning's per-hook _current_fx_name."""
+
+    __setattr__ = torch.nn.Module.__setattr__
+
+
+@contextlib.contextmanager
+def io_class(cls):
+    saved = training.BackgroundCheckpointIO
+    training.BackgroundCheckpointIO = cls
+    try:
+        yield
+    finally:
+        training.BackgroundCheckpointIO = saved
+
+
+@contextlib.contextmanager
+def before_this_turn():
+    """Both: the path as it was before this turn's per-step and checkpoint work."""
+    with io_class(LightningAsyncIO), patched(SupervisedModule=NNModuleSetattr):
+        yield
+
+
 @contextlib.contextmanager
 def sync_checkpoints():
     """The checkpoints written on the training thread (before they moved to a background one)."""
@@ -212,6 +253,9 @@ VARIANTS = {
     "plain": None,
     "project": (dict(), contextlib.nullcontext),
     "project sync-ckpt": (dict(), sync_checkpoints),
+    "project lightning-io": (dict(), lambda: io_class(LightningAsyncIO)),
+    "project nn-setattr": (dict(), lambda: patched(SupervisedModule=NNModuleSetattr)),
+    "project before": (dict(), before_this_turn),
     "project -ckpt": (dict(checkpoint_config=NO_CKPT), contextlib.nullcontext),
     "project -ckpt -tb": (dict(checkpoint_config=NO_CKPT), no_tensorboard),
     "B: manual-opt": (dict(), _manual),

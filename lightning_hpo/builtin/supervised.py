@@ -132,13 +132,26 @@ class SupervisedModule(pl.LightningModule):
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}  # samples per stage this epoch (no tensor per step)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook it calls, some 35 times a
+        # training step; nn.Module.__setattr__ would search the parameter, buffer and
+        # submodule tables each time (2 us against 0.2 us: 4 % of a default epoch).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x):
         return self.net(x)
 
-    def _accumulate(self, name: str, value: torch.Tensor) -> None:
-        # At least float32: an epoch's sums in bf16/fp16 (trainer_config precision) lose counts.
-        value = value.to(torch.promote_types(value.dtype, torch.float32))
-        self._sums[name] = self._sums[name] + value if name in self._sums else value
+    def _accumulate(self, name: str, value: torch.Tensor, scale: int = 1) -> None:
+        """Add ``value * scale`` to this epoch's sum ``name``: one kernel a step."""
+        total = self._sums.get(name)
+        if total is None:
+            # At least float32: an epoch's sums in bf16/fp16 (trainer_config precision) lose counts.
+            self._sums[name] = value.to(torch.promote_types(value.dtype, torch.float32)) * scale
+        else:
+            total.add_(value, alpha=scale)
 
     def _count(self, stage: str, n: int) -> None:
         self._counts[stage] = self._counts.get(stage, 0) + n
@@ -148,7 +161,7 @@ class SupervisedModule(pl.LightningModule):
         pred = self(x)
         loss = self.criterion(pred, y)
         n = x.shape[0]
-        self._accumulate(f"{stage}_loss", loss.detach() * n)
+        self._accumulate(f"{stage}_loss", loss.detach(), n)
         self._count(stage, n)
         if stage == "val" and y.is_floating_point() and pred.shape == y.shape:
             # Running sums for R² = 1 - SSE / SST, averaged over outputs.

@@ -8,7 +8,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
@@ -19,13 +18,14 @@ from lightning_hpo.fused.stacking import (
     split_state,
 )
 from lightning_hpo.training.callbacks import improved as improved_on
+from lightning_hpo.training.checkpoint_io import AtomicCheckpointIO
 from lightning_hpo.training.files import BEST, LAST, checkpoint_file, copy_atomically
 
 # Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
 FUSED_KEY = "lightning_hpo/fused"
 
 
-class SeedCheckpointIO(TorchCheckpointIO):
+class SeedCheckpointIO(AtomicCheckpointIO):
     """Checkpoints of a fused run: a file in seed ``s``'s folder holds seed ``s`` alone.
 
     Its ``state_dict`` and optimizer state are that seed's slices (the single network's

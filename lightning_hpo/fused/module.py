@@ -59,7 +59,7 @@ class FusedModule(SupervisedModule):
             [self.criterion(pred[i], y if shared else y[i]) for i in range(pred.shape[0])]
         )
         n = x.shape[0] if shared else x.shape[1]
-        self._accumulate(f"{stage}_loss", losses.detach() * n)
+        self._accumulate(f"{stage}_loss", losses.detach(), n)
         self._count(stage, n)
         if shared and y.is_floating_point() and pred.shape[1:] == y.shape:
             y2 = y.reshape(n, -1)

@@ -16,12 +16,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from lightning_hpo.console import is_quiet, quiet_lightning
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
 from lightning_hpo.metrics import require_logged
-from lightning_hpo.training.files import BEST, LAST, copy_atomically
+from lightning_hpo.training.files import BEST, LAST
 from lightning_hpo.training.results import SeedResult
 
 # The key under which RunRecorder hands each seed's history back from spawned DDP ranks.
@@ -141,22 +140,6 @@ def improved(current: float, best: float | None, mode: str) -> bool:
     return math.isfinite(current) and (
         best is None or (current > best if mode == "max" else current < best)
     )
-
-
-class BackgroundCheckpointIO(AsyncCheckpointIO):
-    """Lightning's background checkpoint writer (one thread, in order), which can also copy
-    a file once the writes queued before the copy have landed."""
-
-    def copy_when_written(self, source: Path, target: Path) -> None:
-        self._ensure_setup()
-
-        def copy() -> None:
-            try:
-                copy_atomically(source, target)
-            except BaseException as exc:  # noqa: BLE001 - raised by the next save or teardown
-                self._error = exc
-
-        self._executor.submit(copy)
 
 
 class RunCheckpoints(Callback):

@@ -28,7 +28,8 @@ from lightning_hpo.fused.early_stopping import SeedEarlyStopping
 from lightning_hpo.fused.seeds import SeedStates
 from lightning_hpo.metrics import VAL_LOSS
 from lightning_hpo.training import provenance
-from lightning_hpo.training.callbacks import BackgroundCheckpointIO, RunCheckpoints, RunRecorder
+from lightning_hpo.training.callbacks import RunCheckpoints, RunRecorder
+from lightning_hpo.training.checkpoint_io import BackgroundCheckpointIO
 from lightning_hpo.training.components import (
     build_data,
     build_module,
