@@ -18,8 +18,12 @@ def test_a_saved_checkpoint_holds_the_state_of_its_save_not_of_its_write(tmp_pat
         io.save_checkpoint(state | {"epoch": epoch}, tmp_path / f"e{epoch}.ckpt")
         weights += 1
     io.copy_when_written(tmp_path / "e4.ckpt", tmp_path / "best.ckpt")
+    # A later write of the same file leaves the copy as it was (the copy may be a hard link).
+    io.save_checkpoint(state | {"epoch": 99}, tmp_path / "e4.ckpt")
+    io.copy_when_written(tmp_path / "e4.ckpt", tmp_path / "e99.ckpt")
     io.teardown()  # waits for every write
-    for epoch in range(5):
+    assert torch.load(tmp_path / "e99.ckpt", weights_only=True)["epoch"] == 99
+    for epoch in range(4):
         saved = torch.load(tmp_path / f"e{epoch}.ckpt", weights_only=True)
         assert saved["epoch"] == epoch and saved["state_dict"]["w"].tolist() == [epoch] * 3
     assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 4

@@ -20,9 +20,18 @@ def checkpoint_file(run_dir: str | Path, which: str) -> Path:
 
 
 def copy_atomically(source: Path, target: Path) -> None:
-    """Copy ``source`` over ``target`` so that a reader never sees half a file."""
+    """Make ``target`` hold what ``source`` holds now, so that a reader never sees half a
+    file: a hard link where the file system has them, else a copy, put in place by rename.
+
+    A link is a copy here because checkpoints are never rewritten in place: a new
+    ``last.ckpt`` is a new file renamed over the old one, and the link keeps the old one.
+    """
     temporary = target.with_suffix(".tmp")
-    shutil.copyfile(source, temporary)
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:  # no hard links here (some network and FAT file systems)
+        shutil.copyfile(source, temporary)
     os.replace(temporary, target)
 
 
