@@ -19,7 +19,7 @@ from lightning_hpo.fused.stacking import (
 )
 from lightning_hpo.training.callbacks import improved as improved_on
 from lightning_hpo.training.checkpoint_io import AtomicCheckpointIO
-from lightning_hpo.training.files import BEST, LAST, checkpoint_file, copy_atomically
+from lightning_hpo.training.files import BEST, LAST, checkpoint_file
 
 # Written into each seed's checkpoint of a fused run: which slice it is, and what --resume needs.
 FUSED_KEY = "lightning_hpo/fused"
@@ -47,12 +47,10 @@ class SeedCheckpointIO(AtomicCheckpointIO):
                 return index
         return None
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
-    ) -> None:
+    def encode(self, checkpoint: dict[str, Any], path: Path) -> memoryview:
         index = self._index(path)
         if index is None:
-            return super().save_checkpoint(checkpoint, path, storage_options)
+            return super().encode(checkpoint, path)
         one = dict(checkpoint)
         one["state_dict"] = split_state(checkpoint["state_dict"], index)
         split = [
@@ -65,7 +63,7 @@ class SeedCheckpointIO(AtomicCheckpointIO):
             "seeds": len(self.run_dirs),
             "sliced": [sliced for _, sliced in split],
         }
-        super().save_checkpoint(one, path, storage_options)
+        return super().encode(one, path)
 
     def load_checkpoint(
         self,
@@ -144,8 +142,8 @@ class SeedCheckpoints(Callback):
             if self.save_last:
                 trainer.strategy.save_checkpoint(checkpoint, last)
             if seed in improved:
-                if self.save_last and trainer.is_global_zero:
-                    copy_atomically(last, best)
+                if self.save_last and trainer.is_global_zero:  # queued behind last's write
+                    trainer.strategy.checkpoint_io.copy_when_written(last, best)
                 elif not self.save_last:
                     trainer.strategy.save_checkpoint(checkpoint, best)
         trainer.strategy.barrier("SeedCheckpoints")

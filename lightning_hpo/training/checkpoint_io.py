@@ -43,24 +43,31 @@ def write_atomically(data: memoryview, path: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local files are written by ``save_atomically``; remote
-    paths and storage options go to Lightning's own writer."""
+    """``TorchCheckpointIO`` whose local files are written whole, in one write each
+    (``write_atomically``); remote paths and storage options go to Lightning's own writer.
+    What a file holds is ``encode``'s: the checkpoint itself, here."""
+
+    def encode(self, checkpoint: dict[str, Any], path: Path) -> memoryview:
+        """The bytes of the file at ``path`` for ``checkpoint``."""
+        return serialise(checkpoint)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        write_atomically(serialise(checkpoint), Path(path))
+        write_atomically(self.encode(checkpoint, Path(path)), Path(path))
 
 
 class BackgroundCheckpointIO(AsyncCheckpointIO):
-    """Checkpoints serialised on the training thread and written by one background thread,
-    in order (the executor of Lightning's ``AsyncCheckpointIO``), each file whole. A queued
-    copy (``copy_when_written``) runs once the writes before it have landed."""
+    """Checkpoints encoded on the training thread by an ``AtomicCheckpointIO`` (the
+    serialised bytes are the state's snapshot) and written by one background thread, in
+    order (the executor of Lightning's ``AsyncCheckpointIO``), each file whole. A queued
+    copy (``copy_when_written``) runs once the writes before it have landed. Loading is
+    the wrapped IO's."""
 
-    def __init__(self) -> None:
-        super().__init__(AtomicCheckpointIO())
+    def __init__(self, checkpoint_io: AtomicCheckpointIO | None = None) -> None:
+        super().__init__(checkpoint_io or AtomicCheckpointIO())
 
     def _submit(self, job) -> None:
         self._ensure_setup()
@@ -80,7 +87,7 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
     ) -> None:
         if storage_options is not None or "://" in str(path):  # Lightning's own way
             return super().save_checkpoint(checkpoint, path, storage_options)
-        data = serialise(checkpoint)
+        data = self.checkpoint_io.encode(checkpoint, Path(path))
         self._submit(lambda: write_atomically(data, Path(path)))
 
     def copy_when_written(self, source: Path, target: Path) -> None:

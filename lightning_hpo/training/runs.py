@@ -232,7 +232,7 @@ def fit_fused(
         callbacks=[*own, *run_callbacks(cfg), *options.callbacks],
         progress=options.progress,
         checkpointing=False,
-        plugins=[io],
+        plugins=[BackgroundCheckpointIO(io)],
     )
     last = [checkpoint_file(d, LAST) for d in run_dirs]
     dm.fuse(list(seeds))
