@@ -112,6 +112,7 @@ def plain_fit(
     criterion=None,
     out_features: int | None = None,
     schedule: str = "cosine",
+    on_epoch_start=None,
 ) -> list[float]:
     """The reference training path: in-memory batches, AdamW, cosine schedule, per-epoch validation.
 
@@ -119,6 +120,7 @@ def plain_fit(
     run to ``eta_min``, stepped per epoch; the project's default), ``"constant"`` (none),
     ``"step"`` (StepLR: times 0.3 every third of the run) or ``"onecycle"`` (OneCycleLR to
     ``lr`` over every optimizer step of the run: a warm-up, then annealing).
+    ``on_epoch_start``, if given, is called at the start of every epoch (a timer's stamp).
 
     Uses the same RNG calls as the project's path (``seed_everything(seed)`` then the
     MLP's initialisation, and a ``Generator(seed)`` for the per-epoch permutation), so
@@ -150,6 +152,8 @@ def plain_fit(
     gen = torch.Generator().manual_seed(seed)
     history = []
     for _ in range(epochs):
+        if on_epoch_start is not None:
+            on_epoch_start()
         net.train()
         perm = torch.randperm(n_train, generator=gen)
         x, y = xt[perm], yt[perm]

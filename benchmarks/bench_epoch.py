@@ -35,6 +35,10 @@ Designs tried and not shipped, monkeypatched here:
   them ModelCheckpoint stops saving), and C hides the step structure from callbacks,
   progress bars and step-based schedulers; ``C -ckpt``: C with checkpoints off.
 
+A second estimate, less moved by other load on the machine: the median whole epoch of the
+long runs (from one epoch's start to the next, the first epoch left out), pooled over the
+repeats ("median epoch s"); the target verdict needs both at or under 1.5x.
+
 The last column counts the checkpoint state dumps during a long run (a new best.ckpt is a
 copy of the last.ckpt just dumped) and the trainer's
 global_step at the last write: a candidate that breaks step counting (and so
@@ -54,6 +58,7 @@ import contextlib
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -279,6 +284,24 @@ def _counting_save(self, filepath, *args, **kwargs):
 
 pl.Trainer.save_checkpoint = _counting_save  # every state dump (RunCheckpoints, ModelCheckpoint)
 
+# Epoch-start stamps of the run in progress: the time between two consecutive starts is one
+# whole epoch (training, validation, logging, checkpoints), free of the run's setup.
+EPOCH_STARTS: list[float] = []
+_epoch_start = SupervisedModule.on_train_epoch_start
+
+
+def _stamped_epoch_start(self):
+    EPOCH_STARTS.append(time.perf_counter())
+    return _epoch_start(self)
+
+
+SupervisedModule.on_train_epoch_start = _stamped_epoch_start  # every variant's module
+
+
+def epoch_times() -> list[float]:
+    """The run's whole epochs after its first (which warms up), from ``EPOCH_STARTS``."""
+    return [b - a for a, b in zip(EPOCH_STARTS[1:], EPOCH_STARTS[2:])]
+
 
 class Runner:
     def __init__(self, root: Path, seed: int):
@@ -287,10 +310,16 @@ class Runner:
         self.train, self.val = synthetic_regression()
 
     def run(self, variant: str, epochs: int, threads: int) -> tuple[float, float, list[float]]:
-        """(wall s, CPU s, validation curve) of one run."""
+        """(wall s, CPU s, validation curve) of one run; its epochs' times in EPOCH_STARTS."""
         torch.set_num_threads(threads)
+        EPOCH_STARTS.clear()
         if variant == "plain":
-            return timed2(lambda: plain_fit(self.train, self.val, epochs=epochs, seed=self.seed))
+            stamp = lambda: EPOCH_STARTS.append(time.perf_counter())  # noqa: E731
+            return timed2(
+                lambda: plain_fit(
+                    self.train, self.val, epochs=epochs, seed=self.seed, on_epoch_start=stamp
+                )
+            )
         overrides, ctx = VARIANTS[variant]
         cfg = RunConfig(epochs=epochs, seeds=[self.seed], device="cpu", **overrides)
         self.n += 1
@@ -435,10 +464,13 @@ def main() -> None:
     wall: dict[tuple[str, int, int], dict[int, float]] = {}
     cpu: dict[tuple[str, int, int], dict[int, float]] = {}
     histories: dict[str, list[float]] = {}
+    epochs_of: dict[tuple[str, int], list[float]] = {}  # whole epochs of the long runs
     for rep, (v, t, e) in interleaved(tasks, args.repeats, seed=1):
         w, c, hist = runner.run(v, e, t)
         wall.setdefault((v, t, e), {})[rep] = w
         cpu.setdefault((v, t, e), {})[rep] = c
+        if e == args.long:
+            epochs_of.setdefault((v, t), []).extend(epoch_times())
         if e == args.long and t == threads[0]:
             histories[v] = hist
     torch.set_num_threads(threads[0])
@@ -467,7 +499,8 @@ def main() -> None:
             setup = median(wall[(v, t, args.short)].values()) - args.short * wm
             ratios = [a / b for a, b in zip(w, base_w)]
             lo, hi = iqr(ratios)
-            summary[(v, t)] = (wm / base_wm, cm / base_cm)
+            one, base_one = median(epochs_of[(v, t)]), median(epochs_of[("plain", t)])
+            summary[(v, t)] = (wm / base_wm, cm / base_cm, one / base_one)
             writes = runner.writes.get((v, args.long))
             wrote = "-" if writes is None else f"{writes[0]} / {writes[1]}"
             rows.append(
@@ -480,6 +513,7 @@ def main() -> None:
                     fmt_s(cm),
                     f"{cm / base_cm:.2f}",
                     fmt_s(setup, 3),
+                    f"{fmt_s(one)} ({one / base_one:.2f})",
                     wrote,
                 )
             )
@@ -493,11 +527,14 @@ def main() -> None:
             "CPU s/epoch",
             "x plain (CPU)",
             "setup s/run (wall)",
+            "median epoch s (x plain)",
             f".ckpt writes / global_step ({args.long} epochs)",
         ],
         rows,
         title=f"bench_epoch: s/epoch = (median {args.long}-epoch run - median {args.short}-epoch run) / {span}; "
-        f"{args.repeats} interleaved repeats; ratios to the plain loop at the same thread count",
+        f"{args.repeats} interleaved repeats; ratios to the plain loop at the same thread count; "
+        f"median epoch: of the {args.long}-epoch runs' whole epochs after the first, timed from "
+        "one epoch's start to the next",
     )
     # Correctness: same seed, same RNG use, so the curves should agree.
     if "plain" in histories and "project" in histories:
@@ -512,9 +549,10 @@ def main() -> None:
                 print(f"  {v}: final {histories[v][-1]:.6g}")
     for t in threads:
         if ("project", t) in summary:
-            rw, rc = summary[("project", t)]
+            rw, rc, re = summary[("project", t)]
             print(
-                f"target (project <= 1.5x plain), {t} thread(s): {rw:.2f}x wall, {rc:.2f}x CPU -> {'met' if rw <= 1.5 else 'missed'}"
+                f"target (project <= 1.5x plain), {t} thread(s): {rw:.2f}x wall, {rc:.2f}x CPU, "
+                f"{re:.2f}x the median whole epoch -> {'met' if max(rw, re) <= 1.5 else 'missed'}"
             )
     if args.profile:
         profile(runner, args.long, 2 if args.quick else 3)
