@@ -20,7 +20,10 @@ to 1e-5, batch 256, validation every epoch):
   ``training.checkpoint_io``.
 * ``project nn-setattr``: the built-in module without its ``__setattr__`` shortcut for the
   attribute Lightning sets around every hook (``_current_fx_name``).
-* ``project before``: both of the above: the path as it was before them.
+* ``project lightning-profiler``: Lightning's own ``PassThroughProfiler``, whose
+  ``profile()`` around every hook is a generator-based context manager, in place of
+  ``training.trainer.NoProfiler``.
+* ``project before``: the three above: the path as it was before them.
 * ``project -ckpt``: the same with ``checkpoint_config: {save_best: false, save_last: false}``
   (a config switch that exists today).
 * ``project -ckpt -tb``: additionally no TensorBoard logger (monkeypatched here; this
@@ -71,6 +74,7 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO  # noqa: E402
 from lightning.pytorch.plugins.io import AsyncCheckpointIO  # noqa: E402
+from lightning.pytorch.profilers import PassThroughProfiler  # noqa: E402
 
 import lightning_hpo.builtin as builtin  # noqa: E402
 from lightning_hpo import console  # noqa: E402
@@ -81,6 +85,7 @@ from lightning_hpo.config.run import RunConfig  # noqa: E402
 from lightning_hpo.training import components  # noqa: E402
 from lightning_hpo.training import runs as training  # noqa: E402
 from lightning_hpo.training.files import copy_atomically  # noqa: E402
+from lightning_hpo.training.trainer import NoProfiler  # noqa: E402
 
 NO_CKPT = {"save_best": False, "save_last": False}
 
@@ -237,9 +242,24 @@ def io_class(cls):
 
 
 @contextlib.contextmanager
+def lightning_profiler():
+    """Lightning's own PassThroughProfiler in place of training.trainer.NoProfiler."""
+    saved = NoProfiler.profile
+    NoProfiler.profile = PassThroughProfiler.profile
+    try:
+        yield
+    finally:
+        NoProfiler.profile = saved
+
+
+@contextlib.contextmanager
 def before_this_turn():
-    """Both: the path as it was before this turn's per-step and checkpoint work."""
-    with io_class(LightningAsyncIO), patched(SupervisedModule=NNModuleSetattr):
+    """All three: the path as it was before this turn's per-step and checkpoint work."""
+    with (
+        io_class(LightningAsyncIO),
+        patched(SupervisedModule=NNModuleSetattr),
+        lightning_profiler(),
+    ):
         yield
 
 
@@ -260,6 +280,7 @@ VARIANTS = {
     "project sync-ckpt": (dict(), sync_checkpoints),
     "project lightning-io": (dict(), lambda: io_class(LightningAsyncIO)),
     "project nn-setattr": (dict(), lambda: patched(SupervisedModule=NNModuleSetattr)),
+    "project lightning-profiler": (dict(), lightning_profiler),
     "project before": (dict(), before_this_turn),
     "project -ckpt": (dict(checkpoint_config=NO_CKPT), contextlib.nullcontext),
     "project -ckpt -tb": (dict(checkpoint_config=NO_CKPT), no_tensorboard),

@@ -86,6 +86,19 @@ def test_options_reach_the_trainer_and_deterministic_stays_off_by_default() -> N
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_no_profiler_by_default_and_the_users_profiler_when_asked() -> None:
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lightning_hpo.training.trainer import NoProfiler
+
+    trainer = build_trainer(checked({}), logger=False)
+    assert isinstance(trainer.profiler, NoProfiler)
+    with trainer.profiler.profile("a hook"), trainer.profiler.profile("a nested hook"):
+        pass
+    simple = build_trainer(checked({"profiler": "simple"}), logger=False)
+    assert isinstance(simple.profiler, SimpleProfiler)
+
+
 def test_trainer_config_is_tunable_and_checked_in_the_search_space() -> None:
     run = checked({})
     space = {"trainer_config": {"gradient_clip_val": {"type": "float", "min": 0.1, "max": 1.0}}}
