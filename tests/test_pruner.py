@@ -607,7 +607,7 @@ def test_constructor_defaults() -> None:
     assert (pruner._warmup_fraction, pruner._top_fraction) == (0.1, 0.1)
     assert [pruner.warmup_epochs(n) for n in (10, 30, 50)] == [1, 3, 5]
     assert [pruner.top_rank(n) for n in (10, 20, 100, 1000)] == [2, 2, 10, 100]
-    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.05, 5, None)
+    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.1, 5, None)
     assert pruner._shape_weight == 3.0
 
 

@@ -111,9 +111,9 @@ class PFLPruner(optuna.pruners.BasePruner):
     epoch, in level and recent trend (:func:`lightning_hpo.pruners.calibration.forecast`).
     It is pruned (``"worse"``) when the forecast's probability of a final value at or
     better than the :meth:`top_rank`-th best completed final is below
-    ``min_probability``, and kept (``"ok"``) otherwise. Non-finite values are pruned at once. It is kept while the study cannot
-    tell (``"startup"``, ``"warm-up"``, ``"no-reference"``, ``"unlike"``; see the module
-    docstring).
+    ``min_probability``, and kept (``"ok"``) otherwise. Non-finite values are pruned at
+    once. It is kept while the study cannot tell (``"startup"``, ``"warm-up"``,
+    ``"no-reference"``, ``"unlike"``; see the module docstring).
 
     Args:
         n_startup_trials: No pruning until this many trials of the trial's kind are
@@ -136,7 +136,7 @@ class PFLPruner(optuna.pruners.BasePruner):
             that completed or were pruned (rounded up), in (0, 1]; None: ``top_k``
             alone, whatever the study's size (this pruner's rule before the share).
             Default 0.1.
-        min_probability: Pruned below this probability, in [0, 1). Default 0.05.
+        min_probability: Pruned below this probability, in [0, 1). Default 0.1.
         neighbours: Completed curves a forecast is drawn from, >= 1. Default 5.
         shape_weight: How much the recent trend counts, against the level, in choosing
             the neighbours, >= 0 (each in units of the completed curves' spread of it);
@@ -161,7 +161,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         warmup_fraction: float | None = 0.1,
         top_k: int = 2,
         top_fraction: float | None = 0.1,
-        min_probability: float = 0.05,
+        min_probability: float = 0.1,
         neighbours: int = 5,
         shape_weight: float = 3.0,
         target_epoch: int | None = None,
