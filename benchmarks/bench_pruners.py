@@ -37,7 +37,7 @@ Median/Percentile pruners on it.
 
 Needs scipy (``pip install -e .[bench]``) for Optuna's WilcoxonPruner.
 
-Run: ``python benchmarks/bench_pruners.py`` (31 minutes on 2 cores shared with other jobs, most of it
+Run: ``python benchmarks/bench_pruners.py`` (36 minutes on 2 cores shared with other jobs, most of it
 the grid), ``--quick`` for a smoke run (2 orders, 2 grid settings),
 ``--single-seed`` to replay the first seed's curve instead of the seeds' mean.
 """
