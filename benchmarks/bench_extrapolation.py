@@ -10,7 +10,10 @@ predicted from its curve up to that epoch by
 * ``last value``: the curve's value at that epoch;
 * ``study-calibrated``: :func:`lightning_hpo.pruners.calibration.forecast`, the median
   of ``x + d_j`` over the 10 completed trials nearest in level at the same epoch, ``d_j``
-  being how each of them moved from there to its end.
+  being how each of them moved from there to its end;
+* ``study-calibrated + trend``: the same, the 10 nearest in level and recent trend (the
+  level's change over the last third of the epochs so far) with the trend weighted by
+  ``SHAPE_WEIGHT``, as PFLPruner matches them (its ``shape_weight``).
 
 Figures per task, share and predictor, pooled over the draws:
 
@@ -18,7 +21,7 @@ Figures per task, share and predictor, pooled over the draws:
   interquartile range of the task's final values (scale-free across tasks);
 * ``rank rho``: Spearman's rank correlation of predicted and real finals (1 = the
   predictor orders the configurations as they end), median over draws;
-* for the calibrated forecast, ``PIT < 0.1`` and ``PIT > 0.9``: how often the real final
+* for the calibrated forecasts, ``PIT < 0.1`` and ``PIT > 0.9``: how often the real final
   falls below the forecast's 10 % quantile or above its 90 % one (10 % each when the
   forecast's spread is calibrated; more means the band is too narrow).
 
@@ -44,6 +47,8 @@ from lightning_hpo.pruners.curves import noise_level, predict_final_loss  # noqa
 
 SHARES = (0.2, 0.4, 0.6)
 NEIGHBOURS = 10
+SHAPE_WEIGHT = 3.0
+TREND = "study-calibrated + trend"
 
 
 def _ranks(xs: list[float]) -> list[float]:
@@ -80,28 +85,43 @@ def task_study(task: str, completed: int, draws: int) -> list[tuple]:
     rows = []
     for share in SHARES:
         e = max(1, round(share * epochs))
-        errors = {"PFL extrapolation": [], "last value": [], "study-calibrated": []}
+        errors = {"PFL extrapolation": [], "last value": [], "study-calibrated": [], TREND: []}
         rhos = {name: [] for name in errors}
-        pit = []
+        pit = {"study-calibrated": [], TREND: []}
+        window = max(2, e // 3)
+        # The level's change over the last third of the epochs so far (as PFLPruner's).
+        trend = [lv[e - 1] - lv[e - 1 - window] if e > window else math.nan for lv in level_of]
+
         for draw in range(draws):
             idx = list(range(len(curves)))
             random.Random(draw).shuffle(idx)
             done, rest = idx[:completed], idx[completed:]
-            refs = sorted((level_of[j][e - 1], finals[j]) for j in done)
+            with_trend = sorted((level_of[j][e - 1], finals[j], trend[j]) for j in done)
+            refs = [r[:2] for r in with_trend]
+            trends = [r[2] for r in with_trend]
             preds = {name: [] for name in errors}
             for i in rest:
                 cut = curves[i][:e]
                 f = forecast(level_of[i][e - 1], refs, NEIGHBOURS, noise_level(cut))
+                g = forecast(
+                    level_of[i][e - 1],
+                    refs,
+                    NEIGHBOURS,
+                    noise_level(cut),
+                    features=[(trend[i], trends, SHAPE_WEIGHT)],
+                )
                 preds["PFL extrapolation"].append(predict_final_loss(cut, epochs))
                 preds["last value"].append(cut[-1])
                 preds["study-calibrated"].append(f.center)
-                pit.append(probability_below(f, finals[i]))
+                preds[TREND].append(g.center)
+                pit["study-calibrated"].append(probability_below(f, finals[i]))
+                pit[TREND].append(probability_below(g, finals[i]))
             truth = [finals[i] for i in rest]
             for name, p in preds.items():
                 errors[name] += [abs(a - b) / iqr for a, b in zip(p, truth)]
                 rhos[name].append(spearman(p, truth))
         for name in errors:
-            calibrated = name == "study-calibrated"
+            calibrated = pit.get(name)
             rows.append(
                 (
                     task,
@@ -109,8 +129,12 @@ def task_study(task: str, completed: int, draws: int) -> list[tuple]:
                     name,
                     f"{statistics.median(errors[name]):.3f}",
                     f"{statistics.median(rhos[name]):.3f}",
-                    f"{sum(p < 0.1 for p in pit) / len(pit):.0%}" if calibrated else "",
-                    f"{sum(p > 0.9 for p in pit) / len(pit):.0%}" if calibrated else "",
+                    f"{sum(p < 0.1 for p in calibrated) / len(calibrated):.0%}"
+                    if calibrated
+                    else "",
+                    f"{sum(p > 0.9 for p in calibrated) / len(calibrated):.0%}"
+                    if calibrated
+                    else "",
                 )
             )
     return rows

@@ -137,7 +137,7 @@ def _time_decisions(
     study: optuna.Study, trial: optuna.Trial, n_cold: int, n_warm: int
 ) -> dict[str, list[float]]:
     def fresh_pruner() -> PFLPruner:
-        pruner = PFLPruner(n_startup_trials=10, n_warmup_epochs=10, top_k=10)
+        pruner = PFLPruner(n_startup_trials=10, n_warmup_epochs=10)  # the defaults otherwise
         study.pruner = pruner
         return pruner
 
@@ -173,7 +173,8 @@ def main() -> None:
 
     print(
         f"{args.trials} completed trials x {args.epochs} epochs; running trial at step "
-        f"{len(running) - 1}; top_k=10; target epoch = longest completed curve"
+        f"{len(running) - 1}; PFLPruner's defaults but a 10-epoch warm-up; target epoch = "
+        "longest completed curve"
     )
     print(f"{'storage':<10} {'build s':>8} {'case':<9} {'n':>4} {'median ms':>10} {'p95 ms':>8}")
     decisions = []

@@ -180,6 +180,32 @@ def test_forecast_spread_comes_from_how_differently_the_neighbours_moved() -> No
     assert probability_below(f, f.center + 0.5) > 0.99
 
 
+def test_forecast_matches_neighbours_on_more_than_the_level() -> None:
+    """Ten references at about the same levels: the falling ones (trend -0.1) fell a
+    further 0.2 to their end, the rising ones (overfitting, trend +0.1) rose 0.195. By level alone the
+    five nearest mix both; matched on the trend too they are the five of its shape."""
+    refs, trends = [], []
+    for i in range(5):
+        refs += [(0.5 + 0.01 * i, 0.3 + 0.01 * i), (0.5 + 0.01 * i + 0.005, 0.7 + 0.01 * i)]
+        trends += [-0.1, 0.1]
+    order = sorted(range(10), key=lambda j: refs[j])
+    refs, trends = [refs[j] for j in order], [trends[j] for j in order]
+    rising = forecast(0.52, refs, k=5, features=[(0.1, trends, 3.0)])
+    assert rising.outcomes == pytest.approx((0.715,) * 5)
+    falling = forecast(0.52, refs, k=5, features=[(-0.1, trends, 3.0)])
+    assert falling.outcomes == pytest.approx((0.32,) * 5)
+    by_level = forecast(0.52, refs, k=5)
+    assert {round(o, 6) for o in by_level.outcomes} == {0.32, 0.715}
+    # A weight of 0, or a trial's trend that is not finite, is the level alone.
+    for features in ([(0.1, trends, 0.0)], [(math.nan, trends, 3.0)]):
+        assert forecast(0.52, refs, k=5, features=features) == by_level
+    # A reference without a finite trend is the farthest.
+    missing = [math.nan if t > 0 else t for t in trends]
+    assert forecast(0.52, refs, k=5, features=[(0.1, missing, 3.0)]).outcomes == pytest.approx(
+        (0.32,) * 5
+    )
+
+
 # --------------------------------------------------------------------------- pruner decisions
 
 N_EPOCHS = 30
@@ -193,6 +219,7 @@ RULE = {
     "n_warmup_epochs": 10,
     "warmup_fraction": None,
     "top_k": 3,
+    "top_fraction": None,
     "min_probability": 0.05,
     "neighbours": 10,
 }
@@ -380,6 +407,84 @@ def test_like_with_like_curve_kind_and_schedule() -> None:
     assert len(like(trials, probe)) == len(ASYMPTOTES)
 
 
+def test_top_rank_is_top_k_or_the_fraction_of_finished_trials() -> None:
+    assert [PFLPruner(top_k=2, top_fraction=0.1).top_rank(n) for n in (0, 10, 20, 21, 100)] == [
+        2,
+        2,
+        2,
+        3,
+        10,
+    ]
+    assert PFLPruner(top_k=3, top_fraction=None).top_rank(1000) == 3
+    assert PFLPruner(top_k=1, top_fraction=0.3).top_rank(10) == 3  # 0.3 * 10 is 3, not 4
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_top_fraction_counts_completed_and_pruned_trials_of_the_kind(direction: str) -> None:
+    """The threshold is the ceil(top_fraction * finished)-th best completed final, at
+    least the top_k-th: pruned trials of the trial's kind count (they ended worse than the
+    threshold), failed ones and other kinds do not."""
+    sign = SIGNS[direction]
+    pruner = _pruner(top_k=1, top_fraction=0.25)
+    study = _study(direction, pruner)
+    # 12 completed: rank 3, the asymptote 0.40.
+    assert _decisions(study, BAD_ASYMPTOTE, pruner)[10].threshold == pytest.approx(
+        sign * (0.40 + math.exp(-3.0))
+    )
+    short = [sign * v for v in exp_curve(1.0, 0.1, 0.9, 12)]
+    for _ in range(8):
+        study.add_trial(
+            create_trial(state=TrialState.PRUNED, intermediate_values=dict(enumerate(short)))
+        )
+        study.add_trial(create_trial(state=TrialState.FAIL))
+        study.add_trial(  # another kind of curve
+            create_trial(
+                state=TrialState.PRUNED,
+                intermediate_values=dict(enumerate(short)),
+                user_attrs={"curve": "one seed"},
+            )
+        )
+    # 20 finished of its kind: rank 5, the asymptote 0.50.
+    d = _decisions(study, BAD_ASYMPTOTE, pruner)[10]
+    assert d.threshold == pytest.approx(sign * (0.50 + math.exp(-3.0)))
+    assert (d.prune, d.reason) == (True, "worse")
+    # The rank never exceeds the completed trials: the worst of them.
+    wide = _pruner(top_k=1, top_fraction=1.0)
+    assert _decisions(study, BAD_ASYMPTOTE, wide)[10].threshold == pytest.approx(
+        sign * (0.85 + math.exp(-3.0))
+    )
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_shape_weight_matches_a_turning_curve_with_curves_that_turned(direction: str) -> None:
+    """Six completed curves fell steadily to about 0.33; six others reached the same levels
+    at epoch 15 from below, having turned up at epoch 8 (overfitting), and ended near 0.73. A
+    running trial that turned up the same way is forecast from the six that turned, and
+    pruned; by level alone its neighbours are a mix, and it keeps a real chance."""
+    sign = SIGNS[direction]
+    steady = [0.3 + 0.6 * math.exp(-0.1 * t) for t in range(N_EPOCHS)]
+    at = steady[14]
+
+    def turning(shift: float) -> list[float]:
+        # Down to its minimum at epoch 8, then up linearly through `at + shift` at epoch 15.
+        low = at + shift - 6 * 0.02
+        return [low + 0.05 * (8 - t) if t < 8 else low + 0.02 * (t - 8) for t in range(N_EPOCHS)]
+
+    study = optuna.create_study(direction=direction)
+    for i in range(6):
+        shift = 0.002 * i
+        study.add_trial(_completed([v + shift for v in steady], sign))
+        study.add_trial(_completed(turning(shift + 0.001), sign))
+    trial = turning(0.0005)
+    common = {"top_k": 3, "top_fraction": None, "neighbours": 6, "min_probability": 0.05}
+    # At step 15 its level (the median of steps 13-15) is at + 0.0005, between the others'.
+    shaped = _decisions(study, trial, _pruner(**common, shape_weight=3.0))[15]
+    assert (shaped.prune, shaped.reason) == (True, "worse")
+    assert sign * shaped.pfl > 0.7
+    flat = _decisions(study, trial, _pruner(**common, shape_weight=0.0))[15]
+    assert not flat.prune and 0.1 < flat.probability < 0.9
+
+
 def test_min_probability_zero_prunes_nothing_finite() -> None:
     decisions = _decisions(_study("minimize"), HOPELESS, _pruner(min_probability=0.0))
     assert not any(d.prune for d in decisions)
@@ -473,12 +578,20 @@ def test_multi_objective_is_rejected() -> None:
         ({"warmup_fraction": True}, "warmup_fraction"),
         ({"warmup_fraction": "0.2"}, "warmup_fraction"),
         ({"top_k": 0}, "top_k"),
+        ({"top_fraction": 0}, "top_fraction"),
+        ({"top_fraction": 1.5}, "top_fraction"),
+        ({"top_fraction": math.nan}, "top_fraction"),
+        ({"top_fraction": True}, "top_fraction"),
+        ({"top_fraction": "0.1"}, "top_fraction"),
         ({"min_probability": -0.1}, "min_probability"),
         ({"min_probability": 1.0}, "min_probability"),
         ({"min_probability": math.nan}, "min_probability"),
         ({"min_probability": "0.1"}, "min_probability"),
         ({"neighbours": 0}, "neighbours"),
         ({"neighbours": 2.0}, "neighbours"),
+        ({"shape_weight": -1.0}, "shape_weight"),
+        ({"shape_weight": math.inf}, "shape_weight"),
+        ({"shape_weight": "1"}, "shape_weight"),
         ({"target_epoch": 0}, "target_epoch"),
         ({"target_epoch": 2.0}, "target_epoch"),
     ],
@@ -490,10 +603,12 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
 
 def test_constructor_defaults() -> None:
     pruner = PFLPruner()
-    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 0, 10)
-    assert pruner._warmup_fraction == 0.1
+    assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 0, 2)
+    assert (pruner._warmup_fraction, pruner._top_fraction) == (0.1, 0.1)
     assert [pruner.warmup_epochs(n) for n in (10, 30, 50)] == [1, 3, 5]
-    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.02, 5, None)
+    assert [pruner.top_rank(n) for n in (10, 20, 100, 1000)] == [2, 2, 10, 100]
+    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.1, 5, None)
+    assert pruner._shape_weight == 3.0
 
 
 # --------------------------------------------------------------------------- the stored record

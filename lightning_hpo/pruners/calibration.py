@@ -14,6 +14,11 @@ blurred by a normal kernel of width ``h``. So the forecast's centre, spread and 
 that very epoch, whatever the learning-rate schedule, declared or not: a schedule's late
 drop is in the neighbours' moves, and so is overfitting.
 
+The neighbours can be matched on more than the level (``features`` of :func:`forecast`):
+the pruner also matches the recent trend, so that a curve that has turned up
+(overfitting) is forecast from completed curves that had turned up by the same epoch,
+not from curves as high that were still falling.
+
 The kernel width ``h`` combines the trial's own noise (its level is one noisy reading)
 with the usual density-estimate bandwidth of the neighbours' moves,
 ``1.06 * sigma_d * k ** -0.2``, so the band never vanishes while either the trial or its
@@ -25,6 +30,7 @@ All numbers are in *loss space*: smaller is better. A caller that maximizes nega
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import statistics
 from collections.abc import Sequence
@@ -96,6 +102,8 @@ def forecast(
     references: Sequence[tuple[float, float]],
     k: int,
     noise: float = 0.0,
+    *,
+    features: Sequence[tuple[float, Sequence[float], float]] = (),
 ) -> Forecast | None:
     """The forecast of a final value from the trial's ``level`` and the completed trials'
     ``references``: ``(level at the same epoch, final value)`` pairs sorted by level.
@@ -103,25 +111,37 @@ def forecast(
     The ``k`` references nearest in level (all of them when fewer) are the neighbours.
     ``noise`` is the trial's own noise (a standard deviation), added to the kernel width
     in quadrature. None without references.
+
+    ``features``: more that the neighbours are matched on, each ``(the trial's value,
+    the references' values in their order, weight)`` (e.g. the recent trend). With any
+    of positive weight, the neighbours are the ``k`` references nearest in level and
+    those features together, each difference in units of the references' robust spread
+    of it and multiplied by its weight (the level's weight is 1). A reference whose
+    feature is not finite is the farthest; a trial's that is not finite is left out.
     """
     n = len(references)
     if n == 0 or not math.isfinite(level):
         return None
     k = max(1, min(k, n))
-    # The k nearest of a sorted list: a window around the insertion point, grown on the
-    # nearer side (ties to the better one).
-    hi = bisect.bisect_left(references, (level, -math.inf))
-    lo = hi
-    while hi - lo < k:
-        if lo == 0:
-            hi += 1
-        elif hi == n:
-            lo -= 1
-        elif level - references[lo - 1][0] <= references[hi][0] - level:
-            lo -= 1
-        else:
-            hi += 1
-    moves = [final - at for at, final in references[lo:hi]]
+    used = [(x, xs, w) for x, xs, w in features if w > 0 and math.isfinite(x)]
+    if used:
+        chosen = _nearest(level, references, k, used)
+    else:
+        # The k nearest of a sorted list: a window around the insertion point, grown on
+        # the nearer side (ties to the better one).
+        hi = bisect.bisect_left(references, (level, -math.inf))
+        lo = hi
+        while hi - lo < k:
+            if lo == 0:
+                hi += 1
+            elif hi == n:
+                lo -= 1
+            elif level - references[lo - 1][0] <= references[hi][0] - level:
+                lo -= 1
+            else:
+                hi += 1
+        chosen = references[lo:hi]
+    moves = [final - at for at, final in chosen]
     outcomes = tuple(sorted(level + d for d in moves))
     spread = _robust_sigma(moves)
     bandwidth = 1.06 * spread * len(moves) ** -0.2
@@ -132,6 +152,26 @@ def forecast(
         spread=spread,
         width=width,
     )
+
+
+def _nearest(
+    level: float,
+    references: Sequence[tuple[float, float]],
+    k: int,
+    features: Sequence[tuple[float, Sequence[float], float]],
+) -> list[tuple[float, float]]:
+    """The ``k`` references nearest to the trial in level and ``features`` (see
+    :func:`forecast`); ties to the earlier, i.e. better, level."""
+    axes = [(level, [r[0] for r in references], 1.0), *features]
+    score = [0.0] * len(references)
+    for x, xs, w in axes:
+        scale = w / (_robust_sigma([v for v in xs if math.isfinite(v)]) or 1.0)
+        for i, v in enumerate(xs):
+            d = (v - x) * scale if math.isfinite(v) else math.inf
+            score[i] += d * d
+    return [
+        references[i] for i in heapq.nsmallest(k, range(len(references)), key=score.__getitem__)
+    ]
 
 
 def probability_below(f: Forecast, threshold: float) -> float:

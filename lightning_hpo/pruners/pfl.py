@@ -6,13 +6,19 @@ the study's own completed trials (:mod:`lightning_hpo.pruners.calibration`):
 
 * its *level* at epoch ``e`` is the median of its last three values (one spike or lucky
   dip moves it little);
-* the completed trials whose levels at the same epoch ``e`` were nearest to it are its
-  neighbours; how each of them moved from epoch ``e`` to its final value, added to the
-  trial's level, is one possible outcome;
+* its *trend* is how far its level moved over its recent third of epochs;
+* the completed trials nearest to it at the same epoch ``e``, in level and (weighted by
+  ``shape_weight``) in trend over the same epochs, are its neighbours: a curve that has
+  turned up is forecast from curves that turned up, one still falling from curves that
+  were still falling. How each of them moved from epoch ``e`` to its final value, added
+  to the trial's level, is one possible outcome;
 * the forecast is the mixture of these outcomes, each blurred by the trial's own noise
   and the spread of the moves; the point prediction is its median;
 * the trial is pruned when the forecast's probability of ending at or better than the
-  ``top_k``-th best completed final value is below ``min_probability``.
+  ``r``-th best completed final value is below ``min_probability``, ``r`` being
+  ``top_fraction`` of the study's finished trials of its kind (completed or pruned,
+  rounded up), at least ``top_k``: the bar scales with the study, so that a 20-trial study
+  can prune and a 1,000-trial one does not demand a place among its ten best.
 
 Why from the study's own curves: a fitted curve shape does not know a schedule's late
 drop, a curve that turns up when it overfits, or how noisy a small validation set is,
@@ -101,13 +107,13 @@ class PFLPruner(optuna.pruners.BasePruner):
     study's own completed curves.
 
     A running trial past start-up and warm-up is forecast from its level (median of its
-    last three values) and the ``neighbours`` completed trials nearest to that level at
-    the same epoch (:func:`lightning_hpo.pruners.calibration.forecast`). It is pruned
-    (``"worse"``) when the forecast's probability of a final value at or better than the
-    ``top_k``-th best completed final is below ``min_probability``, and kept (``"ok"``)
-    otherwise. Non-finite values are pruned at once. It is kept while the study cannot
-    tell (``"startup"``, ``"warm-up"``, ``"no-reference"``, ``"unlike"``; see the module
-    docstring).
+    last three values) and the ``neighbours`` completed trials nearest to it at the same
+    epoch, in level and recent trend (:func:`lightning_hpo.pruners.calibration.forecast`).
+    It is pruned (``"worse"``) when the forecast's probability of a final value at or
+    better than the :meth:`top_rank`-th best completed final is below
+    ``min_probability``, and kept (``"ok"``) otherwise. Non-finite values are pruned at
+    once. It is kept while the study cannot tell (``"startup"``, ``"warm-up"``,
+    ``"no-reference"``, ``"unlike"``; see the module docstring).
 
     Args:
         n_startup_trials: No pruning until this many trials of the trial's kind are
@@ -122,15 +128,25 @@ class PFLPruner(optuna.pruners.BasePruner):
             the longest completed curve). The warm-up is the longer of this and
             ``n_warmup_epochs``. None: a fixed warm-up of ``n_warmup_epochs``.
             Default 0.1.
-        top_k: The trial must be likely enough to end at or better than the ``top_k``-th
-            best completed final value (the worst of them while fewer). Default 10.
-        min_probability: Pruned below this probability, in [0, 1). Default 0.02.
+        top_k: The trial must be likely enough to end at or better than the ``r``-th
+            best completed final value (the worst of them while fewer), ``r`` being
+            ``top_k``, or ``top_fraction`` of the finished trials where more: the floor
+            of the rank. Default 2.
+        top_fraction: The rank to reach as a share of the trials of the trial's kind
+            that completed or were pruned (rounded up), in (0, 1]; None: ``top_k``
+            alone, whatever the study's size (this pruner's rule before the share).
+            Default 0.1.
+        min_probability: Pruned below this probability, in [0, 1). Default 0.1.
         neighbours: Completed curves a forecast is drawn from, >= 1. Default 5.
+        shape_weight: How much the recent trend counts, against the level, in choosing
+            the neighbours, >= 0 (each in units of the completed curves' spread of it);
+            0 matches on the level alone. Default 3.
         target_epoch: Epoch count of a full run. Defaults to the trial's ``epochs``
             attr, else the longest curve among completed trials.
 
-    The defaults of ``warmup_fraction``, ``top_k``, ``min_probability`` and
-    ``neighbours`` are the setting ``benchmarks/bench_pruners.py`` selects on its
+    The defaults of ``warmup_fraction``, ``top_k``, ``top_fraction``, ``min_probability``,
+    ``neighbours`` and ``shape_weight`` are the setting ``benchmarks/bench_pruners.py``
+    selects on its
     recorded tasks, its criterion the worst task (see the README's Performance section
     for the figures with every task left out of the choice).
 
@@ -143,9 +159,11 @@ class PFLPruner(optuna.pruners.BasePruner):
         n_startup_trials: int = 10,
         n_warmup_epochs: int = 0,
         warmup_fraction: float | None = 0.1,
-        top_k: int = 10,
-        min_probability: float = 0.02,
+        top_k: int = 2,
+        top_fraction: float | None = 0.1,
+        min_probability: float = 0.1,
         neighbours: int = 5,
+        shape_weight: float = 3.0,
         target_epoch: int | None = None,
     ) -> None:
         _check_int("n_startup_trials", n_startup_trials, 0)
@@ -157,16 +175,24 @@ class PFLPruner(optuna.pruners.BasePruner):
                 f"warmup_fraction must be a number in (0, 1] or None, got {warmup_fraction!r}."
             )
         _check_int("top_k", top_k, 1)
+        if top_fraction is not None and (not is_number(top_fraction) or not 0 < top_fraction <= 1):
+            raise ValueError(
+                f"top_fraction must be a number in (0, 1] or None, got {top_fraction!r}."
+            )
         _check_probability("min_probability", min_probability)
         _check_int("neighbours", neighbours, 1)
+        if not is_number(shape_weight) or not 0 <= shape_weight < math.inf:
+            raise ValueError(f"shape_weight must be a finite number >= 0, got {shape_weight!r}.")
         if target_epoch is not None:
             _check_int("target_epoch", target_epoch, 1)
         self._n_startup_trials = n_startup_trials
         self._n_warmup_epochs = n_warmup_epochs
         self._warmup_fraction = None if warmup_fraction is None else float(warmup_fraction)
         self._top_k = top_k
+        self._top_fraction = None if top_fraction is None else float(top_fraction)
         self._min_probability = float(min_probability)
         self._neighbours = neighbours
+        self._shape_weight = float(shape_weight)
         self._target_epoch = target_epoch
         self._cache = DerivedCache()
 
@@ -200,10 +226,18 @@ class PFLPruner(optuna.pruners.BasePruner):
             return PFLDecision(prune=True, reason="non-finite", step=step)
         # Like with like: completed curves of the trial's kind (a seed mean or one seed's)
         # and declared schedule.
+        finished = [
+            t
+            for t in like(
+                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                trial,
+            )
+            if t.number != trial.number
+        ]
         completed = [
             t
-            for t in like(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), trial)
-            if t.number != trial.number and t.value is not None and math.isfinite(t.value)
+            for t in finished
+            if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
         ]
         if len(completed) < self._n_startup_trials:
             return PFLDecision(prune=False, reason="startup", step=step)
@@ -221,7 +255,7 @@ class PFLPruner(optuna.pruners.BasePruner):
         sign = -1.0 if directions[0] == StudyDirection.MAXIMIZE else 1.0
         own = levels([sign * v for v in curve])
         level = own[-1]
-        finals = heapq.nsmallest(self._top_k, (sign * t.value for t in completed))
+        finals = heapq.nsmallest(self.top_rank(len(finished)), (sign * t.value for t in completed))
         threshold = finals[-1]
         back = lambda x: None if x is None else sign * x  # noqa: E731 (to the study's sign)
 
@@ -235,9 +269,10 @@ class PFLPruner(optuna.pruners.BasePruner):
         window = max(2, n // 3)  # epochs the recent improvement is measured over
         for t, theirs in zip(completed, curves):
             if len(theirs) >= n and math.isfinite(theirs[n - 1]):
-                references.append((theirs[n - 1], sign * t.value))
-                if n > window and math.isfinite(theirs[n - 1 - window]):
-                    gains.append(theirs[n - 1 - window] - theirs[n - 1])
+                gain = theirs[n - 1 - window] - theirs[n - 1] if n > window else math.nan
+                references.append((theirs[n - 1], sign * t.value, -gain))
+                if math.isfinite(gain):
+                    gains.append(gain)
         noise = noise_level(curve)
 
         def decision(prune: bool, reason: Reason, **more) -> PFLDecision:
@@ -259,7 +294,12 @@ class PFLPruner(optuna.pruners.BasePruner):
         if n > window and gains and own[n - 1 - window] - level > max(gains) + 3 * noise:
             return decision(False, "unlike")
         references.sort()
-        f = forecast(level, references, self._neighbours, noise)
+        features = []
+        if n > window:
+            features.append(
+                (level - own[n - 1 - window], [r[2] for r in references], self._shape_weight)
+            )
+        f = forecast(level, [r[:2] for r in references], self._neighbours, noise, features=features)
         if f is None:  # pragma: no cover - references is not empty and level finite
             return decision(False, "no-reference")
         probability = probability_below(f, threshold)
@@ -272,6 +312,14 @@ class PFLPruner(optuna.pruners.BasePruner):
             neighbours=f.neighbours,
             band=f.width,
         )
+
+    def top_rank(self, n_finished: int) -> int:
+        """The rank of the completed final a trial must be likely enough to reach, in a
+        study where ``n_finished`` trials of its kind completed or were pruned: ``top_k``,
+        or ``top_fraction`` of them (rounded up) where more."""
+        if self._top_fraction is None:
+            return self._top_k
+        return max(self._top_k, math.ceil(self._top_fraction * n_finished - 1e-9))
 
     def warmup_epochs(self, run_epochs: int) -> int:
         """Epochs of warm-up for a run of ``run_epochs`` epochs: ``n_warmup_epochs``, or

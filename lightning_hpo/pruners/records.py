@@ -107,8 +107,8 @@ class PFLDecision:
     than ``threshold`` is below the pruner's ``min_probability``) and ``"ok"`` (kept).
 
     In the study's own sign: ``pfl`` is the forecast's median final value, ``threshold``
-    the ``top_k``-th best completed final value, ``level`` the trial's median of its last
-    three values. ``probability`` is the forecast's probability of a final value at or
+    the :meth:`PFLPruner.top_rank`-th best completed final value, ``level`` the trial's
+    median of its last three values. ``probability`` is the forecast's probability of a final value at or
     better than ``threshold``, drawn from ``neighbours`` completed curves; ``band`` the
     width of each outcome's kernel (the trial's ``noise``, the spread of the curves'
     moves) and ``noise`` the trial's noise level
