@@ -604,10 +604,10 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, name: str) -> None:
 def test_constructor_defaults() -> None:
     pruner = PFLPruner()
     assert (pruner._n_startup_trials, pruner._n_warmup_epochs, pruner._top_k) == (10, 0, 2)
-    assert (pruner._warmup_fraction, pruner._top_fraction) == (0.1, 0.1)
+    assert (pruner._warmup_fraction, pruner._top_fraction) == (0.1, 0.2)
     assert [pruner.warmup_epochs(n) for n in (10, 30, 50)] == [1, 3, 5]
-    assert [pruner.top_rank(n) for n in (10, 20, 100, 1000)] == [2, 2, 10, 100]
-    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.1, 5, None)
+    assert [pruner.top_rank(n) for n in (5, 10, 20, 100, 1000)] == [2, 2, 4, 20, 200]
+    assert (pruner._min_probability, pruner._neighbours, pruner._target_epoch) == (0.05, 5, None)
     assert pruner._shape_weight == 3.0
 
 

@@ -135,8 +135,8 @@ class PFLPruner(optuna.pruners.BasePruner):
         top_fraction: The rank to reach as a share of the trials of the trial's kind
             that completed or were pruned (rounded up), in (0, 1]; None: ``top_k``
             alone, whatever the study's size (this pruner's rule before the share).
-            Default 0.1.
-        min_probability: Pruned below this probability, in [0, 1). Default 0.1.
+            Default 0.2.
+        min_probability: Pruned below this probability, in [0, 1). Default 0.05.
         neighbours: Completed curves a forecast is drawn from, >= 1. Default 5.
         shape_weight: How much the recent trend counts, against the level, in choosing
             the neighbours, >= 0 (each in units of the completed curves' spread of it);
@@ -160,8 +160,8 @@ class PFLPruner(optuna.pruners.BasePruner):
         n_warmup_epochs: int = 0,
         warmup_fraction: float | None = 0.1,
         top_k: int = 2,
-        top_fraction: float | None = 0.1,
-        min_probability: float = 0.1,
+        top_fraction: float | None = 0.2,
+        min_probability: float = 0.05,
         neighbours: int = 5,
         shape_weight: float = 3.0,
         target_epoch: int | None = None,
