@@ -42,6 +42,11 @@ def write_atomically(data: memoryview, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def lightnings_own(path: Any, storage_options: Any) -> bool:
+    """Whether a save goes to Lightning's own writer: a remote path, or storage options."""
+    return storage_options is not None or "://" in str(path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local files are written whole, in one write each
     (``write_atomically``); remote paths and storage options go to Lightning's own writer.
@@ -54,7 +59,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
-        if storage_options is not None or "://" in str(path):
+        if lightnings_own(path, storage_options):
             return super().save_checkpoint(checkpoint, path, storage_options)
         write_atomically(self.encode(checkpoint, Path(path)), Path(path))
 
@@ -85,10 +90,11 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
-        if storage_options is not None or "://" in str(path):  # Lightning's own way
+        if lightnings_own(path, storage_options):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        data = self.checkpoint_io.encode(checkpoint, Path(path))
-        self._submit(lambda: write_atomically(data, Path(path)))
+        target = Path(path)
+        data = self.checkpoint_io.encode(checkpoint, target)
+        self._submit(lambda: write_atomically(data, target))
 
     def copy_when_written(self, source: Path, target: Path) -> None:
         self._submit(lambda: copy_atomically(source, target))

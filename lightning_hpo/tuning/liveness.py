@@ -31,6 +31,7 @@ from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, PID, STALE, STARTED
 from lightning_hpo.storage.stale import queue_retry
 
 GRACE_BEATS = 3  # heartbeats a worker may miss before its trial is taken for dead
+REQUEUED = "marked FAIL, its parameters queued again"  # said of each trial a dead worker left
 
 
 def process_start(pid: int) -> str | None:
@@ -161,9 +162,7 @@ def fail_dead_trials(
     """
     grace = GRACE_BEATS * heartbeat if heartbeat else None
     for number in fail_dead_workers(study, grace):
-        echo(
-            f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again"
-        )
+        echo(f"trial {number} was left RUNNING by a worker that died: {REQUEUED}")
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

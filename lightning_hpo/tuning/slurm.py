@@ -44,7 +44,6 @@ EXTRA = "pip install 'lightning-hpo[slurm]'"
 REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit
 POLL_SECONDS = 2.0
 CANCEL_WAIT_SECONDS = 300  # longer than any sane KillWait (SLURM's default: 30 s)
-ORPHANED = "marked FAIL, its parameters queued again"
 
 
 def slurm_parameters(items: Sequence[str], job_name: str) -> dict[str, Any]:
@@ -191,13 +190,16 @@ def queued(array: str) -> list[str]:
     return out.stdout.split()
 
 
-def fail_ended_jobs(study, array: str, alive: Collection[str]) -> list[int]:
+def fail_ended_jobs(
+    study, array: str, alive: Collection[str], echo: Callable[[str], None], how: str
+) -> None:
     """Fail the trials still RUNNING whose job of ``array`` is no longer in the queue
-    (``alive``, read before the trials). Such a job was killed outright: SIGKILL once
-    ``scancel``'s grace ran out, out of memory, its node lost. It could not fail its trial
-    itself, and no heartbeat check may run again. Their parameters are queued once more,
-    and the next run of the study continues them from their checkpoints."""
-    from lightning_hpo.tuning.liveness import fail_dead_workers
+    (``alive``, read before the trials), and say so for each (its job ``how``). Such a job
+    was killed outright: SIGKILL once ``scancel``'s grace ran out, out of memory, its node
+    lost. It could not fail its trial itself, and no heartbeat check may run again. Their
+    parameters are queued once more, and the next run of the study continues them from
+    their checkpoints."""
+    from lightning_hpo.tuning.liveness import REQUEUED, fail_dead_workers
 
     def ended(trial) -> str | None:
         job = trial.user_attrs.get(SLURM_JOB_ATTR)
@@ -205,7 +207,8 @@ def fail_ended_jobs(study, array: str, alive: Collection[str]) -> list[int]:
             return f"its SLURM job {job} ended while the trial ran"
         return None
 
-    return fail_dead_workers(study, dead=ended)
+    for number in fail_dead_workers(study, dead=ended):
+        echo(f"trial {number} was left RUNNING by its SLURM job, {how}: {REQUEUED}")
 
 
 def watch(
@@ -221,8 +224,7 @@ def watch(
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     while True:
         alive = queued(array)  # before reading the trials: nothing finishes unseen
-        for number in fail_ended_jobs(study, array, alive):
-            echo(f"trial {number} was left RUNNING by its SLURM job, which ended: {ORPHANED}")
+        fail_ended_jobs(study, array, alive, echo, "which ended")
         fresh = [
             t
             for t in study.get_trials(deepcopy=False)
@@ -249,8 +251,7 @@ def cancel(
     deadline = time.monotonic() + CANCEL_WAIT_SECONDS
     while (alive := queued(array)) and time.monotonic() < deadline:
         time.sleep(poll)
-    for number in fail_ended_jobs(study, array, alive):
-        echo(f"trial {number} was left RUNNING by its SLURM job, killed: {ORPHANED}")
+    fail_ended_jobs(study, array, alive, echo, "killed")
 
 
 def worker_failures(jobs: Sequence[Any]) -> list[str]:
