@@ -33,13 +33,16 @@ Percentile(25), SuccessiveHalving, Hyperband, Wilcoxon and Patient(Median), all 
 start-up 10 trials and warm-up 10 epochs where they have them. The verdicts check the
 PFL row against the targets; where a task misses one, the script prints the
 epochs-vs-regret trade-off of PFL (every grid setting on that task, in sample) and of
-Median/Percentile pruners on it.
+Median/Percentile pruners on it, and where the task's best configuration stood while it
+trained (``best_trace``: its rank by level at shares of the run, and its lead over the
+second best), which says whether any pruner could have told it from the rest.
 
 Needs scipy (``pip install -e .[bench]``) for Optuna's WilcoxonPruner.
 
 Run: ``python benchmarks/bench_pruners.py`` (36 minutes on 2 cores shared with other jobs, most of it
 the grid), ``--quick`` for a smoke run (2 orders, 2 grid settings),
-``--single-seed`` to replay the first seed's curve instead of the seeds' mean.
+``--single-seed`` to replay the first seed's curve instead of the seeds' mean, ``--trace``
+for ``best_trace`` of every task alone (a second).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from optuna.trial import TrialState  # noqa: E402
 from record_curves import DATA_DIR, TASKS, load_curves, lr_schedule_attr  # noqa: E402
 
 from lightning_hpo.attrs import EPOCHS_ATTR, LR_SCHEDULE_ATTR, N_SEEDS_ATTR  # noqa: E402
+from lightning_hpo.pruners.calibration import levels  # noqa: E402
 from lightning_hpo.pruners.pfl import PFLPruner  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -333,6 +337,35 @@ def dominators(pfl: Figures, others: dict[str, Figures]) -> list[str]:
     ]
 
 
+# --------------------------------------------------------------------------- why a task misses
+
+TRACE_SHARES = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def best_trace(curves: list[list[float]]) -> str:
+    """Where the best configuration stood while it trained: its rank among all configs by
+    level (the median of the last three values, what PFL compares) at shares of the run,
+    and how far the second-best final value is behind it. A best configuration whose
+    level is mid-field until its last epochs, or whose final value barely beats the next,
+    is one that no pruner can tell from the rest before it ends."""
+    finals = [c[-1] if math.isfinite(c[-1]) else math.inf for c in curves]
+    order = sorted(range(len(curves)), key=finals.__getitem__)
+    best, second = order[0], order[1]
+    curve_levels = [levels(c) for c in curves]
+    n = len(curves[0])
+    ranks = []
+    for share in TRACE_SHARES:
+        e = max(0, round(share * n) - 1)
+        at = [lv[e] if math.isfinite(lv[e]) else math.inf for lv in curve_levels]
+        ranks.append(f"{100 * share:.0f} %: {1 + sum(x < at[best] for x in at)}")
+    gap = (finals[second] - finals[best]) / abs(finals[best])
+    return (
+        f"the best configuration's rank of {len(curves)} by level at "
+        + ", ".join(ranks)
+        + f"; the second-best final value is {100 * gap:.2f} % behind it"
+    )
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -396,6 +429,11 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 orders, 2 grid settings")
     ap.add_argument("--dump", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="only print where each task's best configuration stood while it trained, and exit",
+    )
     args = ap.parse_args()
     global SINGLE_SEED, GRID
     SINGLE_SEED = args.single_seed
@@ -405,6 +443,10 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if (DATA_DIR / f"curves_{t}.json.gz").exists()]
     if not tasks:
         sys.exit(f"no recorded curves in {DATA_DIR}: run benchmarks/record_curves.py first")
+    if args.trace:
+        for t in tasks:
+            print(f"{t}: {best_trace(task_curves(t, SINGLE_SEED)[0])}")
+        return
     try:
         import scipy.stats  # noqa: F401  (WilcoxonPruner's test)
     except ImportError:
@@ -498,6 +540,7 @@ def main() -> None:
             f"{'MEETS' if not m and not beaten_by else 'MISSES'} the targets"
         )
         if t in missed:
+            print(f"{t}: {best_trace(curves)}")
             pfl_points = [(grid_label(GRID[i]), grid[(t, i)]) for i in range(len(GRID))]
             med_points = [(n, searched[(t, ("tradeoff", n))]) for n in tradeoff_table()]
             print_table(
