@@ -135,6 +135,19 @@ def test_a_tracking_uri_password_is_never_written() -> None:
     assert mlflow["init_args"]["tracking_uri"].endswith("s3cret@mlflow.example.org")  # not changed
 
 
+def test_a_password_nested_in_init_args_is_never_written() -> None:
+    uri = "https://me:s3cret@mlflow.example.org"
+    logger = {
+        "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+        "init_args": {"tags": {"source": uri}, "artifact_location": [uri, "x:y@z"]},
+    }
+    written = shareable({"loggers": [logger]})["loggers"][0]["init_args"]
+    assert "s3cret" not in repr(written)
+    assert written["tags"]["source"] == "https://me:***@mlflow.example.org"
+    # A string with no scheme need not be a URL: left as it is.
+    assert written["artifact_location"][1] == "x:y@z"
+
+
 def test_a_loggers_own_save_dir_keeps_one_run_per_seed_under_it(
     small_config, tmp_path: Path
 ) -> None:

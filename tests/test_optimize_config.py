@@ -560,6 +560,24 @@ def test_password_with_slash_is_not_printed(tmp_path: Path, tiny_configs) -> Non
     assert "cret" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nobody:s3cret@127.0.0.1:1/x",  # the scheme forgotten
+        "postgresql://nobody@127.0.0.1:1/x?sslpassword=s3cret",
+        "postgresql://nobody@127.0.0.1:1/x?sslmode=require&password=s3cret",
+    ],
+)
+def test_password_of_a_mistyped_or_query_url_is_not_printed(
+    tmp_path: Path, tiny_configs, url: str
+) -> None:
+    before = listing(tmp_path)
+    proc = run_tune(tmp_path, *_tune_args(tmp_path, tiny_configs, url))
+    assert_one_line_error(proc)
+    assert listing(tmp_path) == before
+    assert "s3cret" not in proc.stdout + proc.stderr
+
+
 def test_corrupt_sqlite_file_is_refused_and_left_untouched(tmp_path: Path, tiny_configs) -> None:
     garbage = b"\x00\x13garbage, not a database\n" * 50
     db = tmp_path / "x.db"

@@ -222,8 +222,19 @@ def check_classes(name: str, entries: list[dict[str, Any]], project: str, source
 
 
 def redacted(init_args: Mapping[str, Any]) -> dict[str, Any]:
-    """``init_args`` with any password in a URL (a tracking URI's) replaced by ``***``."""
-    return {k: redact(v) if isinstance(v, str) else v for k, v in init_args.items()}
+    """``init_args`` with any password in a URL (a tracking URI's) replaced by ``***``,
+    at any depth of nested mappings and lists."""
+    return {k: _redacted_value(v) for k, v in init_args.items()}
+
+
+def _redacted_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value, bare=False)
+    if isinstance(value, Mapping):
+        return redacted(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redacted_value(v) for v in value)
+    return value
 
 
 def shareable(config: dict[str, Any]) -> dict[str, Any]:

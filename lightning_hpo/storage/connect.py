@@ -21,19 +21,29 @@ from lightning_hpo.errors import ConfigError
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
+# A query parameter whose name holds one of these: ?password=, &sslpassword=, &api_token=...
+_QUERY_SECRET = re.compile(
+    r"([?&][^=&#]*(?:password|passwd|pwd|secret|token)[^=&#]*=)[^&#]*", re.IGNORECASE
+)
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``: the one after ``user:`` and one given
-    as a query parameter (``?password=...``, as libpq and SQLAlchemy drivers accept)."""
+def redact(url: str, *, bare: bool = True) -> str:
+    """The URL with any password replaced by ``***``: the one after ``user:`` and any query
+    parameter named for a secret (``?password=``, ``&sslpassword=``, ``&token=``, as libpq
+    and SQLAlchemy drivers accept). ``bare``: also a ``user:password@host`` with no
+    ``scheme://`` in front (a mistyped storage URL); off for strings that need not be URLs
+    at all, where ``a:b@c`` may be something else."""
     url = _QUERY_SECRET.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        if not bare:
+            return url
+        scheme, rest = "", url
     at = rest.rfind("@")  # a password may itself hold '@' or '/'
-    if not sep or at < 0 or ":" not in rest[:at]:
+    if at < 0 or ":" not in rest[:at]:
         return url
     user = rest[:at].split(":", 1)[0]
-    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
+    return f"{scheme}{sep}{user}:***@{rest[at + 1 :]}"
 
 
 def default_url(project: str) -> str:
