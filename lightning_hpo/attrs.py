@@ -35,3 +35,4 @@ STUDY_UID = "lightning_hpo:uid"  # a random id, also written into the study's ru
 
 # Study user attributes.
 PROVENANCE = "provenance"  # versions, git commit, host, device, command of the study's creator
+PRUNER_ATTR = "pruner"  # {"name", "kwargs"}: the optimize config's pruner, as its latest run set it

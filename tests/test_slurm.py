@@ -23,7 +23,14 @@ from lightning_hpo.cli import EXIT_BAD_INPUT, tune_main
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.tuning.signals import interrupted_by
-from lightning_hpo.tuning.slurm import slurm_parameters, worker_argv
+from lightning_hpo.tuning.slurm import (
+    STORAGE_ENV,
+    Worker,
+    launch,
+    slurm_parameters,
+    submit,
+    worker_argv,
+)
 
 RUN = {
     "project": "Slurm",
@@ -87,6 +94,123 @@ def test_interrupted_by_reads_a_childs_exit_status() -> None:
     assert interrupted_by(128 + signal.SIGUSR2) == signal.SIGUSR2
     assert interrupted_by(-signal.SIGKILL) == signal.SIGKILL
     assert interrupted_by(0) is None and interrupted_by(2) is None
+
+
+PASSWORD = "S3cretPw"
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An ``sbatch`` on the PATH that accepts any job and records the environment it was
+    given (what SLURM hands the jobs); returns that record's path."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "sbatch_env"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\nenv > {record}\necho 'Submitted batch job 4242'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    return record
+
+
+def record_argv(argv: list[str]) -> int:
+    """A stand-in for tune_main in a job: remembers what it was called with."""
+    record_argv.calls.append(argv)
+    return 0
+
+
+record_argv.calls = []
+
+
+def test_the_storage_password_reaches_the_jobs_only_through_their_environment(
+    tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import submitit
+
+    url = f"postgresql://alice:{PASSWORD}@dbhost/optuna"
+    argv = worker_argv(["--storage", url, "--launcher", "slurm", "--workers", "2"])
+    folder = tmp_path / "runs" / "slurm"
+    jobs = submit(Worker(record_argv, argv, str(tmp_path)), 2, [], folder, "lightning-hpo:s", url)
+    assert [j.job_id for j in jobs] == ["4242_0", "4242_1"]
+    # Nothing written for the jobs (pickles, submission script) holds the password ...
+    written = [p for p in folder.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if PASSWORD.encode() in p.read_bytes()]
+    # ... sbatch had it in its environment, and the launcher's own is as it was.
+    assert f"{STORAGE_ENV}={url}" in fake_sbatch.read_text().splitlines()
+    assert STORAGE_ENV not in os.environ
+    # A job reads it from its environment (and keeps it from the trials' processes).
+    worker = submitit.core.utils.DelayedSubmission.load(jobs[0].paths.submitted_pickle).function
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(STORAGE_ENV, url)
+    record_argv.calls.clear()
+    assert worker() == 0
+    assert record_argv.calls == [["--storage", url, "--worker"]]
+    assert STORAGE_ENV not in os.environ
+    # Without it (sbatch --export=NONE), the job says so on one line, without the password.
+    assert worker() == EXIT_BAD_INPUT and len(record_argv.calls) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --storage: postgresql://alice:***@dbhost/optuna: ")
+    assert f"{STORAGE_ENV} is missing" in line and PASSWORD not in line
+    # A URL without a secret is pickled as it is, and needs nothing from the environment.
+    plain = Worker(record_argv, ["--storage=postgresql://u@h/d"], str(tmp_path))
+    assert plain.secret is None and plain() == 0
+    assert record_argv.calls[-1] == ["--storage=postgresql://u@h/d", "--worker"]
+
+
+def test_an_sbatch_export_that_keeps_the_password_from_the_jobs_is_refused(
+    tmp_path: Path, fake_sbatch: Path
+) -> None:
+    url = f"postgresql://alice:{PASSWORD}@dbhost/optuna"
+    worker = Worker(record_argv, ["--storage", url], str(tmp_path))
+    for given in ("NONE", "HOME,PATH"):
+        with pytest.raises(ConfigError, match=f"--slurm export: {given}: keeps the storage URL"):
+            submit(worker, 1, [f"export={given}"], tmp_path / "slurm", "j", url)
+    assert not fake_sbatch.exists()
+    submit(worker, 1, [f"export=PATH,{STORAGE_ENV}"], tmp_path / "slurm", "j", url)
+    assert fake_sbatch.exists()
+
+
+def test_the_no_wait_hint_prints_a_report_command_that_works(
+    tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import json
+    import shlex
+    import warnings
+
+    from lightning_hpo.cli import report_main
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the report finds only the templates
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["val_acc"])
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 1.0},
+            distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+            value=0.9,
+        )
+    )
+    lines: list[str] = []
+    argv = ["--storage", url, "--launcher", "slurm", "--no-wait"]
+    folder = tmp_path / "out" / "S_Opt" / "s"
+    launch(record_argv, argv, 1, [], study, folder, url, wait=False, echo=lines.append)
+    [cmd] = [line.strip() for line in lines if "tune.py report" in line]
+    words = shlex.split(cmd)
+    assert words[:3] == ["python", "tune.py", "report"]
+    assert words[words.index("--output") + 1] == str(tmp_path / "out")
+    capsys.readouterr()
+    code = report_main([*words[3:], "--json", "--no-plots"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)  # the study's own metric and direction
+    assert (report["metric"], report["direction"]) == ("val_acc", "maximize")
+    # The hint's password stays hidden, and the hint says what stands in for it.
+    lines.clear()
+    secret = f"postgresql://alice:{PASSWORD}@dbhost/optuna"
+    launch(record_argv, ["--storage", secret], 1, [], study, folder, secret, False, lines.append)
+    text = "\n".join(lines)
+    assert "--storage 'postgresql://alice:***@dbhost/optuna' --study-name s" in text
+    assert PASSWORD not in text and "*** stands for the storage's password" in text
 
 
 # --------------------------------------------------------------------------- a real cluster
@@ -267,3 +391,22 @@ def test_a_job_killed_outright_leaves_no_trial_running(
     # Each one's parameters wait for the next run, which continues it.
     waiting = [t for t in now.values() if t.state == TrialState.WAITING]
     assert sorted(str(t.params) for t in waiting) == sorted(str(t.params) for t in running)
+
+
+@pytest.mark.slow
+def test_a_storage_password_is_never_written_into_the_slurm_folder(
+    tmp_path: Path, slurm, postgres_url: str
+) -> None:
+    # The test server trusts local connections, so any password is accepted.
+    url = postgres_url.replace("://postgres@", f"://postgres:{PASSWORD}@")
+    run_yaml, opt_yaml = configs(tmp_path, trials=2, epochs=2)
+    cmd = tune_args(run_yaml, opt_yaml, url, tmp_path / "runs")
+    proc = run([*cmd, "--launcher", "slurm", "--workers", "2"], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The jobs reached the study with the URL SLURM handed them ...
+    assert sum(t.state == TrialState.COMPLETE for t in trials(postgres_url)) == 2
+    # ... and no file they or the launcher wrote holds the password.
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".pkl" for p in written) and any(p.suffix == ".out" for p in written)
+    assert [p for p in written if PASSWORD.encode() in p.read_bytes()] == []
+    assert PASSWORD not in proc.stdout + proc.stderr

@@ -5,6 +5,8 @@ still running, and never creates a study, a storage file, or Optuna's tables in 
 database that lacks them (``lightning_hpo.storage.connect.open_study``). Its parts:
 
 - ``data``: what a report holds, as frozen dataclasses (``Report``);
+- ``stored``: what the study stores about itself (metric, ranges, pruner, project), which
+  the report describes it by;
 - ``numbers``: computing every number of the report (``build_report``);
 - ``text``: the report as text for a terminal (``format_text``);
 - ``plots``: PNG plots under ``<output>/<project>_Opt/reports/<study_name>/``

@@ -129,7 +129,10 @@ class Replay:
     would_prune: int
     false_prune_rate: float | None
     trials: list[ReplayedTrial]
-    stand_in_for: str | None = None  # the config's pruner, when a PFLPruner replayed for it
+    stand_in_for: str | None = None  # the study's pruner, when a PFLPruner replayed for it
+    # Whose pruner replayed: "config" (the optimize config given), "study" (the one the
+    # study stores), or None (the study stores none: PFLPruner's defaults).
+    pruner_from: str | None = None
 
 
 @dataclass(frozen=True)

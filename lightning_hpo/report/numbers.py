@@ -60,38 +60,57 @@ IMPORTANCE_EVALUATOR = "PED-ANOVA"
 # --------------------------------------------------------------------------- the numbers
 
 
-def build_report(study: optuna.Study, opt: OptimizeConfig, *, top_k: int = 10) -> Report:
-    """Every number of the report, from one snapshot of the study's trials."""
+def build_report(
+    study: optuna.Study,
+    opt: OptimizeConfig | None = None,
+    *,
+    top_k: int = 10,
+) -> Report:
+    """Every number of the report, from one snapshot of the study's trials, describing
+    the study as stored (``report.stored``). ``opt``, a config the caller checked against
+    the study (``check_compatible``), gives the pruner to replay instead of the stored one."""
     from optuna.trial import TrialState
+
+    from lightning_hpo.report.stored import replay_spec, stored_metric, stored_params
 
     trials = study.get_trials(deepcopy=False)
     ranked = ranked_complete(trials, study.direction)
     best = ranked[0] if ranked else None
     n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    metric, objective = stored_metric(study, opt)
+    pruner, source = replay_spec(study, opt)
     return Report(
         study=study.study_name,
-        metric=opt.metric,
-        objective=opt.objective,
+        metric=metric,
+        objective=objective,
         direction=study.direction.name.lower(),
         counts=state_counts(trials),
         best=trial_summary(best) if best else None,
         top_k=[trial_summary(t) for t in ranked[:top_k]],
         importances=param_importances(study, n_complete),
-        boundary_warnings=boundary_warnings(best, opt.params) if best else [],
+        boundary_warnings=boundary_warnings(best, stored_params(trials, best)) if best else [],
         audit=Audit(
             epochs=epoch_savings(trials),
             predictions=prediction_accuracy(ranked),
-            replay=_replay(ranked, top_k, opt, study.direction),
+            replay=_replay(ranked, top_k, pruner, source, study.direction),
         ),
     )
 
 
 def _replay(
-    ranked: Sequence[FrozenTrial], top_k: int, opt: OptimizeConfig, direction: Any
+    ranked: Sequence[FrozenTrial],
+    top_k: int,
+    spec: dict[str, Any] | None,
+    source: str | None,
+    direction: Any,
 ) -> Replay:
-    pruner, stand_in = replay_pruner(opt)
+    pruner, stand_in = replay_pruner(spec, strict=source == "config")
     replay = replay_top_k(ranked, top_k, pruner, direction)
-    return dataclasses.replace(replay, stand_in_for=opt.pruner["name"] if stand_in else None)
+    return dataclasses.replace(
+        replay,
+        stand_in_for=spec["name"] if stand_in and spec else None,
+        pruner_from=source,
+    )
 
 
 def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
@@ -334,18 +353,37 @@ def _error_stats(rows: Sequence[tuple[float, float, float | None]]) -> ErrorStat
     )
 
 
-def replay_pruner(opt: OptimizeConfig) -> tuple[PFLPruner, bool]:
-    """A new instance of the config's pruner when it is a PFLPruner, else a stand-in
-    PFLPruner built from whichever of the config's pruner kwargs it accepts (e.g.
-    n_startup_trials). The flag says whether it is a stand-in."""
-    from lightning_hpo.config.imports import accepted_kwargs
+def replay_pruner(spec: dict[str, Any] | None, strict: bool = True) -> tuple[PFLPruner, bool]:
+    """A new instance of the pruner ``spec`` (``{"name", "kwargs"}``, an optimize config's
+    ``pruner``) names when it is a PFLPruner, else a stand-in PFLPruner built from
+    whichever of its kwargs PFLPruner accepts (e.g. n_startup_trials). None: PFLPruner's
+    defaults. The flag says whether it is a stand-in. A name that does not import is a
+    ConfigError when ``strict``, else (a study's stored pruner of code not installed
+    here) gets a stand-in too."""
+    from lightning_hpo.config.imports import accepted_kwargs, resolve
+    from lightning_hpo.errors import ConfigError
     from lightning_hpo.pruners.pfl import PFLPruner
 
-    pruner = opt.make_pruner()
-    if isinstance(pruner, PFLPruner):
-        return pruner, False
+    if spec is None:
+        return PFLPruner(), False
+    kwargs = dict(spec.get("kwargs") or {})
+    try:
+        cls = resolve(spec["name"], "the study's pruner", "pruner.name")
+    except ConfigError:
+        if strict:
+            raise
+        cls = None
+    if isinstance(cls, type) and issubclass(cls, PFLPruner):
+        try:
+            return cls(**kwargs), False
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                "pruner.kwargs",
+                None,
+                f"{spec['name']} rejected its arguments: {exc}",
+                "fix pruner.kwargs in the optimize config",
+            ) from None
     accepted = accepted_kwargs(PFLPruner) or set()
-    kwargs = opt.pruner.get("kwargs") or {}
     return PFLPruner(**{k: v for k, v in kwargs.items() if k in accepted}), True
 
 

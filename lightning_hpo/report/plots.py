@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from lightning_hpo.config.optimize import OptimizeConfig
     from lightning_hpo.config.search_space import Param
     from lightning_hpo.report.data import Importances, Report
 
@@ -28,20 +27,22 @@ STATE_COLOURS = {
 }
 
 
-def write_plots(
-    study: optuna.Study, opt: OptimizeConfig, report: Report, folder: Path
-) -> dict[str, str]:
-    """Write the report's PNGs into ``folder``; return name -> path of those written."""
+def write_plots(study: optuna.Study, report: Report, folder: Path) -> dict[str, str]:
+    """Write the report's PNGs into ``folder``; return name -> path of those written. The
+    slice plot shows the parameters the trials searched, as stored (``report.stored``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, and no GUI toolkit to import
     import matplotlib.pyplot as plt
+
+    from lightning_hpo.report.stored import stored_params
 
     folder.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     metric = report.metric
     best = report.best.number if report.best else None
     importances = report.importances
+    params = stored_params(trials, None)
     written: dict[str, str] = {}
     plots: list[tuple[str, bool, Callable[[Path], None]]] = [
         ("history", bool(report.top_k), lambda path: plot_history(study, metric, path)),
@@ -51,7 +52,7 @@ def write_plots(
             lambda path: plot_curves(trials, metric, path, best=best),
         ),
         ("importances", bool(importances.params), lambda path: plot_importances(importances, path)),
-        ("slice", bool(report.top_k), lambda path: plot_slices(study, opt.params, metric, path)),
+        ("slice", bool(report.top_k), lambda path: plot_slices(study, params, metric, path)),
     ]
     for name, wanted, draw in plots:
         if not wanted:

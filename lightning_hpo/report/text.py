@@ -133,7 +133,10 @@ def _audit_lines(audit: Audit, metric: str) -> list[str]:
                     f"mean rel error {_pct(b.mean_rel_error)}"
                 )
     r = audit.replay
-    stand_in = f" (standing in for the config's {r.stand_in_for})" if r.stand_in_for else ""
+    whose = {"config": "the config's", "study": "the study's"}.get(r.pruner_from or "", "")
+    stand_in = f" (standing in for {whose} {r.stand_in_for})" if r.stand_in_for else ""
+    if r.pruner_from is None:
+        stand_in = " (the study stores no pruner: give --optimize-config to replay its own)"
     lines.append(
         f"  replay of the top {r.replayed} complete trial(s) through {r.pruner}{stand_in}: "
         f"would prune {r.would_prune} ({_pct(r.false_prune_rate)} false prunes)"

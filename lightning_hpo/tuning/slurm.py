@@ -16,10 +16,17 @@ job (SIGTERM) is requeued by SLURM itself: the launcher submits with ``--requeue
 The launching command waits and prints each finished trial, read from the storage,
 until no job of the array is left; Ctrl-C cancels the array. ``--no-wait`` returns after
 submitting, with the commands to watch and to cancel.
+
+Secrets. A storage URL with a password is never written into the slurm folder: submitit
+pickles the ``Worker`` (world-readable, beside the logs), so the worker holds the URL
+redacted and the jobs get the real one in their environment (``STORAGE_ENV``, which
+``sbatch`` exports from the submitting command's environment and SLURM keeps with the
+job, readable by its owner and the administrators only). A requeued job gets it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -27,12 +34,14 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_hpo.attrs import SLURM_JOB_ATTR
+from lightning_hpo.cli.common import EXIT_BAD_INPUT
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.connect import redact
 from lightning_hpo.training.provenance import slurm_job
@@ -40,6 +49,8 @@ from lightning_hpo.tuning.signals import ignore_further_signals, interrupted_by
 from lightning_hpo.tuning.workers import WORKER_FLAG, without_flags
 
 LAUNCHER_FLAGS = {"--launcher": True, "--slurm": True, "--no-wait": False, "--workers": True}
+STORAGE_FLAG = "--storage"
+STORAGE_ENV = "LIGHTNING_HPO_STORAGE"  # the storage URL, in the jobs' environment, never pickled
 EXTRA = "pip install 'lightning-hpo[slurm]'"
 REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit
 POLL_SECONDS = 2.0
@@ -133,19 +144,68 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return without_flags(argv, LAUNCHER_FLAGS)
 
 
+def storage_url(argv: Sequence[str]) -> str | None:
+    """The value of ``--storage`` in ``argv`` (the last one given), or None."""
+    url = None
+    for i, arg in enumerate(argv):
+        if arg == STORAGE_FLAG and i + 1 < len(argv):
+            url = argv[i + 1]
+        elif arg.startswith(STORAGE_FLAG + "="):
+            url = arg.partition("=")[2]
+    return url
+
+
+def with_storage(argv: Sequence[str], url: str) -> list[str]:
+    """``argv`` with every ``--storage`` value replaced by ``url``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == STORAGE_FLAG and i + 1 < len(out):
+            out[i + 1] = url
+        elif arg.startswith(STORAGE_FLAG + "="):
+            out[i] = f"{STORAGE_FLAG}={url}"
+    return out
+
+
 class Worker:
     """What each array task runs (pickled by submitit): the worker command ``main(argv +
     [--worker])`` (tune.py's main, pickled by name) in the job's own process, whose output
     is the job's log. Its signal handlers replace submitit's: SIGTERM and the time limit's
     warning (``REQUEUE_SIGNAL``) fail the running trial as interrupted. After the warning
-    the job requeues itself, and the requeued job continues that trial."""
+    the job requeues itself, and the requeued job continues that trial.
+
+    A storage URL with a password is kept redacted (``secret``: the redacted URL): the job
+    reads the real one from ``STORAGE_ENV`` (``submit`` puts it in sbatch's environment)."""
 
     def __init__(self, main: Callable[[list[str]], int], argv: Sequence[str], cwd: str):
-        self.main, self.argv, self.cwd = main, list(argv), cwd
+        url = storage_url(argv)
+        self.secret = redact(url) if url and redact(url) != url else None
+        self.main, self.cwd = main, cwd
+        self.argv = with_storage(argv, self.secret) if self.secret else list(argv)
+
+    def storage(self) -> str | None:
+        """The real storage URL, from the job's environment, when the argv holds it redacted."""
+        if self.secret is None:
+            return None
+        url = os.environ.pop(STORAGE_ENV, None)  # not passed on to the trials' processes
+        if url is None or redact(url) != self.secret:
+            raise ConfigError(
+                STORAGE_FLAG,
+                self.secret,
+                f"the storage URL did not reach this SLURM job ({STORAGE_ENV} is "
+                f"{'missing from' if url is None else 'another URL in'} its environment)",
+                f"submit with sbatch's default --export=ALL, or name {STORAGE_ENV} in --slurm export=...",
+            )
+        return url
 
     def __call__(self) -> int:
         os.chdir(self.cwd)
-        code = self.main([*self.argv, WORKER_FLAG])
+        try:
+            url = self.storage()
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_BAD_INPUT
+        argv = with_storage(self.argv, url) if url else self.argv
+        code = self.main([*argv, WORKER_FLAG])
         job = os.environ.get("SLURM_JOB_ID")
         if interrupted_by(code) == REQUEUE_SIGNAL and job:
             ignore_further_signals()  # the requeue stops this job with SIGTERM
@@ -154,15 +214,30 @@ class Worker:
         return code
 
 
-def submit(worker: Worker, workers: int, items: Sequence[str], folder: Path, job_name: str):
-    """Submit ``workers`` copies of ``worker`` as one job array; return its submitit jobs."""
+def submit(
+    worker: Worker,
+    workers: int,
+    items: Sequence[str],
+    folder: Path,
+    job_name: str,
+    storage: str | None = None,
+):
+    """Submit ``workers`` copies of ``worker`` as one job array; return its submitit jobs.
+    ``storage``: the real URL, which sbatch hands the jobs in ``STORAGE_ENV`` when the
+    worker holds it redacted."""
     import submitit
 
     executor = submitit.SlurmExecutor(folder=folder / "%j")
-    executor.update_parameters(**slurm_parameters(items, job_name))
+    params = slurm_parameters(items, job_name)
+    if worker.secret:
+        _check_export(params["additional_parameters"].get("export"))
+    executor.update_parameters(**params)
     jobs = []
     try:
-        with executor.batch():
+        with (
+            _environment(STORAGE_ENV, storage or None),
+            executor.batch(),
+        ):  # sbatch runs at the exit
             for _ in range(workers):
                 jobs.append(executor.submit(worker))
     except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
@@ -175,6 +250,43 @@ def submit(worker: Worker, workers: int, items: Sequence[str], folder: Path, job
             "fix the --slurm options",
         ) from None
     return jobs
+
+
+def _check_export(export: str | None) -> None:
+    """Refuse an sbatch ``--export`` (``--slurm export=...`` or ``SBATCH_EXPORT``) that
+    would keep the storage URL from the jobs."""
+    for source, value in (
+        ("--slurm export", export),
+        ("SBATCH_EXPORT", os.environ.get("SBATCH_EXPORT")),
+    ):
+        names = [v.strip() for v in (value or "ALL").split(",")]
+        if "ALL" not in names and STORAGE_ENV not in names:
+            raise ConfigError(
+                source,
+                value,
+                f"keeps the storage URL from the jobs: they read it from {STORAGE_ENV} (it is "
+                "never written into the job files, as it holds a password)",
+                f"add {STORAGE_ENV} to it, e.g. --slurm export={value},{STORAGE_ENV}"
+                if "NONE" not in names
+                else f"use --slurm export={STORAGE_ENV} instead of NONE",
+            )
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """``name=value`` in this process's environment (which sbatch passes on) for the block."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def queued(array: str) -> list[str]:
@@ -277,6 +389,17 @@ def worker_failures(jobs: Sequence[Any]) -> list[str]:
     return lines
 
 
+def report_command(storage: str, study_name: str, output: Path) -> str:
+    """The ``tune.py report`` command for this study: it describes the study as stored, so
+    the storage and the study's name are enough (``--output`` puts the plots beside the
+    runs when they are not under ``runs/``)."""
+    cmd = f"python tune.py report --storage {shlex.quote(redact(storage))} "
+    cmd += f"--study-name {shlex.quote(study_name)}"
+    if output != Path("runs"):
+        cmd += f" --output {shlex.quote(str(output))}"
+    return cmd
+
+
 def launch(
     main: Callable[[list[str]], int],
     argv: Sequence[str],
@@ -297,18 +420,20 @@ def launch(
     """
     slurm_folder = folder / "slurm"
     worker = Worker(main, worker_argv(argv), os.getcwd())
-    jobs = submit(worker, workers, items, slurm_folder, f"lightning-hpo:{study.study_name}")
+    name = f"lightning-hpo:{study.study_name}"
+    jobs = submit(worker, workers, items, slurm_folder, name, storage_url(argv) or storage)
     array = str(jobs[0].job_id).split("_")[0]
     echo(f"Submitted SLURM job array {array}: {workers} worker(s) on study {study.study_name!r}")
     if not wait:
         echo("Watch:")
         for cmd in (
             f"squeue -j {array}",
-            f"python tune.py report --storage {shlex.quote(redact(storage))} "
-            f"--study-name {shlex.quote(study.study_name)}",
+            report_command(storage, study.study_name, folder.parent.parent),
             f"tail -f {slurm_folder}/{array}_*/{array}_*_log.out",
         ):
             echo(f"  {cmd}")
+        if redact(storage) != storage:
+            echo("  (*** stands for the storage's password, which is never printed)")
         echo(f"Cancel: scancel {array}")
         return jobs, False
     echo(f"Logs: {slurm_folder}/{array}_<task>/ (Ctrl-C cancels the jobs)")

@@ -21,6 +21,7 @@ from lightning_hpo.attrs import (
     FAIL_REASON,
     INTERRUPTED,
     PROVENANCE,
+    PRUNER_ATTR,
     RETRIED_FROM,
     STALE,
     STUDY_UID,
@@ -94,7 +95,7 @@ def create_or_load_study(run: RunConfig, opt: OptimizeConfig, options: TuneOptio
         study = optuna.load_study(
             study_name=opt.study_name, storage=storage, pruner=opt.make_pruner()
         )
-        _check_compatible(study, opt)
+        check_compatible(study, opt)
     except KeyError:
         try:
             study = optuna.create_study(
@@ -110,9 +111,11 @@ def create_or_load_study(run: RunConfig, opt: OptimizeConfig, options: TuneOptio
             study = optuna.load_study(
                 study_name=opt.study_name, storage=storage, pruner=opt.make_pruner()
             )
-            _check_compatible(study, opt)
+            check_compatible(study, opt)
     if study_uid(study) is None:
         _label(study, opt, wait=2.0)
+    if study.user_attrs.get(PRUNER_ATTR) != opt.pruner:  # what `tune.py report` replays
+        study.set_user_attr(PRUNER_ATTR, opt.pruner)
     study.sampler = (
         TrialSeededSampler(opt.make_sampler) if opt.seed_per_trial() else opt.make_sampler()
     )
@@ -139,11 +142,16 @@ def _label(study: optuna.Study, opt: OptimizeConfig, wait: float = 0.0) -> None:
             study.set_metric_names([opt.value_name()])
 
 
-def _check_compatible(study: optuna.Study, opt: OptimizeConfig) -> None:
+def check_compatible(study: optuna.Study, opt: OptimizeConfig, fix: str | None = None) -> None:
     """A rerun under a study's name is the same study: the same metric, direction and
-    search space. Anything else is refused before a trial runs, naming what changed."""
+    search space. Anything else is refused before a trial runs, naming what changed.
+    ``fix``: how to fix it, with ``{}`` for what to keep (default: keep it, or start a
+    new study)."""
     where = f"study {opt.study_name!r}"
-    fix = f"keep {{}}, or start a new study under another name (study_name, or --study-name {opt.study_name}-2)"
+    fix = fix or (
+        f"keep {{}}, or start a new study under another name (study_name, or --study-name "
+        f"{opt.study_name}-2)"
+    )
     stored = study.direction.name.lower()
     if stored != opt.direction:
         raise ConfigError(
@@ -305,10 +313,11 @@ def folder_name(study_name: str) -> str:
     return re.sub(r"[^\w.\-+=]", "-", study_name)
 
 
-def report_folder(run: RunConfig, opt: OptimizeConfig, output: str | Path) -> Path:
-    """Where ``tune.py report`` puts a study's plots: ``runs/<project>_Opt/reports/<study_name>``,
-    beside the trial folders, so a report never writes into a folder a study owns."""
-    return Path(output) / study_project(run) / "reports" / folder_name(opt.study_name)
+def report_folder(project_folder: str, study_name: str, output: str | Path) -> Path:
+    """Where ``tune.py report`` puts a study's plots: ``runs/<project>_Opt/reports/<study_name>``
+    (``project_folder``: ``<project>_Opt``), beside the trial folders, so a report never
+    writes into a folder a study owns."""
+    return Path(output) / project_folder / "reports" / folder_name(study_name)
 
 
 def _claim(folder: Path, uid: str) -> bool:
