@@ -20,6 +20,7 @@ from lightning_hpo.config.class_paths import CALLBACKS, LOGGERS, check_classes, 
 from lightning_hpo.config.imports import check_kwargs, resolve
 from lightning_hpo.config.lightning_args import (
     check_device,
+    check_not_zero,
     check_owned,
     check_strategy,
     check_trainer_config,
@@ -313,6 +314,7 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
             "every optimizer step, e.g. OneCycleLR or a warm-up)",
         )
     check_owned(values.get("trainer_config", {}), source)
+    check_not_zero(values.get("trainer_config", {}), source)
     cfg = RunConfig(**values)
     cfg._given = frozenset(values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
