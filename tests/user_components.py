@@ -329,6 +329,15 @@ class CountingData(LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
+class TrainerReadingData(CountingData):
+    """Reads its Trainer in ``setup``, as DDP-aware DataModules do; Lightning attaches one
+    there (``self.trainer`` is None outside ``Trainer.fit``)."""
+
+    def setup(self, stage: str):
+        self.world_size = self.trainer.world_size
+        super().setup(stage)
+
+
 class NetOnlyModule(pl.LightningModule):
     """Takes the run's network but not its loss or optimizer: neither contract."""
 
