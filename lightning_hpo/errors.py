@@ -1,4 +1,5 @@
-"""The one error type users see: a config problem, reported on one line."""
+"""The error types users see, each reported on one line: a config problem (``ConfigError``,
+exit status 2) and a run that trained but recorded nothing (``RunFailed``, exit status 1)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,15 @@ class ConfigError(Exception):
     def with_source(self, source: str) -> ConfigError:
         """The same error, attributed to another file."""
         return ConfigError(source, self.key, self.problem, self.fix)
+
+
+class RunFailed(Exception):
+    """A run that ended without recording its monitored metric once, reported as
+    ``<run folder>: <problem>; <fix>``. Its seeds get no result.json (``--resume`` trains them
+    again rather than reading them as finished); the command line prints it on one line and
+    exits with status 1, and a study's trial fails with it as the reason.
+    """
+
+    def __init__(self, source: str, problem: str, fix: str):
+        self.source, self.problem, self.fix = source, problem, fix
+        super().__init__(f"{source}: {problem}; {fix}")

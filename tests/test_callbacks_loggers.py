@@ -159,3 +159,45 @@ def test_a_loggers_own_save_dir_keeps_one_run_per_seed_under_it(
         metrics = csv_dir / group / str(r.seed) / "metrics.csv"
         assert _csv_column(metrics, "val_loss") == pytest.approx(r.history)
         assert not (r.run_dir / "metrics.csv").exists()
+
+
+def test_a_logger_subclass_without_version_gets_only_what_it_takes_one_run_per_seed(
+    small_config, user_components, tmp_path: Path
+) -> None:
+    # Its constructor takes save_dir and name only: version and default_hp_metric are not
+    # passed, and each seed's run goes under the seed's own folder, in the logger's name.
+    team = {"class_path": "user_components.TeamTensorBoard"}
+    result = train(small_config(seeds=[1, 2], loggers=[team]), tmp_path)
+    for r in result.results:
+        assert len(r.history) == 2
+        assert list((r.run_dir / "team" / "version_0").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "Test").rglob("mean/team/version_0/events.out.tfevents.*"))
+
+
+def test_a_logger_that_cannot_be_built_is_refused_at_load_naming_its_class_path(
+    small_config, user_components
+) -> None:
+    clash = {"class_path": "user_components.SelfPlacedTensorBoard"}
+    with pytest.raises(ConfigError) as error:
+        small_config(loggers=[clash])
+    assert error.value.source == "<small config>"
+    assert error.value.key == "loggers[0].class_path"
+    assert "SelfPlacedTensorBoard could not be built" in error.value.problem
+    assert "multiple values for keyword argument 'save_dir'" in error.value.problem
+    assert "init_args" not in error.value.key
+
+
+def test_train_py_refuses_a_logger_that_cannot_be_built_before_writing_anything(
+    write_config, user_components, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from lightning_hpo.cli import EXIT_BAD_INPUT, train_main
+
+    path = write_config(loggers=[{"class_path": "user_components.SelfPlacedTensorBoard"}])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert train_main(["--config", str(path), "--output", str(cwd / "runs")]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"error: {path}: loggers[0].class_path: SelfPlacedTensorBoard could not")
+    assert captured.out == "" and list(cwd.iterdir()) == []

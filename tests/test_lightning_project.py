@@ -207,6 +207,27 @@ def test_a_datamodule_is_built_and_prepared_once_per_run_before_any_setup(
     assert counting.events == ["init", "prepare_data"] + ["setup:fit"] * 4
 
 
+def test_a_datamodule_whose_setup_reads_the_trainer_passes_preflight_and_trains(
+    counting, tmp_path: Path
+) -> None:
+    # The module builds its own parts: only the preflight's data check sets it up outside fit.
+    cfg = demo_run(data="user_components.TrainerReadingData", seeds=[1])
+    assert "data" in [c.name for c in preflight_run(cfg, "<demo run>").checks]
+    (r,) = train(cfg, tmp_path).results
+    assert len(r.history) == cfg.epochs
+
+
+def test_a_datamodule_whose_setup_reads_the_trainer_sizes_the_built_in_network(
+    counting, small_config, tmp_path: Path
+) -> None:
+    # The built-in module: the first batch, read before fit, sizes the network.
+    cfg = small_config(data="user_components.TrainerReadingData", data_config={"pairs": True})
+    preflight_run(cfg, "<small config>")
+    (r,) = train(cfg, tmp_path).results
+    assert len(r.history) == cfg.epochs
+    assert counting.events.count("setup:fit") == 3 + 2  # preflight: 2 probes, 1 fit; run: 1, 1
+
+
 @pytest.mark.slow
 def test_under_ddp_spawn_data_is_prepared_once_and_set_up_on_every_rank(
     counting, tmp_path: Path

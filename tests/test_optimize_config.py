@@ -394,6 +394,26 @@ def test_any_sampler_and_pruner_by_import_path() -> None:
     assert (pruner.patience, pruner.label) == (4, "mine")
 
 
+def median_pruner_factory(n_startup_trials: int = 1):
+    """A factory function named as the sampler: it returns a pruner."""
+    return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials)
+
+
+def test_a_factory_that_returns_the_wrong_kind_is_refused_naming_the_key() -> None:
+    space = {"optimizer_config": {"lr": {"type": "float", "min": 1e-4, "max": 1e-2, "log": True}}}
+    with pytest.raises(ConfigError) as err:
+        opt_from(
+            small_run(), sampler={"name": f"{__name__}.median_pruner_factory"}, search_space=space
+        )
+    assert err.value.key == "sampler.name"
+    assert "is a pruner, not a sampler" in err.value.problem
+    # The same factory as the pruner is fine.
+    opt = opt_from(
+        small_run(), pruner={"name": f"{__name__}.median_pruner_factory"}, search_space=space
+    )
+    assert isinstance(opt.make_pruner(), optuna.pruners.MedianPruner)
+
+
 def test_pruner_null_means_no_pruning() -> None:
     opt = opt_from(
         small_run(),

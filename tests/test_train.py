@@ -30,10 +30,16 @@ from lightning_hpo.builtin.data import (
 )
 from lightning_hpo.builtin.mlp import MLP
 from lightning_hpo.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, train_main
+from lightning_hpo.cli.common import EXIT_RUN_FAILED
 from lightning_hpo.config.run import load_run_config
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.training.components import build_module
-from lightning_hpo.training.results import RESULT_FILE
+from lightning_hpo.training.results import (
+    RESULT_FILE,
+    SeedResult,
+    TrainResult,
+    load_result,
+)
 from lightning_hpo.training.runs import FitOptions, fit_seed, seed_dirs, train
 
 pytestmark = pytest.mark.usefixtures("quiet")
@@ -455,6 +461,49 @@ def test_train_refuses_an_existing_run_folder(small_config, tmp_path) -> None:
         train(cfg, tmp_path)
     assert info.value.source == str(existing)
     assert not seed_dirs(cfg, tmp_path)[0].exists()  # refused before the first seed trained
+
+
+@pytest.mark.parametrize("fuse_seeds", [True, False])
+def test_a_run_that_never_validated_fails_on_one_line_and_records_no_result(
+    fuse_seeds, write_config, tmp_path, capsys
+) -> None:
+    # Validation every 5th epoch of a 2-epoch run: no epoch records val_loss.
+    path = write_config(
+        seeds=[1, 2], fuse_seeds=fuse_seeds, trainer_config={"check_val_every_n_epoch": 5}
+    )
+    output = tmp_path / "runs"
+    argv = ["--config", str(path), "--output", str(output)]
+    assert train_main(argv) == EXIT_RUN_FAILED
+    captured = capsys.readouterr()
+    dirs = seed_dirs(load_run_config(path), output)
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"error: {dirs[0]}: val_loss was recorded in none of the 2 epoch(s)")
+    assert "check_val_every_n_epoch" in line and "Traceback" not in captured.err
+    assert "final val_loss over" not in captured.out
+    assert not any((d / RESULT_FILE).exists() for d in dirs)
+    # --resume does not read the run as finished: it fails the same way.
+    assert train_main([*argv, "--resume"]) == EXIT_RUN_FAILED
+    assert "was recorded in none" in capsys.readouterr().err
+    assert not any((d / RESULT_FILE).exists() for d in dirs)
+
+
+def test_a_result_file_without_history_is_not_a_finished_seed(tmp_path) -> None:
+    # As earlier versions wrote them for a run that never validated.
+    (tmp_path / RESULT_FILE).write_text(
+        json.dumps({"seed": 1, "history": [], "mode": "min", "seconds": 0.5, "together": 2})
+    )
+    assert load_result(tmp_path) is None
+    SeedResult(1, tmp_path, [0.5, 0.25]).save()
+    assert load_result(tmp_path).history == [0.5, 0.25]
+
+
+def test_the_spread_over_seeds_with_a_diverged_seed_is_nan() -> None:
+    # statistics.stdev raises on nan: train.py's last line must still print.
+    result = TrainResult(
+        [SeedResult(1, Path("a"), [0.5, math.nan]), SeedResult(2, Path("b"), [0.4])]
+    )
+    assert math.isnan(result.mean) and math.isnan(result.std)
+    assert TrainResult([SeedResult(1, Path("a"), [0.5]), SeedResult(2, Path("b"), [0.25])]).std > 0
 
 
 # --------------------------------------------------------------------------- resume

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.demos.boring_classes import BoringModel, DemoModel, RandomDataset
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -328,9 +329,32 @@ class CountingData(LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
+class TrainerReadingData(CountingData):
+    """Reads its Trainer in ``setup``, as DDP-aware DataModules do; Lightning attaches one
+    there (``self.trainer`` is None outside ``Trainer.fit``)."""
+
+    def setup(self, stage: str):
+        self.world_size = self.trainer.world_size
+        super().setup(stage)
+
+
 class NetOnlyModule(pl.LightningModule):
     """Takes the run's network but not its loss or optimizer: neither contract."""
 
     def __init__(self, net: nn.Module | None = None):
         super().__init__()
         self.net = net
+
+
+class TeamTensorBoard(TensorBoardLogger):
+    """A team's TensorBoard logger with its own layout: no ``version``/``default_hp_metric``."""
+
+    def __init__(self, save_dir: str = "tb", name: str = "team"):
+        super().__init__(save_dir=save_dir, name=name)
+
+
+class SelfPlacedTensorBoard(TensorBoardLogger):
+    """Sets its own save_dir and passes everything else on: lightning-hpo's save_dir clashes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(save_dir="tb", **kwargs)

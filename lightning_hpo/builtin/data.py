@@ -303,9 +303,13 @@ def build_datamodule(
 
 
 def feature_sizes(dm: pl.LightningDataModule) -> tuple[int, int]:
-    """(in_features, out_features) from the first training batch; for integer class
-    targets held in memory, the number of classes from all of them (one batch may miss a class)."""
-    dm.setup("fit")
+    """(in_features, out_features) from the first training batch of ``dm``, set up for
+    ``fit`` with a throwaway Trainer attached (``training.prepared.setup_outside_fit``); for
+    integer class targets held in memory, the number of classes from all of them (one batch
+    may miss a class)."""
+    from lightning_hpo.training.prepared import setup_outside_fit
+
+    setup_outside_fit(dm)
     x, y = next(iter(dm.train_dataloader()))[:2]
     if y.ndim > 1:
         return x.shape[-1], y.shape[-1]

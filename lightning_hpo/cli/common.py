@@ -7,13 +7,16 @@ import sys
 from collections.abc import Callable
 
 from lightning_hpo import __version__
-from lightning_hpo.errors import ConfigError
+from lightning_hpo.errors import ConfigError, RunFailed
 
 # Exit statuses (README, "Exit statuses").
 EXIT_NO_TRIAL_COMPLETED = 1
 
 
 EXIT_BAD_INPUT = 2
+
+
+EXIT_RUN_FAILED = 1  # train.py: a run recorded nothing (errors.RunFailed)
 
 
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
@@ -30,7 +33,8 @@ def interrupted_status() -> int:
 
 
 def run_command(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run ``main(args)``; a ConfigError becomes one line on stderr and exit status 2."""
+    """Run ``main(args)``; a ConfigError becomes one line on stderr and exit status 2, a
+    RunFailed one line and exit status 1."""
     try:
         return main(args) or 0
     except ConfigError as exc:
@@ -38,6 +42,11 @@ def run_command(main: Callable[[argparse.Namespace], int | None], args: argparse
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return interrupted_status()

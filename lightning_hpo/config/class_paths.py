@@ -4,7 +4,8 @@
 ``check_entries`` checks their shape when the file loads (no import); ``check_classes``, at
 build time, that each import path names a Lightning ``Callback`` or ``Logger`` and that its
 ``init_args`` fit the constructor (names, required ones, plain types; a callback is also
-built once, a logger's package checked).
+built once, a logger's package checked and, unless it reaches a store or a service, the
+logger built once in a throwaway folder).
 A logger's ``save_dir`` and its run names default to the seed's run folder
 (``logger_defaults``), so every seed (and a fused run's mean) is its own run in each logger.
 """
@@ -14,12 +15,13 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+import tempfile
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_hpo.config.imports import check_kwargs, resolve
+from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
 from lightning_hpo.config.validation import fits_annotation
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.connect import redact
@@ -44,6 +46,9 @@ OWNED_CALLBACKS = {
 
 # The packages a logger needs beyond Lightning, and this package's extra that installs them.
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+# Lightning's loggers (those of its version that has them) a config check does not build:
+# they may open a store or reach a service.
+SERVICE_LOGGERS = ("MLFlowLogger", "WandbLogger", "CometLogger", "NeptuneLogger", "LitLogger")
 MLFLOW_STORE, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"  # in the run's (group's) folder
 
 
@@ -107,16 +112,32 @@ def logger_defaults(
     ``<group>/<seed>``, artifacts in ``<group>/mlartifacts``): one store per run, as creating
     one costs seconds, and the file store is deprecated. Any other logger gets its
     ``save_dir`` (when it takes one) there.
+
+    Only the defaults ``cls``'s constructor accepts are given: a subclass with a constructor
+    of its own keeps its own values for the rest. A TensorBoard or CSV subclass that takes
+    no ``version`` gets the seed's folder as its ``save_dir`` (its runs go under it).
     """
+    accepted = accepted_kwargs(cls)  # None: it takes **kwargs
+    defaults = _logger_defaults(cls, run_dir, project, given, accepted)
+    return {k: v for k, v in defaults.items() if accepted is None or k in accepted}
+
+
+def _logger_defaults(
+    cls: type, run_dir: Path, project: str, given: Mapping[str, Any], accepted: set[str] | None
+) -> dict[str, Any]:
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     run = f"{run_dir.parent.name}/{run_dir.name}"
     if issubclass(cls, (TensorBoardLogger, CSVLogger)):
-        folder = {
-            "save_dir": str(run_dir.parent.parent),
-            "name": run_dir.parent.name,
-            "version": run_dir.name,
-        }
+        folder = (
+            {
+                "save_dir": str(run_dir.parent.parent),
+                "name": run_dir.parent.name,
+                "version": run_dir.name,
+            }
+            if accepted is None or "version" in accepted
+            else {"save_dir": str(run_dir)}
+        )
         return folder | ({"default_hp_metric": False} if issubclass(cls, TensorBoardLogger) else {})
     if issubclass(cls, MLFlowLogger):
         names = {"experiment_name": project, "run_name": run}
@@ -130,6 +151,14 @@ def logger_defaults(
     if issubclass(cls, WandbLogger):
         return {"save_dir": str(run_dir), "project": project, "name": run}
     return {"save_dir": str(run_dir)} if "save_dir" in inspect.signature(cls).parameters else {}
+
+
+def reaches_service(cls: type) -> bool:
+    """Whether logger ``cls`` is one of Lightning's ``SERVICE_LOGGERS`` (or a subclass)."""
+    import lightning.pytorch.loggers as loggers
+
+    found = (getattr(loggers, name, None) for name in SERVICE_LOGGERS)
+    return issubclass(cls, tuple(c for c in found if isinstance(c, type)))
 
 
 def needed_package(cls: type) -> str | None:
@@ -158,11 +187,21 @@ def make(
         ) from None
     except Exception as exc:  # noqa: BLE001 - the constructor's own message says what is wrong
         first = redact((str(exc).strip().splitlines() or [exc.__class__.__name__])[0])
+        ours = sorted(set(defaults) - set(init_args))
+        if any(name in first for name in init_args) or not ours:
+            raise ConfigError(
+                source,
+                f"{where}.{INIT_ARGS}",
+                f"{cls.__qualname__} rejected {redacted(init_args)}: {first}",
+                f"fix {where}.{INIT_ARGS}",
+            ) from None
+        # Not the user's init_args: the constructor, given what lightning-hpo passes it.
         raise ConfigError(
             source,
-            f"{where}.{INIT_ARGS}",
-            f"{cls.__qualname__} rejected {redacted(init_args)}: {first}",
-            f"fix {where}.{INIT_ARGS}",
+            f"{where}.{CLASS_PATH}",
+            f"{cls.__qualname__} could not be built (init_args {redacted(init_args)}, and "
+            f"lightning-hpo's {', '.join(ours)}): {first}",
+            f"fix {cls.__qualname__}'s constructor or {where}.{INIT_ARGS}",
         ) from None
 
 
@@ -206,8 +245,9 @@ def check_classes(name: str, entries: list[dict[str, Any]], project: str, source
             _check_types(cls, init_args, source, where)
             make(cls, init_args, {}, source, where)
             continue
-        # A logger is not built here: it may open its store (MLflow's takes seconds) or a
-        # service. Its names, types and package are checked instead.
+        # Its names, types and package are checked; then it is built as a run would build it,
+        # in a throwaway folder, unless it may open a store (MLflow's takes seconds) or a
+        # service (``SERVICE_LOGGERS``).
         defaults = logger_defaults(cls, Path("group") / "0", project, init_args)
         check_kwargs(cls, init_args, source, f"{where}.{INIT_ARGS}", skip=tuple(defaults))
         _check_types(cls, init_args, source, where)
@@ -219,6 +259,12 @@ def check_classes(name: str, entries: list[dict[str, Any]], project: str, source
                 f"{path} needs {package}, which is not installed",
                 f"pip install 'lightning-hpo[{EXTRAS[package]}]'",
             )
+        if not reaches_service(cls):
+            with tempfile.TemporaryDirectory() as tmp:
+                run_dir = Path(tmp) / project / "group" / "0"
+                make(
+                    cls, init_args, logger_defaults(cls, run_dir, project, init_args), source, where
+                )
 
 
 def redacted(init_args: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,15 @@ _AT_LEAST = {
 }
 
 
+# Trainer keywords whose 0 turns off what every epoch records: the Trainer takes it, and the
+# preflight's one-batch run (fast_dev_run) overrides it, so only this check catches it.
+NOT_ZERO: dict[str, str] = {
+    "limit_train_batches": "0 trains no batch, so the run would record nothing",
+    "limit_val_batches": "0 skips validation, so no epoch would record the monitored metric "
+    "(curves, checkpoints and the pruner read it)",
+}
+
+
 def _trainer():
     import lightning.pytorch as pl
 
@@ -87,6 +96,20 @@ def check_owned(options: dict[str, Any], source: str) -> None:
         if key in OWNED:
             raise ConfigError(
                 source, f"{KEY}.{key}", "is set by lightning-hpo, not trainer_config", OWNED[key]
+            )
+
+
+def check_not_zero(options: dict[str, Any], source: str) -> None:
+    """Refuse a 0 that turns off what every epoch records (``NOT_ZERO``). Needs no import, so
+    a searched range that reaches 0 is refused with the optimize config."""
+    for key, why in NOT_ZERO.items():
+        value = options.get(key)
+        if value is not None and value == 0 and not isinstance(value, bool):
+            raise ConfigError(
+                source,
+                f"{KEY}.{key}",
+                f"must not be 0: {why}",
+                f"remove {KEY}.{key}, or give a number of batches >= 1 or a fraction in (0, 1]",
             )
 
 
@@ -152,6 +175,7 @@ def check_trainer_config(
     from lightning_hpo.config.imports import check_kwargs
 
     check_owned(options, source)
+    check_not_zero(options, source)
     if not options:
         return
     trainer_cls = _trainer()

@@ -23,6 +23,11 @@ from lightning_hpo.errors import ConfigError
 from lightning_hpo.metrics import metric_name_problem
 
 DIRECTIONS = ("minimize", "maximize")
+# What each part must be: its base class, and an example to write instead.
+COMPONENT_BASES = {
+    "sampler": ("optuna.samplers.BaseSampler", "optuna.samplers.TPESampler"),
+    "pruner": ("optuna.pruners.BasePruner", "optuna.pruners.MedianPruner"),
+}
 OBJECTIVES = {
     "last": "the metric at the final epoch",
     "best": "the metric at its best epoch, in the study's direction (what best.ckpt holds)",
@@ -245,6 +250,8 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
     for part in ("sampler", "pruner"):
         spec = getattr(cfg, part)
         obj = cfg.component(part, source)
+        if isinstance(obj, type):
+            check_component_kind(part, obj, spec["name"], source)
         check_kwargs(
             obj,
             spec["kwargs"],
@@ -262,7 +269,7 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
             check_module_config(target, [p.key], source, "search_space.module_config")
     for part, make in (("sampler", cfg.make_sampler), ("pruner", cfg.make_pruner)):
         try:
-            make()
+            built = make()
         except Exception as exc:  # noqa: BLE001 - the constructor's own message says what is wrong
             named = [k for k in cfg.__dict__[part]["kwargs"] if k in str(exc)]
             key = f"{part}.kwargs" + (f".{named[0]}" if named else "")
@@ -272,6 +279,8 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
                 f"{cfg.__dict__[part]['name']} rejected its arguments: {exc}",
                 f"fix {key}",
             ) from None
+        # A factory function rather than a class: what it returns must be of the right kind.
+        check_component_kind(part, type(built), cfg.__dict__[part]["name"], source)
     if cfg.component("sampler").__name__ == "GridSampler":
         for p in cfg.params:
             if p.type == "float" and p.step is None and "search_space" not in cfg.sampler["kwargs"]:
@@ -281,6 +290,28 @@ def check_optimize_components(cfg: OptimizeConfig, run: RunConfig, source: str) 
                     "GridSampler needs a finite grid, but this float has no step",
                     "add a step, or use type: categorical",
                 )
+
+
+def check_component_kind(part: str, cls: type, name: str, source: str) -> None:
+    """Raise ConfigError unless ``cls`` is an Optuna sampler (``part`` sampler) or pruner: a
+    pruner given as the sampler would fail once the study exists, a sampler given as the
+    pruner every trial."""
+    base_path, example = COMPONENT_BASES[part]
+    base = resolve(base_path, source, f"{part}.name")
+    if issubclass(cls, base):
+        return
+    other = next(p for p in COMPONENT_BASES if p != part)
+    kind = (
+        f"a {other}, not a {part}"
+        if issubclass(cls, resolve(COMPONENT_BASES[other][0], source, f"{part}.name"))
+        else f"not a {part}"
+    )
+    raise ConfigError(
+        source,
+        f"{part}.name",
+        f"{name} is {kind} (expected a subclass of {base_path})",
+        f"name an Optuna {part}, e.g. {part}: {{name: {example}}}",
+    )
 
 
 def load_optimize_config(

@@ -20,6 +20,7 @@ from lightning_hpo.config.class_paths import CALLBACKS, LOGGERS, check_classes, 
 from lightning_hpo.config.imports import check_kwargs, resolve
 from lightning_hpo.config.lightning_args import (
     check_device,
+    check_not_zero,
     check_owned,
     check_strategy,
     check_trainer_config,
@@ -41,6 +42,8 @@ _EARLY_STOPPING = {"enabled": False, "patience": 10, "min_delta": 0.0}
 _CHECKPOINT = {"save_best": True, "save_last": True}
 _KIND = {bool: "true or false", int: "an integer", float: "a number"}
 IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data", "module")
+# The seeds numpy (and so Lightning's seed_everything) accepts: 0 to 2**32 - 1.
+SEED_RANGE = (0, 2**32 - 1)
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
 
 
@@ -178,7 +181,7 @@ def _field_names() -> list[str]:
 
 def _expected(name: str) -> str:
     kinds = {
-        "seeds": "a list of distinct integers",
+        "seeds": f"a list of distinct integers from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
         "epochs": "a positive integer",
         "batch_size": "a positive integer",
         "devices": 'a positive integer or "auto"',
@@ -221,6 +224,12 @@ def _check_value(name: str, value: Any, source: str) -> Any:
             raise bad()
         if not value:
             raise bad("is empty", "list at least one seed, e.g. [42]")
+        outside = [s for s in value if not SEED_RANGE[0] <= s <= SEED_RANGE[1]]
+        if outside:
+            raise bad(
+                f"seed {outside[0]} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} (numpy's range)",
+                f"use seeds from {SEED_RANGE[0]} to {SEED_RANGE[1]}, e.g. [42]",
+            )
         dupes = sorted({s for s in value if value.count(s) > 1})
         if dupes:
             raise bad(f"duplicate seed(s) {dupes}", "list each seed once")
@@ -305,6 +314,7 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
             "every optimizer step, e.g. OneCycleLR or a warm-up)",
         )
     check_owned(values.get("trainer_config", {}), source)
+    check_not_zero(values.get("trainer_config", {}), source)
     cfg = RunConfig(**values)
     cfg._given = frozenset(values)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:

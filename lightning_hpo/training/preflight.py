@@ -126,10 +126,11 @@ def _is_pair(batch: Any) -> bool:
 def _serve(cfg: RunConfig, seed: int):
     """``probe(data_config)``: the DataModule and its first training and validation batch."""
     from lightning_hpo.training.components import build_data
+    from lightning_hpo.training.prepared import setup_outside_fit
 
     def serve(data_config: dict[str, Any]):
         dm = build_data(cfg.replace(data_config=data_config), seed)
-        dm.setup("fit")
+        setup_outside_fit(dm)
         return dm, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
 
     return serve

@@ -1,5 +1,6 @@
 """A run's DataModule by the Lightning contract: ``prepare_data()`` once per machine, before
-any ``setup()``.
+any ``setup()``; and ``setup()`` with a Trainer attached, also where lightning-hpo calls it
+itself before training (``setup_outside_fit``).
 
 A run builds its DataModule once and trains every seed on it, so Lightning, which calls
 ``prepare_data`` at the start of every ``Trainer.fit`` (on local rank 0), would call it once
@@ -29,3 +30,31 @@ def prepare(dm: pl.LightningDataModule) -> pl.LightningDataModule:
 
 def is_prepared(dm: pl.LightningDataModule) -> bool:
     return vars(dm).get("prepare_data") is _already_prepared
+
+
+def setup_outside_fit(dm: pl.LightningDataModule, stage: str = "fit") -> None:
+    """``dm.setup(stage)`` where lightning-hpo reads batches before any ``Trainer.fit`` (the
+    preflight's data check, the first batch that sizes the built-in module's network).
+
+    Inside ``fit`` Lightning attaches its Trainer as ``dm.trainer``; here a throwaway
+    single-device CPU Trainer stands in for it meanwhile (it sets no torch flag and writes
+    nothing), so a ``setup`` that reads ``self.trainer`` (``world_size``, ``global_rank``) works.
+    """
+    if dm.trainer is not None:
+        dm.setup(stage)
+        return
+    from lightning_hpo.console import banners_off
+
+    with banners_off():
+        dm.trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    try:
+        dm.setup(stage)
+    finally:
+        dm.trainer = None

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_hpo.errors import RunFailed
+
 RESULT_FILE = "result.json"
 
 
@@ -61,15 +63,36 @@ class TrainResult:
 
     @property
     def std(self) -> float:
+        # statistics.stdev raises on a nan or inf (a diverged seed): the spread is then nan.
+        if not all(math.isfinite(v) for v in self.finals):
+            return math.nan
         return statistics.stdev(self.finals) if len(self.finals) > 1 else 0.0
 
 
+def require_history(results: list[SeedResult], monitor: str, epochs: int) -> None:
+    """Raise RunFailed when a seed of a run that ended recorded ``monitor`` in no epoch
+    (validation never ran), before anything records it as finished."""
+    empty = [r for r in results if not r.history]
+    if empty:
+        raise RunFailed(
+            str(empty[0].run_dir),
+            f"{monitor} was recorded in none of the {epochs} epoch(s) trained (validation never "
+            "ran), so the run has no result",
+            "make validation run every epoch (trainer_config's check_val_every_n_epoch and "
+            "limit_val_batches, the data's validation set) and train it afresh (move the "
+            "run's folder away)",
+        )
+
+
 def load_result(run_dir: Path) -> SeedResult | None:
-    """A finished seed's result, or None when the seed has not finished."""
+    """A finished seed's result, or None when the seed has not finished (or, from a version
+    that wrote them, its result recorded no epoch)."""
     path = run_dir / RESULT_FILE
     if not path.exists():
         return None
     data = json.loads(path.read_text())
+    if not data["history"]:
+        return None
     return SeedResult(
         data["seed"],
         run_dir,

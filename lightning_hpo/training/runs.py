@@ -41,7 +41,12 @@ from lightning_hpo.training.components import (
 )
 from lightning_hpo.training.extensions import end_runs, run_callbacks, run_loggers
 from lightning_hpo.training.files import CHECKPOINT_DIR, CONFIG_FILE, LAST, checkpoint_file
-from lightning_hpo.training.results import SeedResult, TrainResult, load_result
+from lightning_hpo.training.results import (
+    SeedResult,
+    TrainResult,
+    load_result,
+    require_history,
+)
 from lightning_hpo.training.trainer import build_trainer, stop_spawned_ranks
 
 
@@ -126,8 +131,10 @@ def _fit(
         end_runs(trainer.loggers)
         for r in recorder.results:
             r.seconds = time.perf_counter() - start
-    # Only a finished run gets a result file: --resume reads it instead of training again.
+    # Only a finished run that recorded its metric gets a result file: --resume reads it
+    # instead of training again.
     if trainer.is_global_zero:
+        require_history(recorder.results, recorder.monitor, trainer.current_epoch)
         for r in recorder.results:
             r.save()
 
