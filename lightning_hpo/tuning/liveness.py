@@ -12,7 +12,8 @@ heartbeat (``Heartbeat``). A RUNNING trial's worker is dead when:
   host and PID.
 
 RDB storages also have Optuna's own heartbeat, which fails silent trials the same way; the
-two agree, and whichever marks a trial first wins.
+two agree, and whichever marks a trial first wins. A storage error on a beat (a lost
+connection, a lock timeout) is noted once and the heartbeat goes on: it is not silence.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, PID, STALE, STARTED
-from lightning_hpo.storage.stale import queue_retry
+from lightning_hpo.console import note_once
+from lightning_hpo.storage.stale import missed_beat, queue_retry
 
 GRACE_BEATS = 3  # heartbeats a worker may miss before its trial is taken for dead
 REQUEUED = "marked FAIL, its parameters queued again"  # said of each trial a dead worker left
@@ -65,23 +67,37 @@ def process_alive(pid: int, started: str | None = None) -> bool:
 
 class Heartbeat:
     """While a trial runs, write the time on it every ``interval`` seconds (system attr), so
-    a worker that dies on any host, on any storage, is found."""
+    a worker that dies on any host, on any storage, is found.
 
-    def __init__(self, trial: optuna.Trial, interval: float):
-        self.trial, self.interval = trial, interval
+    A beat the storage fails to write is tried again at the next one (a storage's hiccup is
+    not a dead worker), noted once per trial through ``note``. Beating ends when the trial is
+    finished: another worker took this one for dead."""
+
+    def __init__(
+        self, trial: optuna.Trial, interval: float, note: Callable[[str], None] = note_once
+    ):
+        self.trial, self.interval, self.note = trial, interval, note
+        self._missed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="lightning-hpo-heartbeat", daemon=True
         )
 
-    def _beat(self) -> None:
-        self.trial.storage.set_trial_system_attr(self.trial._trial_id, BEAT, time.time())
+    def _beat(self) -> bool:
+        """Write the time on the trial; False once the trial is finished (nothing to beat for)."""
+        try:
+            self.trial.storage.set_trial_system_attr(self.trial._trial_id, BEAT, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another worker took this one for dead
+        except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+            if not self._missed:
+                self._missed = True
+                self.note(missed_beat(f"trial {self.trial.number}", exc, self.interval))
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self._beat()
-            except Exception:  # noqa: BLE001 - a finished trial or a storage hiccup: stop beating
+            if not self._beat():
                 return
 
     def __enter__(self) -> Heartbeat:
