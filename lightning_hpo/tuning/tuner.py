@@ -68,11 +68,12 @@ class Progress:
             best = "best -"
         retry = trial.user_attrs.get(RETRY_ATTR)
         if isinstance(retry, dict) and "of" in retry:
-            how = (
-                f"continued at epoch {retry['continued_at_epoch']}"
-                if retry.get("continued_at_epoch")
-                else f"started over: {retry.get('started_over')}"
-            )
+            if retry.get("seeds"):  # seeds trained one after another: where each continued
+                how = retry["seeds"]
+            elif retry.get("continued_at_epoch"):
+                how = f"continued at epoch {retry['continued_at_epoch']}"
+            else:
+                how = f"started over: {retry.get('started_over')}"
             outcome += f" (retry of trial {retry['of']}, {how})"
         self.echo(
             f"[{finished_position(trials, trial)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
