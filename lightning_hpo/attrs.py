@@ -8,7 +8,9 @@ from __future__ import annotations
 # Trial user attributes.
 FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in words (every FAIL has one)
 RETRY_OF = "retry_of"  # the number of the trial a retry runs again
-RETRY_ATTR = "retry"  # how a retry started: {"of", "continued_at_epoch"} or {"of", "started_over"}
+# How a retry started: {"of", "continued_at_epoch"} (and "seeds": where each of the seeds
+# trained one after another continued) or {"of", "started_over"}.
+RETRY_ATTR = "retry"
 GROUP_NAME = "group_name"  # the trial's folder name, <group>[<trial>]
 RUN_DIR = "run_dir"  # where its seeds' runs are, on the machine that ran it
 EPOCHS_ATTR = "epochs"  # epochs a full run trains (PFL's default target epoch)

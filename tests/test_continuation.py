@@ -1,22 +1,28 @@
 """A retried trial continues; it does not start over: a worker SIGKILLed mid-trial, or
 interrupted the way a SLURM time limit interrupts it, and the next run continues the trial
-from its checkpoints, with the curve the pruner saw, at the next epoch."""
+from its checkpoints, with the curve the pruner saw, at the next epoch; seeds trained one
+after another each continue where they stood."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
+from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 from services import tune_args
 
 from lightning_hpo.attrs import FAIL_REASON, RETRY_ATTR, RETRY_OF, RUN_DIR
 from lightning_hpo.config.run import run_config_from_dict
 from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.training import runs
+from lightning_hpo.training.results import RESULT_FILE
 
 EPOCHS = 24
 
@@ -162,3 +168,113 @@ def test_a_retry_of_a_trial_that_trained_another_config_starts_over_and_says_why
         "the run config changed since trial 0 ran (epochs)"
     )
     assert not (tmp_path / "g[1]").exists()
+
+
+# --------------------------------------------------------------------------- seeds one after another
+
+
+class WorkerDies(BaseException):
+    """The worker's process ends here, as under ``kill -9``: nothing of the tuner runs after
+    it, and its trial is left RUNNING."""
+
+
+class DieBeforeEpoch(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise WorkerDies
+
+
+class CountEpochs(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+
+ONE_AFTER_ANOTHER = {
+    "project": "Cont",
+    "device": "cpu",
+    "seeds": [1, 2],
+    "fuse_seeds": False,
+    "epochs": 4,
+    "batch_size": 128,
+    "data_config": {"n": 300},
+    "net_config": {"nodes": 8, "layers": 1},
+}
+LR = {"optimizer_config": {"lr": {"type": "float", "min": 1.0e-3, "max": 1.0e-2}}}
+
+
+def with_each_seed(patch: pytest.MonkeyPatch, callback: Callable[[int], Callback | None]) -> None:
+    """Give every seed that ``fit_run`` trains ``callback(seed)`` (None: nothing)."""
+    real = runs.fit_seed
+
+    def fit_seed(cfg, seed, run_dir, options=None, dm=None):
+        options = options or runs.FitOptions()
+        extra = callback(seed)
+        if extra is not None:
+            options = dataclasses.replace(options, callbacks=[*options.callbacks, extra])
+        return real(cfg, seed, run_dir, options, dm)
+
+    patch.setattr(runs, "fit_seed", fit_seed)
+
+
+@pytest.mark.parametrize(
+    ("dies_in", "trains", "continued"),
+    [
+        (
+            1,
+            {1: [2, 3], 2: [0, 1, 2, 3]},
+            (2, "seed 1 continued at epoch 2, seed 2 from the start"),
+        ),
+        (2, {2: [2, 3]}, (4, "seed 1 kept (finished), seed 2 continued at epoch 2")),
+    ],
+    ids=["in its first seed", "in its second seed"],
+)
+def test_a_retried_trial_whose_seeds_train_one_after_another_continues_each_where_it_stood(
+    tmp_path: Path, monkeypatch, quiet, dies_in: int, trains: dict, continued: tuple
+) -> None:
+    from lightning_hpo.config.optimize import optimize_config_from_dict
+    from lightning_hpo.config.run import build
+    from lightning_hpo.tuning.liveness import fail_dead_workers
+    from lightning_hpo.tuning.study import TuneOptions
+    from lightning_hpo.tuning.tuner import tune
+
+    run = build(run_config_from_dict(ONE_AFTER_ANOTHER, "<test run>"), "<test run>")
+    opt = optimize_config_from_dict(
+        {"study_name": "c", "trials": 1, "seed": 3, "pruner": None, "search_space": LR},
+        run,
+        "<test optimize>",
+    )
+
+    def options(name: str) -> TuneOptions:
+        return TuneOptions(storage=f"sqlite:///{tmp_path}/{name}.db", output=str(tmp_path / name))
+
+    (whole,) = tune(run, opt, options("whole"), echo=lambda line: None).get_trials()
+    with monkeypatch.context() as patch:
+        with_each_seed(patch, lambda seed: DieBeforeEpoch(2) if seed == dies_in else None)
+        with pytest.raises(WorkerDies):
+            tune(run, opt, options("died"), echo=lambda line: None)
+    study = optuna.load_study(study_name="c", storage=options("died").storage)
+    assert fail_dead_workers(study, dead=lambda trial: "its worker died") == [0]
+
+    counters: dict[int, CountEpochs] = {}
+    lines: list[str] = []
+    with monkeypatch.context() as patch:
+        with_each_seed(patch, lambda seed: counters.setdefault(seed, CountEpochs()))
+        dead, retry = tune(run, opt, options("died"), echo=lines.append).get_trials()
+    # Each seed continued where it stood: none trained an epoch it had already trained.
+    assert {seed: counter.epochs for seed, counter in counters.items()} == trains
+    epoch, seeds = continued
+    assert retry.user_attrs[RETRY_ATTR] == {"of": 0, "continued_at_epoch": epoch, "seeds": seeds}
+    assert f"(retry of trial 0, {seeds})" in lines[0]
+    # As if it had never stopped: the first seed's curve, reported once each epoch, and the value.
+    assert retry.state == TrialState.COMPLETE
+    assert retry.intermediate_values == pytest.approx(whole.intermediate_values, rel=1e-5)
+    assert retry.value == pytest.approx(whole.value, rel=1e-5)
+    if dies_in == 2:  # the finished seed's result is the dead trial's, kept
+        kept = Path(retry.user_attrs[RUN_DIR]) / "1" / RESULT_FILE
+        assert kept.read_text() == (Path(dead.user_attrs[RUN_DIR]) / "1" / RESULT_FILE).read_text()

@@ -6,6 +6,10 @@ system and user attributes into the retry: its host, PID and PFL predictions. A 
 starting on that host before the retry has written its own PID could then take the
 retry for a dead worker's trial. ``RetryOnce`` queues the parameters and the link back,
 nothing else.
+
+Optuna's heartbeat thread ends at the first error its storage raises, and the trial of a
+live worker is then failed as stale after the grace period: ``LabelledRDBStorage`` notes
+such an error once per trial and lets the next beat try again.
 """
 
 from __future__ import annotations
@@ -15,8 +19,19 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, RETRIED_FROM, RETRY_OF
+from lightning_hpo.console import note_once
 
 STALE_REASON = "its worker stopped sending heartbeats (killed, or its machine lost): failed, and its parameters queued once more"
+
+
+def missed_beat(trial: str, exc: BaseException, interval: float | None) -> str:
+    """The note for a heartbeat of ``trial`` the storage failed to write, in one line."""
+    said = str(exc).strip().splitlines()
+    reason = exc.__class__.__name__ + (f": {said[0][:200]}" if said else "")
+    return (
+        f"{trial}: a heartbeat could not be written ({reason}); the trial goes on, and its "
+        f"heartbeat tries again every {interval:g} s"
+    )
 
 
 def queue_retry(study: optuna.Study, trial: FrozenTrial, once: bool = True) -> bool:
@@ -47,7 +62,8 @@ class LabelledRDBStorage(RDBStorage):
     """``RDBStorage`` that writes ``fail_reason`` on a heartbeat-stale trial before Optuna
     fails it (a finished trial's attributes can no longer change), so the dashboard
     shows why it failed. Optuna looks stale trials up through ``_get_stale_trial_ids``
-    wherever it fails them, in ``fail_stale_trials`` and at each new trial."""
+    wherever it fails them, in ``fail_stale_trials`` and at each new trial. A heartbeat it
+    fails to write is noted once per trial, not raised: Optuna's thread would end there."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
@@ -57,3 +73,16 @@ class LabelledRDBStorage(RDBStorage):
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker failed it a moment ago
         return stale
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+            missed = self.__dict__.setdefault("_missed_beats", set())
+            if trial_id not in missed:
+                missed.add(trial_id)
+                try:
+                    trial = f"trial {self.get_trial_number_from_id(trial_id)}"
+                except Exception:  # noqa: BLE001 - the storage is still out: name it by id
+                    trial = f"the trial of id {trial_id}"
+                note_once(missed_beat(trial, exc, self.heartbeat_interval))

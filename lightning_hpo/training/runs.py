@@ -355,7 +355,8 @@ def fit_run(
     the run can be (``fused.blocker``), else one Trainer per seed.
 
     Seed after seed, ``options.callbacks`` and ``after_fit`` go to the first seed only (its curve
-    is the one a pruner sees); fused, they see the seeds' mean.
+    is the one a pruner sees); fused, they see the seeds' mean. Seed after seed and resumed,
+    a seed that finished (``result.json``: a retried trial's) is read back, not trained.
     """
     dm = build_data(cfg, seeds[0])  # once: every seed trains on it
     if len(seeds) > 1 and cfg.fuse_seeds is not False:
@@ -380,7 +381,8 @@ def fit_run(
     later = dataclasses.replace(options, callbacks=(), after_fit=None, on_curve=None)
     results = []
     for index, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
-        result = fit_seed(cfg, seed, run_dir, options if index == 0 else later, dm)
+        kept = load_result(run_dir) if options.resume else None  # finished: not trained again
+        result = kept or fit_seed(cfg, seed, run_dir, options if index == 0 else later, dm)
         results.append(result)
         if on_seed is not None:
             on_seed(result)

@@ -12,7 +12,13 @@ heartbeat (``Heartbeat``). A RUNNING trial's worker is dead when:
   host and PID.
 
 RDB storages also have Optuna's own heartbeat, which fails silent trials the same way; the
-two agree, and whichever marks a trial first wins.
+two agree, and whichever marks a trial first wins. A storage error on a beat (a lost
+connection, a lock timeout) is noted once and the heartbeat goes on: it is not silence.
+
+A worker that was silent all the same (a network partition longer than the grace period)
+finds its trial finished by another worker when it next reports or ends it
+(``TrialTakenOver``): it drops that trial, says so in one line and goes on with the next;
+the copy the other worker queued stands.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, PID, STALE, STARTED
-from lightning_hpo.storage.stale import queue_retry
+from lightning_hpo.console import note_once
+from lightning_hpo.storage.stale import missed_beat, queue_retry
 
 GRACE_BEATS = 3  # heartbeats a worker may miss before its trial is taken for dead
 REQUEUED = "marked FAIL, its parameters queued again"  # said of each trial a dead worker left
@@ -65,23 +72,37 @@ def process_alive(pid: int, started: str | None = None) -> bool:
 
 class Heartbeat:
     """While a trial runs, write the time on it every ``interval`` seconds (system attr), so
-    a worker that dies on any host, on any storage, is found."""
+    a worker that dies on any host, on any storage, is found.
 
-    def __init__(self, trial: optuna.Trial, interval: float):
-        self.trial, self.interval = trial, interval
+    A beat the storage fails to write is tried again at the next one (a storage's hiccup is
+    not a dead worker), noted once per trial through ``note``. Beating ends when the trial is
+    finished: another worker took this one for dead (``TrialTakenOver``)."""
+
+    def __init__(
+        self, trial: optuna.Trial, interval: float, note: Callable[[str], None] = note_once
+    ):
+        self.trial, self.interval, self.note = trial, interval, note
+        self._missed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="lightning-hpo-heartbeat", daemon=True
         )
 
-    def _beat(self) -> None:
-        self.trial.storage.set_trial_system_attr(self.trial._trial_id, BEAT, time.time())
+    def _beat(self) -> bool:
+        """Write the time on the trial; False once the trial is finished (nothing to beat for)."""
+        try:
+            self.trial.storage.set_trial_system_attr(self.trial._trial_id, BEAT, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # the objective finds out at its next report (TrialTakenOver)
+        except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+            if not self._missed:
+                self._missed = True
+                self.note(missed_beat(f"trial {self.trial.number}", exc, self.interval))
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self._beat()
-            except Exception:  # noqa: BLE001 - a finished trial or a storage hiccup: stop beating
+            if not self._beat():
                 return
 
     def __enter__(self) -> Heartbeat:
@@ -92,6 +113,32 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class TrialTakenOver(BaseException):
+    """The trial this worker runs was finished meanwhile by another worker, which took this
+    one for dead (no heartbeat within the grace period) and queued its parameters again: the
+    queued copy stands, and this worker drops the trial and goes on with the next.
+
+    A BaseException, as KeyboardInterrupt is: ``study.optimize`` catches every Exception of
+    the objective to tell the trial its outcome, and refuses to tell a finished trial
+    (``ValueError: Cannot tell a FAIL trial``, a traceback); this one passes it by, to the
+    tuner (``tuning.tuner.tune``), which says so in one line and asks for the next trial.
+    ``interrupted``: a signal came too (Ctrl-C, SIGTERM); the tuner stops after the line.
+    """
+
+    def __init__(self, number: int, why: str, interrupted: bool = False):
+        super().__init__(f"trial {number} was taken over: {why}; this worker dropped it")
+        self.interrupted = interrupted
+
+
+def taken_over(trial: optuna.Trial) -> str | None:
+    """Why ``trial``, which this worker runs, is no longer its to end: another worker
+    finished it (its ``fail_reason``). None while it is RUNNING."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.RUNNING:
+        return None
+    return frozen.user_attrs.get(FAIL_REASON) or f"another worker marked it {frozen.state.name}"
 
 
 def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) -> str | None:

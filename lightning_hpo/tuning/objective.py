@@ -5,6 +5,9 @@ epoch, and asks the study's pruner (PFL by default) whether to stop. A trial's s
 train fused in one Trainer, which reports their mean; a trial that cannot fuse reports
 its first seed's curve (the others train after it, unpruned). Either way every trial's
 intermediate values are one curve over epochs, so every pruner compares like with like.
+
+A trial that another worker ended meanwhile, taking this one for dead, is not this
+worker's to end: the objective raises ``liveness.TrialTakenOver`` instead of its outcome.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.stale import queue_retry
 from lightning_hpo.tuning.continuation import prepare as continuation_of
-from lightning_hpo.tuning.liveness import Heartbeat, worker_identity
+from lightning_hpo.tuning.liveness import Heartbeat, TrialTakenOver, taken_over, worker_identity
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
@@ -145,10 +148,13 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         try:
-            return train_trial(trial)
+            value = train_trial(trial)
         except (KeyboardInterrupt, SystemExit) as exc:
             # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
             ignore_further_signals()  # a second signal must not break the writes that end the trial
+            why = taken_over(trial)
+            if why is not None:  # failed and queued already: nothing of it is ours to write
+                raise TrialTakenOver(trial.number, why, interrupted=True) from exc
             _system_attr(trial, INTERRUPTED, True)
             trial.set_user_attr(
                 FAIL_REASON,
@@ -159,5 +165,16 @@ def make_objective(
             # requeued job) continues this trial from its checkpoints.
             queue_retry(trial.study, trial.study._storage.get_trial(trial._trial_id), once=False)
             raise KeyboardInterrupt(str(exc)) from exc
+        except Exception as exc:
+            # Pruned, failed, or a report refused (UpdateFinishedTrialError): by now another
+            # worker may have taken this one for dead and ended the trial.
+            why = taken_over(trial)
+            if why is not None:
+                raise TrialTakenOver(trial.number, why) from exc
+            raise
+        why = taken_over(trial)  # since the last report: Optuna cannot tell a finished trial
+        if why is not None:
+            raise TrialTakenOver(trial.number, why)
+        return value
 
     return objective

@@ -21,7 +21,7 @@ from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.live.screen import short
 from lightning_hpo.storage.connect import default_url, redact
 from lightning_hpo.storage.dashboard import dashboard_command
-from lightning_hpo.tuning.liveness import fail_dead_trials
+from lightning_hpo.tuning.liveness import TrialTakenOver, fail_dead_trials
 from lightning_hpo.tuning.objective import TrialFailed, make_objective
 from lightning_hpo.tuning.signals import restored_signal_handlers
 from lightning_hpo.tuning.study import (
@@ -68,11 +68,12 @@ class Progress:
             best = "best -"
         retry = trial.user_attrs.get(RETRY_ATTR)
         if isinstance(retry, dict) and "of" in retry:
-            how = (
-                f"continued at epoch {retry['continued_at_epoch']}"
-                if retry.get("continued_at_epoch")
-                else f"started over: {retry.get('started_over')}"
-            )
+            if retry.get("seeds"):  # seeds trained one after another: where each continued
+                how = retry["seeds"]
+            elif retry.get("continued_at_epoch"):
+                how = f"continued at epoch {retry['continued_at_epoch']}"
+            else:
+                how = f"started over: {retry.get('started_over')}"
             outcome += f" (retry of trial {retry['of']}, {how})"
         self.echo(
             f"[{finished_position(trials, trial)}/{self.opt.trials}] trial {trial.number} {outcome} | {params} | {counts} | {best}"
@@ -101,6 +102,37 @@ def collect_and_freeze(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> 
     gc.freeze()
 
 
+def _optimize(
+    study: optuna.Study,
+    run: RunConfig,
+    opt: OptimizeConfig,
+    options: TuneOptions,
+    folder: Path,
+    echo: Callable[[str], None],
+) -> bool:
+    """Pull trials until the study is full: True; False after a trial this worker dropped
+    because another worker had taken it over (``TrialTakenOver``, said in one line)."""
+    try:
+        study.optimize(
+            make_objective(run, opt, options, folder),
+            n_trials=None,  # StopAtTotal: pull trials while the study is not full
+            catch=(TrialFailed,),
+            callbacks=[
+                collect_and_freeze,
+                Progress(opt, echo),
+                # Workers that died meanwhile, on any host, as Optuna does for RDB.
+                lambda study, _: fail_dead_trials(study, echo, options.heartbeat),
+                StopAtTotal(opt.trials),
+            ],
+        )
+    except TrialTakenOver as taken:
+        echo(f"note: {taken}")
+        if taken.interrupted:
+            raise KeyboardInterrupt(str(taken)) from None
+        return False
+    return True
+
+
 def tune(
     run: RunConfig,
     opt: OptimizeConfig,
@@ -111,7 +143,8 @@ def tune(
     """Run (or continue) the study until it holds ``opt.trials`` trials; return it.
 
     Rerunning continues: only missing trials run. Trials interrupted by Ctrl-C/SIGTERM or
-    left behind by a dead worker do not count and are run again. ``on_study`` is given
+    left behind by a dead worker do not count and are run again; a trial of this worker's
+    that another took over (``TrialTakenOver``) is dropped with a note. ``on_study`` is given
     the study once it is open (the live display watches it).
     """
     options = options or TuneOptions()
@@ -123,18 +156,9 @@ def tune(
         folder = study_folder(run, opt, study, options, echo)
         with restored_signal_handlers():
             try:
-                study.optimize(
-                    make_objective(run, opt, options, folder),
-                    n_trials=None,  # StopAtTotal: pull trials while the study is not full
-                    catch=(TrialFailed,),
-                    callbacks=[
-                        collect_and_freeze,
-                        Progress(opt, echo),
-                        # Workers that died meanwhile, on any host, as Optuna does for RDB.
-                        lambda study, _: fail_dead_trials(study, echo, options.heartbeat),
-                        StopAtTotal(opt.trials),
-                    ],
-                )
+                while not _optimize(study, run, opt, options, folder, echo):
+                    if remaining(study, opt.trials) == 0:  # the dropped trial's copy filled it
+                        break
             finally:
                 gc.unfreeze()  # a Python caller's heap is its own again
     return study
