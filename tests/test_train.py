@@ -487,6 +487,18 @@ def test_a_run_that_never_validated_fails_on_one_line_and_records_no_result(
     assert not any((d / RESULT_FILE).exists() for d in dirs)
 
 
+def test_a_result_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    import lightning_hpo.training.files as files
+
+    def killed(*_args):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(OSError, match="killed"):
+        SeedResult(1, tmp_path, [0.5, 0.25]).save()
+    assert load_result(tmp_path) is None  # no half-written file a retry would read
+
+
 def test_a_result_file_without_history_is_not_a_finished_seed(tmp_path) -> None:
     # As earlier versions wrote them for a run that never validated.
     (tmp_path / RESULT_FILE).write_text(

@@ -14,7 +14,6 @@ system call, without the GIL) is left to the background thread.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
-from lightning_hpo.training.files import copy_atomically
+from lightning_hpo.training.files import copy_atomically, write_atomically
 
 
 def serialise(checkpoint: dict[str, Any]) -> memoryview:
@@ -30,16 +29,6 @@ def serialise(checkpoint: dict[str, Any]) -> memoryview:
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     return buffer.getbuffer()
-
-
-def write_atomically(data: memoryview, path: Path) -> None:
-    """Write ``data`` to ``path`` so that a reader never sees half a file: written aside in
-    one write, then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as fh:
-        fh.write(data)
-    os.replace(temporary, path)
 
 
 def lightnings_own(path: Any, storage_options: Any) -> bool:

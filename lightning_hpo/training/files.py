@@ -35,6 +35,16 @@ def copy_atomically(source: Path, target: Path) -> None:
     os.replace(temporary, target)
 
 
+def write_atomically(data: bytes | memoryview, path: Path) -> None:
+    """Write ``data`` to ``path`` so that a reader never sees half a file: written aside in
+    one write, then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as fh:
+        fh.write(data)
+    os.replace(temporary, path)
+
+
 def check_writable(folder: str | Path, source: str) -> None:
     """Refuse an output folder that cannot be written, without creating it."""
     path = Path(folder).absolute()

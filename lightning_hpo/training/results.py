@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpo.errors import RunFailed
+from lightning_hpo.training.files import write_atomically
 
 RESULT_FILE = "result.json"
 
@@ -46,7 +47,8 @@ class SeedResult:
         }
 
     def save(self) -> None:
-        (self.run_dir / RESULT_FILE).write_text(json.dumps(self.to_json()))
+        # Whole or not at all: a retry or --resume reads a seed with this file as finished.
+        write_atomically(json.dumps(self.to_json()).encode(), self.run_dir / RESULT_FILE)
 
 
 @dataclass
