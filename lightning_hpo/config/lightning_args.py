@@ -17,7 +17,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-from lightning_hpo.config.validation import fits_annotation
+from lightning_hpo.config.validation import fits_annotation, is_int
 from lightning_hpo.console import banners_off
 from lightning_hpo.errors import ConfigError
 
@@ -111,6 +111,20 @@ def check_not_zero(options: dict[str, Any], source: str) -> None:
                 f"must not be 0: {why}",
                 f"remove {KEY}.{key}, or give a number of batches >= 1 or a fraction in (0, 1]",
             )
+
+
+def check_validates(options: dict[str, Any], epochs: int, source: str) -> None:
+    """Refuse a ``check_val_every_n_epoch`` longer than the run: no epoch would record the
+    monitored metric. Needs no import."""
+    every = options.get("check_val_every_n_epoch")
+    if is_int(every) and every > epochs:
+        raise ConfigError(
+            source,
+            f"{KEY}.check_val_every_n_epoch",
+            f"{every} is more than epochs ({epochs}), so no epoch would record the "
+            "monitored metric",
+            f"set it to at most {epochs}, or remove it",
+        )
 
 
 def check_types(options: dict[str, Any], source: str) -> None:

@@ -24,6 +24,7 @@ from lightning_hpo.config.lightning_args import (
     check_owned,
     check_strategy,
     check_trainer_config,
+    check_validates,
 )
 from lightning_hpo.config.module_contract import (
     DEFAULT_MODULE,
@@ -317,6 +318,7 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> 
     check_not_zero(values.get("trainer_config", {}), source)
     cfg = RunConfig(**values)
     cfg._given = frozenset(values)
+    check_validates(cfg.trainer_config, cfg.epochs, source)
     if cfg.device not in ("auto", "cpu") and ":" in cfg.device and cfg.devices != 1:
         raise ConfigError(
             source,
