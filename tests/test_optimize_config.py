@@ -307,6 +307,19 @@ def test_seed_reaches_the_sampler(sampler: str) -> None:
     assert other != same_a
 
 
+def test_a_seed_at_the_top_of_numpys_range_still_seeds_every_trial() -> None:
+    run = small_run()
+    space = {"optimizer_config": {"lr": {"type": "float", "min": 1e-5, "max": 1e-1, "log": True}}}
+    opt = opt_from(
+        run, sampler={"name": "optuna.samplers.RandomSampler"}, seed=2**32 - 1, search_space=space
+    )
+    assert opt.seed_per_trial()
+    # trial 1's seed wraps to 0 instead of overflowing numpy's range
+    assert opt.make_sampler(seed_offset=1)._rng.rng.random() == (
+        optuna.samplers.RandomSampler(seed=0)._rng.rng.random()
+    )
+
+
 def test_explicit_sampler_seed_kwarg_wins_over_config_seed() -> None:
     run = small_run()
     space = {"optimizer_config": {"lr": {"type": "float", "min": 1e-5, "max": 1e-1, "log": True}}}

@@ -14,6 +14,7 @@ from lightning_hpo.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_NO_TRIAL_COMPLETED,
+    EXIT_RUN_FAILED,
     EXIT_TERMINATED,
     version_argument,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_INTERRUPTED",
     "EXIT_NO_TRIAL_COMPLETED",
+    "EXIT_RUN_FAILED",
     "EXIT_TERMINATED",
     "init_main",
     "main",

@@ -15,7 +15,13 @@ from typing import Any
 
 from lightning_hpo.config.imports import accepted_kwargs, check_kwargs, resolve
 from lightning_hpo.config.module_contract import PART_KEYS, check_module_config
-from lightning_hpo.config.run import RunConfig, config_source, run_config_from_dict, unknown_key
+from lightning_hpo.config.run import (
+    SEED_RANGE,
+    RunConfig,
+    config_source,
+    run_config_from_dict,
+    unknown_key,
+)
 from lightning_hpo.config.search_space import Param, kwargs_target, parse_space, unused_part
 from lightning_hpo.config.validation import is_int
 from lightning_hpo.config.yamlio import load_yaml
@@ -105,7 +111,8 @@ class OptimizeConfig:
             kwargs["search_space"] = {p.name: p.grid() for p in self.params}
         seed = self.sampler_seed()
         if seed is not None and (accepted is None or "seed" in accepted):
-            kwargs["seed"] = seed + seed_offset
+            # Wrapped into numpy's range: a seed near its top plus a trial number still fits.
+            kwargs["seed"] = (seed + seed_offset) % (SEED_RANGE[1] + 1)
         return cls(**kwargs)
 
     def seed_per_trial(self) -> bool:
@@ -160,9 +167,13 @@ def optimize_config_from_dict(
             f"expected a positive integer, got {cfg.trials!r}",
             "set trials to the study's total, e.g. 20",
         )
-    if cfg.seed is not None and not is_int(cfg.seed):
+    lo, hi = SEED_RANGE
+    if cfg.seed is not None and not (is_int(cfg.seed) and lo <= cfg.seed <= hi):
         raise ConfigError(
-            source, "seed", f"expected an integer or null, got {cfg.seed!r}", "e.g. seed: 42"
+            source,
+            "seed",
+            f"expected an integer from {lo} to {hi} (numpy's range) or null, got {cfg.seed!r}",
+            "e.g. seed: 42",
         )
     if cfg.direction not in DIRECTIONS:
         raise ConfigError(
@@ -210,11 +221,11 @@ def optimize_config_from_dict(
             )
         setattr(cfg, part, {"name": spec["name"], "kwargs": kwargs})
     sampler_seed = cfg.sampler["kwargs"].get("seed")
-    if sampler_seed is not None and not is_int(sampler_seed):
+    if sampler_seed is not None and not (is_int(sampler_seed) and lo <= sampler_seed <= hi):
         raise ConfigError(
             source,
             "sampler.kwargs.seed",
-            f"expected an integer, got {sampler_seed!r}",
+            f"expected an integer from {lo} to {hi} (numpy's range), got {sampler_seed!r}",
             "e.g. seed: 0",
         )
     cfg.params = parse_space(cfg.search_space, run, source)
