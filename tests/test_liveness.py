@@ -201,6 +201,33 @@ def test_a_trial_taken_over_is_dropped_in_one_line_and_the_worker_goes_on(
     assert "(retry of trial 0, " in lines[1]
 
 
+def test_a_trial_taken_over_between_its_seeds_trains_no_further_seed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    _run, opt, options = settings(tmp_path)
+    spec = RUN | {"seeds": [1, 2, 3], "fuse_seeds": False}
+    run = build(run_config_from_dict(spec, "<test run>"), "<test run>")
+    studies: list[optuna.Study] = []
+    real, trained = runs.fit_seed, []
+
+    def fit_seed(cfg, seed, run_dir, *args, **kwargs):
+        trained.append((Path(run_dir).parent.name, seed))  # the group: "...[<trial>]"
+        result = real(cfg, seed, run_dir, *args, **kwargs)
+        if len(trained) == 2:  # another worker takes trial 0 over during its second seed
+            take_over(studies[0])
+        return result
+
+    monkeypatch.setattr(runs, "fit_seed", fit_seed)
+    lines: list[str] = []
+    study = tune(run, opt, options, echo=lines.append, on_study=studies.append)
+    # Trial 0 stopped after the seed it was taken over in; its retry kept the two seeds
+    # that had finished and trained the third.
+    assert [seed for group, seed in trained if group.endswith("[0]")] == [1, 2]
+    assert [seed for group, seed in trained if group.endswith("[1]")] == [3]
+    assert lines[0] == TAKEN_OVER
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_a_trial_taken_over_before_a_ctrl_c_is_dropped_and_the_worker_stops(
     tmp_path: Path, monkeypatch
 ) -> None:

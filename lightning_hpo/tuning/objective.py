@@ -127,6 +127,7 @@ def make_objective(
                         resume=continuation.epoch > 0,
                         on_curve=lambda kind: trial.set_user_attr(CURVE_ATTR, kind),
                     ),
+                    on_seed=lambda _result: still_ours(trial),
                 )
         except optuna.TrialPruned:
             raise
@@ -145,6 +146,13 @@ def make_objective(
             trial.set_user_attr(FAIL_REASON, reason)
             raise TrialFailed(reason)
         return value
+
+    def still_ours(trial: optuna.Trial) -> None:
+        """After each seed: seeds trained one after another report only the first one's
+        curve, so a trial taken over during a later seed is found here, not at its end."""
+        why = taken_over(trial)
+        if why is not None:
+            raise TrialTakenOver(trial.number, why)
 
     def objective(trial: optuna.Trial) -> float:
         try:
