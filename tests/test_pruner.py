@@ -407,6 +407,19 @@ def test_like_with_like_curve_kind_and_schedule() -> None:
     assert len(like(trials, probe)) == len(ASYMPTOTES)
 
 
+def test_like_with_like_run_length() -> None:
+    # Curves of 5-epoch runs say nothing of where a 30-epoch run ends: no reference for it.
+    study = _study("minimize", epochs=5)
+    assert {d.reason for d in _decisions(study, HOPELESS, epochs=N_EPOCHS)} == {"startup"}
+    assert _decisions(study, HOPELESS, epochs=5)[-1].reason != "startup"
+
+
+def test_no_startup_keeps_the_first_trial_and_decides_from_the_second() -> None:
+    study = optuna.create_study(pruner=_pruner(n_startup_trials=0))
+    assert _run(study, HOPELESS, 1.0) is None  # nothing to compare with: kept, no error
+    assert _run(study, [v + 10 for v in HOPELESS], 1.0) == 10
+
+
 def test_top_rank_is_top_k_or_the_fraction_of_finished_trials() -> None:
     assert [PFLPruner(top_k=2, top_fraction=0.1).top_rank(n) for n in (0, 10, 20, 21, 100)] == [
         2,
@@ -642,6 +655,18 @@ def test_decisions_are_stored_on_the_trial(direction: str) -> None:
         "history": [[10, d.pfl]],
     }
     assert record["probability"] < 0.05
+
+
+def test_a_decision_without_a_forecast_is_stored_as_the_latest() -> None:
+    # Forecast at epochs 11-15, then longer than any completed curve: "no-reference" is
+    # what the trial's record says last, its predictions so far kept.
+    study = _study("minimize")
+    longer = GOOD + [GOOD[-1]] * 5
+    assert _run(study, longer, 1.0) is None
+    record = study.trials[-1].user_attrs["pfl"]
+    assert record["decision"] == "no-reference" and record["step"] == len(longer) - 1
+    assert record["predicted"] is None
+    assert [step for step, _ in record["history"]] == list(range(10, N_EPOCHS))
 
 
 def test_evaluate_replays_without_writing() -> None:

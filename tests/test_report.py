@@ -24,6 +24,7 @@ from lightning_hpo.config.run import run_config_from_dict
 from lightning_hpo.config.search_space import Param
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.pruners.pfl import PFLPruner
+from lightning_hpo.pruners.records import prefix_trial
 from lightning_hpo.report import (
     EDGE_MARGIN,
     boundary_warnings,
@@ -409,6 +410,36 @@ def test_replay_counts_false_prunes_of_the_top_trials() -> None:
     )
     assert lenient.would_prune == 0
     assert all(not t.system_attrs for t in study.trials)
+
+
+def test_the_replay_counts_pruned_trials_as_the_live_pruner_did() -> None:
+    # PFL's rank to beat is a share of the finished trials, pruned ones included: a replay
+    # among the completed alone would ask for a far better rank than the pruner did live.
+    study = optuna.create_study()
+    for i in range(12):
+        study.add_trial(curve_trial([0.1 + 0.02 * i + math.exp(-0.2 * e) for e in range(20)]))
+    for _ in range(30):
+        values = [1.0 + math.exp(-0.2 * e) for e in range(6)]
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED,
+                params={"x": 1.0},
+                distributions={"x": FloatDistribution(0.0, 100.0)},
+                intermediate_values=dict(enumerate(values)),
+                user_attrs={"epochs": 20, "n_seeds": 1},
+            )
+        )
+    pruner = PFLPruner()
+    ranked = sorted(
+        (t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value
+    )
+    live = sum(
+        any(pruner.evaluate(study, prefix_trial(t, step)).prune for step in range(19))
+        for t in ranked[:10]
+    )
+    report = build_report(study, top_k=10)
+    assert report.audit.replay.would_prune == live
+    assert live < replay_top_k(ranked, 10, pruner, study.direction).would_prune
 
 
 def test_audit_counts_epochs_of_the_curves_and_names_the_epoch_a_replay_would_prune() -> None:

@@ -30,7 +30,7 @@ or below the fitted extrapolation's and the last value's on most tasks and share
 run, and its 10 % and 90 % quantiles are crossed about as often as they should be.
 
 Where the study cannot tell yet, the trial is kept: fewer than ``n_startup_trials``
-completed trials of its kind (the same ``curve`` and ``lr_schedule`` user attrs) or fewer
+completed trials of its kind (the same ``curve``, ``lr_schedule`` and ``epochs`` user attrs) or fewer
 than that many whose curves reach its epoch (``"startup"``, ``"no-reference"``), or a
 curve that has improved over its recent third of epochs by more than any completed curve
 did over the same epochs, by more than three times its own noise (``"unlike"``: nothing in the
@@ -55,10 +55,10 @@ curves of one kind are compared. The tuner records the run's epoch count in the 
 
 Stored decisions
 ----------------
-Each time the pruner forecasts a running trial's final value it writes one user attr,
-``"pfl"``: its latest decision (step, reason, prediction, threshold, probability,
-neighbours, band) and every prediction so far, so optuna-dashboard shows it, at one
-storage write per forecast. :func:`lightning_hpo.pruners.records.stored_predictions`
+Each time the pruner decides about a running trial past start-up and warm-up it writes
+one user attr, ``"pfl"``: its latest decision (step, reason, prediction, threshold,
+probability, neighbours, band; no prediction for ``"unlike"`` and ``"no-reference"``) and
+every prediction so far, so optuna-dashboard shows it, at one storage write per report. :func:`lightning_hpo.pruners.records.stored_predictions`
 reads the predictions back for the report.
 """
 
@@ -91,6 +91,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PFLPruner"]
 
+# The decisions the ``pfl`` record stores: every one the study's curves were consulted for.
+STORED: frozenset[Reason] = frozenset({"no-reference", "unlike", "worse", "ok"})
+
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if not is_int(value) or value < minimum:
@@ -117,8 +120,8 @@ class PFLPruner(optuna.pruners.BasePruner):
 
     Args:
         n_startup_trials: No pruning until this many trials of the trial's kind are
-            COMPLETE (pruned and failed trials do not count), and until that many
-            completed curves reach the trial's epoch. Default 10.
+            COMPLETE (pruned and failed trials do not count; at least one), and until that
+            many completed curves reach the trial's epoch. Default 10.
         n_warmup_epochs: Fewest epochs of warm-up, >= 0: no pruning while the trial has
             reported this many epochs or fewer, unless that is its whole run (its
             ``epochs`` attr); non-finite values are pruned regardless. Default 0.
@@ -198,7 +201,7 @@ class PFLPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         decision = self.evaluate(study, trial)
-        if decision.pfl is not None:  # one write per forecast, as many as the reports
+        if decision.reason in STORED:  # one write per report past start-up and warm-up
             # Read back from the storage: the trial Optuna hands a pruner may be a cached copy.
             previous = study._storage.get_trial_user_attrs(trial._trial_id).get(PFL_ATTR)
             study._storage.set_trial_user_attr(
@@ -239,7 +242,7 @@ class PFLPruner(optuna.pruners.BasePruner):
             for t in finished
             if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
         ]
-        if len(completed) < self._n_startup_trials:
+        if len(completed) < max(self._n_startup_trials, 1):  # none to compare with yet
             return PFLDecision(prune=False, reason="startup", step=step)
 
         curve = trial_curve(trial)

@@ -27,12 +27,20 @@ def curve_of(trial: FrozenTrial) -> str | None:
 
 
 def like(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
-    """Those of ``trials`` whose curves are of ``trial``'s kind (``curve_of``) under the same
-    declared schedule (the ``lr_schedule`` attr, or none): a seed mean is never ranked
-    against one seed's curve, nor a cosine-annealed curve against a constant rate's."""
+    """Those of ``trials`` whose curves are of ``trial``'s kind (``curve_of``), under the
+    same declared schedule (the ``lr_schedule`` attr, or none) and for a run of as many
+    epochs (the ``epochs`` attr, where both have one: an unknown length is no other
+    length): a seed mean is never ranked against one seed's curve, a cosine-annealed curve
+    against a constant rate's, nor a 30-epoch run's curve against how a 5-epoch run's
+    ended."""
     kind, schedule = curve_of(trial), trial.user_attrs.get(LR_SCHEDULE_ATTR)
+    epochs = epochs_of(trial)
     return [
-        t for t in trials if curve_of(t) == kind and t.user_attrs.get(LR_SCHEDULE_ATTR) == schedule
+        t
+        for t in trials
+        if curve_of(t) == kind
+        and t.user_attrs.get(LR_SCHEDULE_ATTR) == schedule
+        and (epochs is None or epochs_of(t) in (None, epochs))
     ]
 
 
@@ -56,10 +64,11 @@ def _predictions(record: Any) -> dict[int, float]:
 
 def decision_record(decision: PFLDecision, previous: Any = None) -> dict[str, Any]:
     """What :meth:`PFLPruner.prune` stores on the trial (user attr ``pfl``, which
-    optuna-dashboard shows): its latest decision, and every prediction so far
-    (``previous``: the record stored before)."""
+    optuna-dashboard shows): its latest decision past start-up and warm-up, and every
+    prediction so far (``previous``: the record stored before)."""
     history = [[step, pfl] for step, pfl in _predictions(previous).items() if step != decision.step]
-    history.append([decision.step, decision.pfl])
+    if decision.pfl is not None:  # a decision without a forecast ("unlike", "no-reference")
+        history.append([decision.step, decision.pfl])
     return {
         "step": decision.step,
         "decision": decision.reason,

@@ -38,11 +38,10 @@ from lightning_hpo.report.numbers import (
     param_importances,
     prediction_accuracy,
     range_position,
-    replay_pruner,
-    replay_top_k,
     widened_range,
 )
 from lightning_hpo.report.plots import write_plots
+from lightning_hpo.report.replay import replay_pruner, replay_top_k
 from lightning_hpo.report.text import format_text
 
 __all__ = [
