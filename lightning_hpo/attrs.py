@@ -15,6 +15,7 @@ GROUP_NAME = "group_name"  # the trial's folder name, <group>[<trial>]
 RUN_DIR = "run_dir"  # where its seeds' runs are, on the machine that ran it
 EPOCHS_ATTR = "epochs"  # epochs a full run trains (PFL's default target epoch)
 N_SEEDS_ATTR = "n_seeds"  # seeds each epoch trains
+SEEDS_ATTR = "seeds"  # those seeds, in the run's order (its data is built from the first)
 PFL_ATTR = "pfl"  # PFL's latest decision and every prediction (pruner.decision_record)
 LR_SCHEDULE_ATTR = "lr_schedule"  # {"name": scheduler path or None, "T_max": int}, for PFL
 SLURM_JOB_ATTR = "slurm_job_id"  # the SLURM job that ran it (<array>_<task> for a job array)

@@ -74,6 +74,7 @@ def make_objective(
         EPOCHS_ATTR,
         LR_SCHEDULE_ATTR,
         N_SEEDS_ATTR,
+        SEEDS_ATTR,
         SLURM_JOB_ATTR,
     )
     from lightning_hpo.training import provenance
@@ -103,6 +104,7 @@ def make_objective(
             trial.set_user_attr(RUN_DIR, str(run_dir))
             trial.set_user_attr(EPOCHS_ATTR, cfg.epochs)
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
+            trial.set_user_attr(SEEDS_ATTR, list(cfg.seeds))
             trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
             job = provenance.slurm_job()
             if job:

@@ -47,8 +47,11 @@ class TuneOptions:
     heartbeat: int | None = 30  # seconds between a worker's heartbeats (tuning.liveness); None: off
 
 
+STUDY_SUFFIX = "_Opt"  # a study's trials train in project <project>_Opt
+
+
 def study_project(run: RunConfig) -> str:
-    return f"{run.project}_Opt"
+    return f"{run.project}{STUDY_SUFFIX}"
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):

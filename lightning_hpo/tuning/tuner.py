@@ -21,6 +21,7 @@ from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.live.screen import short
 from lightning_hpo.storage.connect import default_url, redact
 from lightning_hpo.storage.dashboard import dashboard_command
+from lightning_hpo.tuning.best import best_trial_config
 from lightning_hpo.tuning.liveness import TrialTakenOver, fail_dead_trials
 from lightning_hpo.tuning.objective import TrialFailed, make_objective
 from lightning_hpo.tuning.signals import restored_signal_handlers
@@ -33,11 +34,6 @@ from lightning_hpo.tuning.study import (
     state_counts,
     study_folder,
 )
-
-
-def best_config(run: RunConfig, opt: OptimizeConfig, study: optuna.Study) -> RunConfig:
-    """The run config with the best trial's parameters merged in."""
-    return opt.merge(run, study.best_trial.params)
 
 
 class Progress:
@@ -171,7 +167,8 @@ def finish(
     options: TuneOptions,
     echo: Callable[[str], None] = print,
 ) -> Path | None:
-    """Print the "Best trial" block (number, value, params, path) and write best.yaml. None when no trial completed."""
+    """Print the "Best trial" block (number, value, params, path) and write best.yaml, the
+    config that trial trained (``tuning.best``). None when no trial completed."""
     try:
         best = study.best_trial
     except ValueError:
@@ -184,8 +181,12 @@ def finish(
     for k, v in best.params.items():
         echo(f"    {k}: {short(v)}")
     echo(f"  Path: {best.user_attrs.get(RUN_DIR, '?')}")
-    path = study_folder(run, opt, study, options, echo) / "best.yaml"
-    dump_yaml(shareable(best_config(run, opt, study).to_dict()), path)
+    folder = study_folder(run, opt, study, options, echo)
+    path = folder / "best.yaml"
+    config, warning = best_trial_config(run, opt, best, folder, path)
+    dump_yaml(shareable(config), path)
+    if warning is not None:
+        echo(warning)
     echo(f"Best config: {path}  (python train.py --config {path})")
     url = options.storage or default_url(run.project)
     echo(f"Study: {redact(url)}  ({dashboard_command(url)})")
