@@ -70,11 +70,11 @@ class TinyNet(nn.Module):
 class BatchNormNet(nn.Module):
     """Keeps BatchNorm running statistics: buffers updated in place, so it cannot be fused."""
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 8):
+    def __init__(self, in_features: int, out_features: int, hidden: int = 8, momentum: float = 0.1):
         super().__init__()
         self.body = nn.Sequential(
             nn.Linear(in_features, hidden),
-            nn.BatchNorm1d(hidden),
+            nn.BatchNorm1d(hidden, momentum=momentum),
             nn.GELU(),
             nn.Linear(hidden, out_features),
         )

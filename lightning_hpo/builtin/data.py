@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from lightning_hpo.config.imports import accepted_kwargs
@@ -73,9 +74,12 @@ class TensorBatches:
 
     Under data-parallel training each of ``world_size`` ranks takes every
     ``world_size``-th sample of the (shared, seeded) permutation. When the samples do not
-    divide evenly, the permutation is padded with its own first samples, as
-    ``DistributedSampler`` pads: every rank then takes as many batches, so none waits for a
-    gradient all-reduce that another rank never joins.
+    divide evenly, a training permutation (``shuffle``) is padded with its own first
+    samples, as ``DistributedSampler`` pads: every rank then takes as many batches, so none
+    waits for a gradient all-reduce that another rank never joins. Validation
+    (``shuffle=False``) is not padded, so no sample counts twice in its metrics: shares
+    differ by one sample at most, and ranks by one batch, which validation allows (no
+    gradient to all-reduce; DDP syncs buffers on the first batch only).
     """
 
     def __init__(
@@ -99,16 +103,20 @@ class TensorBatches:
         return [self._share(shuffle.order(epoch)) for shuffle in self.shuffles]
 
     def _share(self, order: torch.Tensor) -> torch.Tensor:
-        """This rank's samples of ``order``, padded to a multiple of the world size first."""
+        """This rank's samples of ``order``; for training, padded to a multiple of the world
+        size first."""
         if self.world_size == 1:
             return order
-        padding = -len(order) % self.world_size
+        padding = -len(order) % self.world_size if self.shuffle else 0
         if padding:
             order = torch.cat([order, order.repeat(math.ceil(padding / len(order)))[:padding]])
         return order[self.rank :: self.world_size]
 
     def _size(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.world_size)
+        n = len(self.tensors[0])
+        if self.shuffle:
+            return math.ceil(n / self.world_size)
+        return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         return math.ceil(self._size() / self.batch_size)
@@ -207,6 +215,16 @@ class StackedLoaders:
             yield [torch.stack(parts) for parts in zip(*batches)]
 
 
+def _check_validation_size(n: int, world: int) -> None:
+    """Refuse fewer validation samples than ranks: a rank without one would skip validation
+    while the others wait for it in the epoch's all-reduce of the metrics' sums."""
+    if n < world:
+        raise ValueError(
+            f"the validation set has {n} sample{'' if n == 1 else 's'} to validate on, fewer "
+            f"than the {world} devices: each device validates at least one"
+        )
+
+
 class SupervisedData(pl.LightningDataModule):
     """Serves a (train, val) pair of datasets; TensorDatasets from memory, others via DataLoader.
 
@@ -249,6 +267,8 @@ class SupervisedData(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool):
         device, rank, world, epoch = self._placement()
+        if world > 1 and not shuffle:
+            _check_validation_size(len(dataset), world)  # type: ignore[arg-type]
         if isinstance(dataset, TensorDataset):
             tensors = tuple(t.to(device) for t in dataset.tensors)
             return TensorBatches(tensors, self.batch_size, shuffle, self.seed, rank, world, epoch)
@@ -256,8 +276,18 @@ class SupervisedData(pl.LightningDataModule):
 
     def _dataloader(self, dataset: Dataset, shuffle: bool, seed: int) -> DataLoader:
         """A DataLoader for datasets that are not in-memory tensors, shuffled by ``seed``
-        epoch by epoch (``EpochShuffle``)."""
-        sampler = EpochShuffle(len(dataset), seed, self._placement()[3]) if shuffle else None
+        epoch by epoch (``EpochShuffle``). On several ranks, validation takes this rank's
+        share unpadded (``UnrepeatedDistributedSampler``, which Lightning leaves in place);
+        training's sampler Lightning wraps in a padding ``DistributedSampler``."""
+        _, rank, world, epoch = self._placement()
+        if shuffle:
+            sampler = EpochShuffle(len(dataset), seed, epoch)
+        elif world > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=False
+            )
+        else:
+            sampler = None
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):

@@ -13,6 +13,36 @@ from lightning_hpo.config.imports import accepted_kwargs, resolve
 from lightning_hpo.config.module_contract import SCHEDULE_INTERVAL, scheduler_interval
 from lightning_hpo.metrics import LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS, VAL_R2
 
+# The sums a validation epoch adds up, batch after batch (``SupervisedModule._accumulate``):
+# the loss times the batch's samples, and for R² (value targets) the squared errors, the
+# targets and their squares per output, or for accuracy (class targets) the right argmaxes.
+# The loss's is ``_step``'s f"{stage}_loss" for stage "val".
+VAL_LOSS_SUM, SSE, SUM_Y, SUM_YY, HITS = "val_loss", "val_sse", "val_sy", "val_syy", "val_hits"
+VAL_SUMS = (VAL_LOSS_SUM, SSE, SUM_Y, SUM_YY, HITS)
+
+
+def reduce_sums(
+    strategy: pl.strategies.Strategy, sums: dict[str, torch.Tensor], n: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """``sums`` and the sample count ``n`` added up over every rank of ``strategy``: one
+    all-reduce of them all, flattened into one float64 tensor (a count stays exact)."""
+    device = next(iter(sums.values())).device
+    count = torch.tensor([n], dtype=torch.float64, device=device)
+    flat = torch.cat([*(t.to(torch.float64).flatten() for t in sums.values()), count])
+    flat = strategy.reduce(flat, reduce_op="sum")
+    total, start = {}, 0
+    for name, t in sums.items():
+        total[name] = flat[start : start + t.numel()].reshape(t.shape).to(t.dtype)
+        start += t.numel()
+    return total, int(flat[-1].item())
+
+
+def r2_score(sums: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """R² = 1 - SSE / SST per output, from an epoch's ``SSE``, ``SUM_Y`` and ``SUM_YY``."""
+    sse = sums[SSE]
+    sst = (sums[SUM_YY] - sums[SUM_Y].pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
+    return 1 - sse / sst
+
 
 def is_class_target(y: torch.Tensor) -> bool:
     """Integer targets are class indices (classification); floating-point ones are values."""
@@ -81,7 +111,10 @@ class SupervisedModule(pl.LightningModule):
     ``val_r2`` for value targets or ``val_acc`` for integer class targets.
 
     Losses and scores are summed on the device and logged once per epoch: a per-step ``log``
-    or ``.item()`` would synchronise every batch and cost more than the MLP itself.
+    or ``.item()`` would synchronise every batch and cost more than the MLP itself. On
+    several ranks the validation sums are added up over the ranks (one all-reduce per
+    epoch, ``reduce_sums``) before any division, so every validation metric is the whole
+    validation set's, whatever the number of ranks.
 
     Checkpoints load back the Lightning way, ``SupervisedModule.load_from_checkpoint(path)``:
     the objects (network, loss, optimizer and scheduler classes) are not saved as
@@ -166,13 +199,13 @@ class SupervisedModule(pl.LightningModule):
         if stage == "val" and y.is_floating_point() and pred.shape == y.shape:
             # Running sums for R² = 1 - SSE / SST, averaged over outputs.
             y2 = y.reshape(n, -1)
-            self._accumulate("val_sse", (pred.detach().reshape(n, -1) - y2).pow(2).sum(0))
-            self._accumulate("val_sy", y2.sum(0))
-            self._accumulate("val_syy", y2.pow(2).sum(0))
+            self._accumulate(SSE, (pred.detach().reshape(n, -1) - y2).pow(2).sum(0))
+            self._accumulate(SUM_Y, y2.sum(0))
+            self._accumulate(SUM_YY, y2.pow(2).sum(0))
         elif stage == "val" and pred.ndim == y.ndim + 1 and is_class_target(y):
             # Class scores [n, C] (or [n, C, ...] against [n, ...]): count the right argmax.
             hits = pred.detach().argmax(1) == y
-            self._accumulate("val_hits", hits.sum(dtype=torch.float32) / (hits.numel() / n))
+            self._accumulate(HITS, hits.sum(dtype=torch.float32) / (hits.numel() / n))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -185,19 +218,37 @@ class SupervisedModule(pl.LightningModule):
         total, n = self._sums.pop(f"{stage}_loss", None), self._counts.pop(stage, 0)
         return None if total is None else total / n
 
+    def _pop_val_sums(self) -> tuple[dict[str, torch.Tensor], int] | None:
+        """This validation epoch's sums (``VAL_SUMS``) and samples, over every rank; None
+        when it validated nothing. Each rank validated its own samples, each once
+        (``data.TensorBatches``), so the totals are the whole validation set's."""
+        sums = {k: self._sums.pop(k) for k in VAL_SUMS if k in self._sums}
+        n = self._counts.pop("val", 0)
+        if VAL_LOSS_SUM not in sums:
+            return None
+        trainer = self._trainer  # None: called outside a Trainer, one process
+        if trainer is not None and trainer.world_size > 1:
+            sums, n = reduce_sums(trainer.strategy, sums, n)
+        return sums, n
+
+    def _log_epoch_value(self, name: str, value: torch.Tensor) -> None:
+        """Log ``value``, already the same on every rank (from ``reduce_sums``).
+
+        sync_dist keeps Lightning's DDP warning away; reducing by max hands the value back
+        as it is, in one all-reduce, where the mean's sum-then-divide could round it and
+        takes two (the value and its batch count)."""
+        self.log(name, value, sync_dist=True, reduce_fx="max")
+
     def on_validation_epoch_end(self):
-        n = self._counts.get("val")
-        val_loss = self._pop_mean("val")
-        if val_loss is None:
+        popped = self._pop_val_sums()
+        if popped is None:
             return
-        self.log(VAL_LOSS, val_loss, sync_dist=True)
-        sse, sy, syy = (self._sums.pop(k, None) for k in ("val_sse", "val_sy", "val_syy"))
-        if sse is not None:
-            sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
-            self.log(VAL_R2, (1 - sse / sst).mean(), sync_dist=True)
-        hits = self._sums.pop("val_hits", None)
-        if hits is not None:
-            self.log(VAL_ACC, hits / n, sync_dist=True)
+        sums, n = popped
+        self._log_epoch_value(VAL_LOSS, sums[VAL_LOSS_SUM] / n)
+        if SSE in sums:
+            self._log_epoch_value(VAL_R2, r2_score(sums, n).mean())
+        if HITS in sums:
+            self._log_epoch_value(VAL_ACC, sums[HITS] / n)
 
     def on_train_epoch_start(self):
         # Read before the epoch: by its end Lightning has already stepped the scheduler.

@@ -18,7 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_hpo.builtin.supervised import SupervisedModule, is_class_target
+from lightning_hpo.builtin.supervised import (
+    HITS,
+    SSE,
+    SUM_Y,
+    SUM_YY,
+    VAL_LOSS_SUM,
+    SupervisedModule,
+    is_class_target,
+    r2_score,
+)
 from lightning_hpo.fused.seeds import SeedStates, seed_metric
 from lightning_hpo.fused.stacking import (
     Mode,
@@ -63,15 +72,13 @@ class FusedModule(SupervisedModule):
         self._count(stage, n)
         if shared and y.is_floating_point() and pred.shape[1:] == y.shape:
             y2 = y.reshape(n, -1)
-            self._accumulate(
-                "val_sse", (pred.detach().reshape(pred.shape[0], n, -1) - y2).pow(2).sum(1)
-            )
-            self._accumulate("val_sy", y2.sum(0))
-            self._accumulate("val_syy", y2.pow(2).sum(0))
+            self._accumulate(SSE, (pred.detach().reshape(pred.shape[0], n, -1) - y2).pow(2).sum(1))
+            self._accumulate(SUM_Y, y2.sum(0))
+            self._accumulate(SUM_YY, y2.pow(2).sum(0))
         elif shared and pred.ndim == y.ndim + 2 and is_class_target(y):
             hits = pred.detach().argmax(2) == y  # [S, n, ...]
             self._accumulate(
-                "val_hits", hits.flatten(1).sum(1, dtype=torch.float32) / (hits[0].numel() / n)
+                HITS, hits.flatten(1).sum(1, dtype=torch.float32) / (hits[0].numel() / n)
             )
         return losses.sum()
 
@@ -80,19 +87,22 @@ class FusedModule(SupervisedModule):
         for seed, value in zip(self.states.seeds, values):
             self.log(seed_metric(name, seed), value, sync_dist=True)
 
+    def _log_epoch_per_seed(self, name: str, values: torch.Tensor) -> None:
+        """``_log_per_seed`` for values already the same on every rank (``_log_epoch_value``)."""
+        self._log_epoch_value(name, values.mean())
+        for seed, value in zip(self.states.seeds, values):
+            self._log_epoch_value(seed_metric(name, seed), value)
+
     def on_validation_epoch_end(self):
-        n = self._counts.get("val")
-        val_loss = self._pop_mean("val")
-        if val_loss is None:
+        popped = self._pop_val_sums()
+        if popped is None:
             return
-        self._log_per_seed(VAL_LOSS, val_loss)
-        sse, sy, syy = (self._sums.pop(k, None) for k in ("val_sse", "val_sy", "val_syy"))
-        if sse is not None:
-            sst = (syy - sy.pow(2) / n).clamp_min(torch.finfo(sse.dtype).tiny)
-            self._log_per_seed(VAL_R2, (1 - sse / sst).mean(-1))
-        hits = self._sums.pop("val_hits", None)
-        if hits is not None:
-            self._log_per_seed(VAL_ACC, hits / n)
+        sums, n = popped  # the loss, R² and hits sums per seed; SUM_Y and SUM_YY shared
+        self._log_epoch_per_seed(VAL_LOSS, sums[VAL_LOSS_SUM] / n)
+        if SSE in sums:
+            self._log_epoch_per_seed(VAL_R2, r2_score(sums, n).mean(-1))
+        if HITS in sums:
+            self._log_epoch_per_seed(VAL_ACC, sums[HITS] / n)
 
     def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")
