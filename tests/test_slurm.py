@@ -340,7 +340,9 @@ def test_ctrl_c_cancels_the_job_array(tmp_path: Path, slurm, postgres_url: str) 
     # The command waited for the array to leave the queue: no trial is left RUNNING.
     assert squeue(array) == []
     ended = [t for t in trials(postgres_url) if t.state == TrialState.FAIL]
-    assert len(ended) == 2 and not any(t.state == TrialState.RUNNING for t in trials(postgres_url))
+    states = [(t.number, t.state.name, t.user_attrs.get(FAIL_REASON)) for t in trials(postgres_url)]
+    assert len(ended) == 2, (states, out)
+    assert not any(t.state == TrialState.RUNNING for t in trials(postgres_url))
     for t in ended:
         # scancel sent each worker SIGTERM: its trial failed as interrupted, not counted. A
         # worker still busy after SLURM's KillWait is killed; then the launcher fails its trial.

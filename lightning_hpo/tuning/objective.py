@@ -83,6 +83,9 @@ def make_objective(
     mode = "min" if opt.direction == "minimize" else "max"
 
     def train_trial(trial: optuna.Trial) -> float:
+        job = provenance.slurm_job()
+        if job:  # first: a launcher that sees this job end fails a trial it left RUNNING
+            trial.set_user_attr(SLURM_JOB_ATTR, job)
         if counted(trial.study.get_trials(deepcopy=False), before=trial.number) >= opt.trials:
             # Another worker took the last slot between our count and our ask: the
             # lower trial numbers win, this one ends without running.
@@ -106,9 +109,6 @@ def make_objective(
             trial.set_user_attr(N_SEEDS_ATTR, len(cfg.seeds))
             trial.set_user_attr(SEEDS_ATTR, list(cfg.seeds))
             trial.set_user_attr(DEVICES_ATTR, provenance.devices(cfg.device, cfg.devices))
-            job = provenance.slurm_job()
-            if job:
-                trial.set_user_attr(SLURM_JOB_ATTR, job)
             continuation = continuation_of(trial, run_dir, cfg)
             if continuation.record() is not None:
                 trial.set_user_attr(RETRY_ATTR, continuation.record())
