@@ -132,13 +132,14 @@ class TrialTakenOver(BaseException):
         self.interrupted = interrupted
 
 
-def taken_over(trial: optuna.Trial) -> str | None:
-    """Why ``trial``, which this worker runs, is no longer its to end: another worker
-    finished it (its ``fail_reason``). None while it is RUNNING."""
+def check_still_ours(trial: optuna.Trial, interrupted: bool = False) -> None:
+    """Raise ``TrialTakenOver`` when ``trial``, which this worker runs, is no longer RUNNING:
+    another worker finished it, and its ``fail_reason`` says why. ``interrupted``: a signal
+    came too."""
     frozen = trial.study._storage.get_trial(trial._trial_id)
-    if frozen.state == TrialState.RUNNING:
-        return None
-    return frozen.user_attrs.get(FAIL_REASON) or f"another worker marked it {frozen.state.name}"
+    if frozen.state != TrialState.RUNNING:
+        why = frozen.user_attrs.get(FAIL_REASON) or f"another worker marked it {frozen.state.name}"
+        raise TrialTakenOver(trial.number, why, interrupted)
 
 
 def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) -> str | None:

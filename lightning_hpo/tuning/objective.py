@@ -36,7 +36,7 @@ from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.stale import queue_retry
 from lightning_hpo.tuning.continuation import prepare as continuation_of
-from lightning_hpo.tuning.liveness import Heartbeat, TrialTakenOver, taken_over, worker_identity
+from lightning_hpo.tuning.liveness import Heartbeat, check_still_ours, worker_identity
 from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
@@ -129,7 +129,9 @@ def make_objective(
                         resume=continuation.epoch > 0,
                         on_curve=lambda kind: trial.set_user_attr(CURVE_ATTR, kind),
                     ),
-                    on_seed=lambda _result: still_ours(trial),
+                    # Seeds trained one after another report only the first one's curve:
+                    # a trial taken over during a later seed is found after it, not at the end.
+                    on_seed=lambda _result: check_still_ours(trial),
                 )
         except optuna.TrialPruned:
             raise
@@ -149,22 +151,14 @@ def make_objective(
             raise TrialFailed(reason)
         return value
 
-    def still_ours(trial: optuna.Trial) -> None:
-        """After each seed: seeds trained one after another report only the first one's
-        curve, so a trial taken over during a later seed is found here, not at its end."""
-        why = taken_over(trial)
-        if why is not None:
-            raise TrialTakenOver(trial.number, why)
-
     def objective(trial: optuna.Trial) -> float:
         try:
             value = train_trial(trial)
         except (KeyboardInterrupt, SystemExit) as exc:
             # Lightning turns Ctrl-C and SIGTERM into SystemExit, which Optuna would leave RUNNING.
             ignore_further_signals()  # a second signal must not break the writes that end the trial
-            why = taken_over(trial)
-            if why is not None:  # failed and queued already: nothing of it is ours to write
-                raise TrialTakenOver(trial.number, why, interrupted=True) from exc
+            # Failed and queued already by another worker: nothing of it is ours to write.
+            check_still_ours(trial, interrupted=True)
             _system_attr(trial, INTERRUPTED, True)
             trial.set_user_attr(
                 FAIL_REASON,
@@ -175,16 +169,12 @@ def make_objective(
             # requeued job) continues this trial from its checkpoints.
             queue_retry(trial.study, trial.study._storage.get_trial(trial._trial_id), once=False)
             raise KeyboardInterrupt(str(exc)) from exc
-        except Exception as exc:
+        except Exception:
             # Pruned, failed, or a report refused (UpdateFinishedTrialError): by now another
             # worker may have taken this one for dead and ended the trial.
-            why = taken_over(trial)
-            if why is not None:
-                raise TrialTakenOver(trial.number, why) from exc
+            check_still_ours(trial)
             raise
-        why = taken_over(trial)  # since the last report: Optuna cannot tell a finished trial
-        if why is not None:
-            raise TrialTakenOver(trial.number, why)
+        check_still_ours(trial)  # since the last report: Optuna cannot tell a finished trial
         return value
 
     return objective
