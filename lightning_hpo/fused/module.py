@@ -13,6 +13,7 @@ checkpoints, stacked back for ``--resume``), ``fused.early_stopping`` and ``fuse
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -82,32 +83,29 @@ class FusedModule(SupervisedModule):
             )
         return losses.sum()
 
-    def _log_per_seed(self, name: str, values: torch.Tensor) -> None:
-        self.log(name, values.mean(), sync_dist=True)
+    def _log_per_seed(self, name: str, values: torch.Tensor, *, same_on_every_rank: bool) -> None:
+        """The seeds' mean as ``name`` and each seed's value; ``same_on_every_rank``: already
+        reduced over the ranks (``_log_epoch_value``), else averaged over them by Lightning."""
+        log = self._log_epoch_value if same_on_every_rank else partial(self.log, sync_dist=True)
+        log(name, values.mean())
         for seed, value in zip(self.states.seeds, values):
-            self.log(seed_metric(name, seed), value, sync_dist=True)
-
-    def _log_epoch_per_seed(self, name: str, values: torch.Tensor) -> None:
-        """``_log_per_seed`` for values already the same on every rank (``_log_epoch_value``)."""
-        self._log_epoch_value(name, values.mean())
-        for seed, value in zip(self.states.seeds, values):
-            self._log_epoch_value(seed_metric(name, seed), value)
+            log(seed_metric(name, seed), value)
 
     def on_validation_epoch_end(self):
         popped = self._pop_val_sums()
         if popped is None:
             return
         sums, n = popped  # the loss, R² and hits sums per seed; SUM_Y and SUM_YY shared
-        self._log_epoch_per_seed(VAL_LOSS, sums[VAL_LOSS_SUM] / n)
+        self._log_per_seed(VAL_LOSS, sums[VAL_LOSS_SUM] / n, same_on_every_rank=True)
         if SSE in sums:
-            self._log_epoch_per_seed(VAL_R2, r2_score(sums, n).mean(-1))
+            self._log_per_seed(VAL_R2, r2_score(sums, n).mean(-1), same_on_every_rank=True)
         if HITS in sums:
-            self._log_epoch_per_seed(VAL_ACC, sums[HITS] / n)
+            self._log_per_seed(VAL_ACC, sums[HITS] / n, same_on_every_rank=True)
 
     def _log_train_loss(self) -> None:
         train_loss = self._pop_mean("train")
         if train_loss is not None:
-            self._log_per_seed(TRAIN_LOSS, train_loss)
+            self._log_per_seed(TRAIN_LOSS, train_loss, same_on_every_rank=False)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
