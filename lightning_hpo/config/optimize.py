@@ -19,6 +19,7 @@ from lightning_hpo.config.run import (
     SEED_RANGE,
     RunConfig,
     config_source,
+    in_seed_range,
     run_config_from_dict,
     unknown_key,
 )
@@ -168,7 +169,7 @@ def optimize_config_from_dict(
             "set trials to the study's total, e.g. 20",
         )
     lo, hi = SEED_RANGE
-    if cfg.seed is not None and not (is_int(cfg.seed) and lo <= cfg.seed <= hi):
+    if cfg.seed is not None and not (is_int(cfg.seed) and in_seed_range(cfg.seed)):
         raise ConfigError(
             source,
             "seed",
@@ -221,7 +222,7 @@ def optimize_config_from_dict(
             )
         setattr(cfg, part, {"name": spec["name"], "kwargs": kwargs})
     sampler_seed = cfg.sampler["kwargs"].get("seed")
-    if sampler_seed is not None and not (is_int(sampler_seed) and lo <= sampler_seed <= hi):
+    if sampler_seed is not None and not (is_int(sampler_seed) and in_seed_range(sampler_seed)):
         raise ConfigError(
             source,
             "sampler.kwargs.seed",

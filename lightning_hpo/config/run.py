@@ -45,6 +45,13 @@ _KIND = {bool: "true or false", int: "an integer", float: "a number"}
 IMPORT_FIELDS = ("net", "optimizer", "scheduler", "criterion", "data", "module")
 # The seeds numpy (and so Lightning's seed_everything) accepts: 0 to 2**32 - 1.
 SEED_RANGE = (0, 2**32 - 1)
+
+
+def in_seed_range(seed: int) -> bool:
+    """Whether numpy (and Lightning's seed_everything) takes ``seed`` (``SEED_RANGE``)."""
+    return SEED_RANGE[0] <= seed <= SEED_RANGE[1]
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|gpu|cuda(:\d+)?)$")
 
 
@@ -225,7 +232,7 @@ def _check_value(name: str, value: Any, source: str) -> Any:
             raise bad()
         if not value:
             raise bad("is empty", "list at least one seed, e.g. [42]")
-        outside = [s for s in value if not SEED_RANGE[0] <= s <= SEED_RANGE[1]]
+        outside = [s for s in value if not in_seed_range(s)]
         if outside:
             raise bad(
                 f"seed {outside[0]} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} (numpy's range)",
