@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import gc
 import signal
+import time
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from services import tune_options
 
 from lightning_hpo.attrs import FAIL_REASON
@@ -19,6 +20,7 @@ from lightning_hpo.config.optimize import optimize_config_from_dict
 from lightning_hpo.config.run import build, run_config_from_dict
 from lightning_hpo.config.yamlio import dump_yaml
 from lightning_hpo.errors import ConfigError
+from lightning_hpo.tuning.liveness import REQUEUED
 from lightning_hpo.tuning.study import TuneOptions, create_or_load_study
 from lightning_hpo.tuning.tuner import tune
 
@@ -351,7 +353,8 @@ def test_a_recycled_pid_is_not_taken_for_the_worker_that_died() -> None:
     import socket
 
     from lightning_hpo.attrs import HOST, PID, STARTED
-    from lightning_hpo.tuning.liveness import fail_dead_workers, process_start
+    from lightning_hpo.storage.signed import process_start
+    from lightning_hpo.tuning.liveness import fail_dead_workers
 
     study = optuna.create_study()
     live = os.getppid()  # a process that runs: the one that started this test
@@ -387,7 +390,7 @@ def test_a_journal_trial_whose_worker_went_silent_on_another_host_is_failed_and_
     assert states[silent.number].state == TrialState.FAIL
     assert "pid 4242 on another-host" in states[silent.number].user_attrs[FAIL_REASON]
     assert states[beating.number].state == TrialState.RUNNING
-    # Started a moment ago without saying where (interrupted before it could): not yet dead.
+    # Signed by the storage with this process, which lives: not dead.
     assert states[unsaid.number].state == TrialState.RUNNING
     assert len(lines) == 1
     retry = [t for t in study.get_trials() if t.state == TrialState.WAITING]
@@ -395,19 +398,107 @@ def test_a_journal_trial_whose_worker_went_silent_on_another_host_is_failed_and_
     assert counted(study.get_trials()) == 2  # the retry fills the dead trial's slot
 
 
-def test_a_trial_interrupted_before_it_said_where_it_ran_is_failed_after_the_grace() -> None:
+def test_an_unsigned_trial_is_failed_after_the_grace() -> None:
     import time
 
     from lightning_hpo.tuning.liveness import fail_dead_workers
 
-    study = optuna.create_study()
+    study = optuna.create_study()  # in memory: nothing signs its trials
     unsaid = study.ask()
     assert fail_dead_workers(study, grace=90) == []
     assert fail_dead_workers(study, grace=90, now=time.time() + 91) == [unsaid.number]
     assert (
-        "interrupted before it said where it ran"
-        in (study._storage.get_trial(unsaid._trial_id).user_attrs[FAIL_REASON])
+        "no worker signed it" in study._storage.get_trial(unsaid._trial_id).user_attrs[FAIL_REASON]
     )
+
+
+KILLED_AT_ASK = """
+import os, signal, sys
+import optuna
+from lightning_hpo.storage.connect import open_storage
+study = optuna.load_study(study_name="s", storage=open_storage(sys.argv[1]))
+study.ask()  # a new trial, or the queued one
+os.kill(os.getpid(), signal.SIGKILL)  # before any objective could sign it
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_worker_killed_as_it_asks_for_a_trial_leaves_it_to_the_others(
+    tmp_path: Path, kind: str
+) -> None:
+    import subprocess
+    import sys
+
+    from lightning_hpo.attrs import RETRY_OF
+    from lightning_hpo.storage.connect import open_storage
+    from lightning_hpo.tuning.liveness import fail_dead_trials
+
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:{tmp_path}/s.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+
+    def killed_at_ask() -> FrozenTrial:
+        run = subprocess.run([sys.executable, "-c", KILLED_AT_ASK, url], capture_output=True)
+        assert run.returncode == -signal.SIGKILL, run.stderr
+        (left,) = study.get_trials(states=(TrialState.RUNNING,))
+        return left
+
+    new = killed_at_ask()
+    lines: list[str] = []
+    fail_dead_trials(study, lines.append, heartbeat=None)  # no grace: only the signature tells
+    assert study.trials[new.number].state == TrialState.FAIL
+    assert lines == [f"trial {new.number} was left RUNNING by a worker that died: {REQUEUED}"]
+    # Its retry, queued, is claimed by the next worker, which is killed as it claims it.
+    retry = killed_at_ask()
+    assert retry.user_attrs[RETRY_OF] == new.number
+    fail_dead_trials(study, lines.append, heartbeat=None)
+    assert study.trials[retry.number].state == TrialState.FAIL
+
+
+def test_an_interrupt_as_a_trial_is_asked_for_leaves_it_interrupted_not_running(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from lightning_hpo.attrs import INTERRUPTED
+    from lightning_hpo.tuning.study import counted
+
+    args = write_configs(tmp_path, trials=2)
+    asked = optuna.Study.ask
+
+    def ask_then_ctrl_c(study: optuna.Study, *a, **k) -> optuna.Trial:
+        trial = asked(study, *a, **k)
+        if trial.number == 1:  # created, its objective not yet begun
+            raise KeyboardInterrupt
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_ctrl_c)
+    assert tune_main(args) == 128 + signal.SIGINT
+    first, second, queued = load(tmp_path).trials
+    assert first.state == TrialState.COMPLETE
+    assert second.state == TrialState.FAIL and second.system_attrs[INTERRUPTED]
+    assert "interrupted by SIGINT" in second.user_attrs[FAIL_REASON]
+    assert queued.state == TrialState.WAITING
+    monkeypatch.setattr(optuna.Study, "ask", asked)
+    assert tune_main(args) == 0  # the next run runs the queued trial: the study is whole
+    trials = load(tmp_path).trials
+    assert counted(trials) == 2 and trials[2].state == TrialState.COMPLETE
+
+
+def test_a_killed_process_its_parent_has_not_waited_for_is_dead() -> None:
+    import subprocess
+
+    from lightning_hpo.tuning.liveness import process_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while process_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a zombie from the moment the kernel has ended it
+        assert not process_alive(child.pid)
+        assert child.poll() == -signal.SIGKILL  # and only now waited for
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_running_trial_beats() -> None:

@@ -119,9 +119,9 @@ def open_storage(
             Optuna's tables, is a ConfigError.
     """
     import optuna
-    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
+    from lightning_hpo.storage.signed import SignedJournalStorage
     from lightning_hpo.storage.stale import LabelledRDBStorage, RetryOnce
 
     if read_only:
@@ -131,11 +131,11 @@ def open_storage(
         if url.startswith("journal+redis:"):
             backend = JournalRedisBackend(url[len("journal+") :])
             backend._redis.ping()
-            return JournalStorage(backend)
+            return SignedJournalStorage(backend)
         if url.startswith("journal:"):
             path = storage_file(url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return SignedJournalStorage(JournalFileBackend(str(path)))
         kwargs = {}
         if url.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}

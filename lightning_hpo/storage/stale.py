@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, RETRIED_FROM, RETRY_OF
 from lightning_hpo.console import note_once
+from lightning_hpo.storage.signed import SignedClaims, signed
 
 STALE_REASON = "its worker stopped sending heartbeats (killed, or its machine lost): failed, and its parameters queued once more"
 
@@ -58,12 +59,17 @@ class RetryOnce:
         queue_retry(study, trial)
 
 
-class LabelledRDBStorage(RDBStorage):
+class LabelledRDBStorage(SignedClaims, RDBStorage):
     """``RDBStorage`` that writes ``fail_reason`` on a heartbeat-stale trial before Optuna
     fails it (a finished trial's attributes can no longer change), so the dashboard
     shows why it failed. Optuna looks stale trials up through ``_get_stale_trial_ids``
     wherever it fails them, in ``fail_stale_trials`` and at each new trial. A heartbeat it
-    fails to write is noted once per trial, not raised: Optuna's thread would end there."""
+    fails to write is noted once per trial, not raised: Optuna's thread would end there.
+    Its trials are signed by their worker (``storage.signed``)."""
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None):
+        # Optuna's cache layer (_CachedStorage) creates RDB trials through this method.
+        return super()._create_new_trial(study_id, signed(template_trial))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)

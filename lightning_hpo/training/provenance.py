@@ -24,6 +24,7 @@ from typing import Any
 
 from lightning_hpo.config.yamlio import dump_yaml, load_yaml
 from lightning_hpo.storage.connect import redact
+from lightning_hpo.storage.signed import slurm_job
 
 FILE = "provenance.yaml"
 
@@ -109,15 +110,6 @@ def devices(device: str = "auto", count: int | str = 1) -> dict[str, Any]:
         "devices": chosen,
         "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
-
-
-def slurm_job() -> str | None:
-    """The SLURM job this process runs in: ``<array>_<task>`` for a task of a job array,
-    else the job id; None outside SLURM."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID")
 
 
 def collect(

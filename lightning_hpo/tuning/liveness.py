@@ -1,15 +1,15 @@
 """Is a trial's worker alive? What a worker records to say so, and failing the trials of
 dead ones, so they are run again.
 
-A worker records on each trial it runs (system attrs): its host, its PID and its process's
-start time (``worker_identity``), and, every ``interval`` seconds while the trial runs, a
-heartbeat (``Heartbeat``). A RUNNING trial's worker is dead when:
+Each trial carries its worker from its first write (system attrs, ``storage.signed``): its
+host, its PID and its process's start time; and, every ``interval`` seconds while the trial
+runs, a heartbeat (``Heartbeat``). A RUNNING trial's worker is dead when:
 
-- on this host, its PID is gone, or belongs to a process that started at another time (a
-  recycled PID is not the worker);
+- on this host, its PID is gone, has ended (a zombie its parent has not yet waited for), or
+  belongs to a process that started at another time (a recycled PID is not the worker);
 - on any host, its last heartbeat (or, before the first, its start) is older than the
-  grace period: a worker killed on another machine, or one interrupted before it wrote its
-  host and PID.
+  grace period: a worker killed on another machine, or a trial no worker signed (created
+  by another tool).
 
 RDB storages also have Optuna's own heartbeat, which fails silent trials the same way; the
 two agree, and whichever marks a trial first wins. A storage error on a beat (a lost
@@ -24,6 +24,7 @@ the copy the other worker queued stands.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -33,29 +34,14 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, PID, STALE, STARTED
+from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, INTERRUPTED, PID, STALE, STARTED
 from lightning_hpo.console import note_once
+from lightning_hpo.storage.signed import process_ended, process_start, worker_identity
 from lightning_hpo.storage.stale import missed_beat, queue_retry
+from lightning_hpo.tuning.signals import last_signal
 
 GRACE_BEATS = 3  # heartbeats a worker may miss before its trial is taken for dead
 REQUEUED = "marked FAIL, its parameters queued again"  # said of each trial a dead worker left
-
-
-def process_start(pid: int) -> str | None:
-    """When process ``pid`` started (``/proc/<pid>/stat``'s start time, in clock ticks since
-    boot), or None where that cannot be read (no /proc, or no such process)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def worker_identity() -> dict[str, object]:
-    """This process as the worker of a trial: host, PID and start time."""
-    return {HOST: socket.gethostname(), PID: os.getpid(), STARTED: process_start(os.getpid())}
 
 
 def process_alive(pid: int, started: str | None = None) -> bool:
@@ -66,6 +52,8 @@ def process_alive(pid: int, started: str | None = None) -> bool:
         return False
     except PermissionError:
         pass
+    if process_ended(pid):  # killed, not yet waited for by its parent
+        return False
     now = process_start(pid)
     return started is None or now is None or now == started
 
@@ -142,6 +130,36 @@ def check_still_ours(trial: optuna.Trial, interrupted: bool = False) -> None:
         raise TrialTakenOver(trial.number, why, interrupted)
 
 
+def mark_interrupted(study: optuna.Study, trial_id: int) -> None:
+    """Mark this worker's RUNNING trial as interrupted by the signal that came (Ctrl-C,
+    SIGTERM, SLURM's warning before a time limit), not counted, and queue its parameters:
+    the next run (a requeued job) continues it from its checkpoints. Its state is left to
+    the caller (Optuna's tell)."""
+    storage = study._storage
+    storage.set_trial_system_attr(trial_id, INTERRUPTED, True)
+    storage.set_trial_user_attr(
+        trial_id,
+        FAIL_REASON,
+        f"interrupted by {signal.Signals(last_signal()).name}: not counted; its "
+        "parameters are queued, and the next run of the study continues it",
+    )
+    queue_retry(study, storage.get_trial(trial_id), once=False)
+
+
+def release_own_trials(study: optuna.Study) -> list[int]:
+    """On an interrupt outside any objective (in ``study.ask``, in a callback): fail the
+    trials this process signed that are still RUNNING as interrupted, so none is left for a
+    grace period or a next run to find. Returns their numbers."""
+    me = worker_identity()
+    released = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if all(t.system_attrs.get(key) == value for key, value in me.items()):
+            mark_interrupted(study, t._trial_id)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            released.append(t.number)
+    return released
+
+
 def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) -> str | None:
     """Why ``trial``'s (RUNNING) worker is taken for dead, or None while it may live.
 
@@ -163,7 +181,7 @@ def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) 
     if last is None and trial.datetime_start is not None:
         last = trial.datetime_start.timestamp()
     if last is not None and now - last > grace:
-        where = f"pid {pid} on {host}" if host else "interrupted before it said where it ran"
+        where = f"pid {pid} on {host}" if host else "no worker signed it"
         return f"its worker ({where}) sent no heartbeat for {now - last:.0f} s"
     return None
 

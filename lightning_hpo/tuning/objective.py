@@ -13,7 +13,6 @@ worker's to end: the objective raises ``liveness.TrialTakenOver`` instead of its
 from __future__ import annotations
 
 import math
-import signal
 import statistics
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,7 +24,6 @@ import optuna
 from lightning_hpo.attrs import (
     FAIL_REASON,
     GROUP_NAME,
-    INTERRUPTED,
     RETRY_ATTR,
     RUN_DIR,
     SURPLUS,
@@ -34,10 +32,9 @@ from lightning_hpo.config.module_contract import scheduler_interval
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
-from lightning_hpo.storage.stale import queue_retry
 from lightning_hpo.tuning.continuation import prepare as continuation_of
-from lightning_hpo.tuning.liveness import Heartbeat, check_still_ours, worker_identity
-from lightning_hpo.tuning.signals import ignore_further_signals, last_signal
+from lightning_hpo.tuning.liveness import Heartbeat, check_still_ours, mark_interrupted
+from lightning_hpo.tuning.signals import ignore_further_signals
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
 
@@ -75,7 +72,6 @@ def make_objective(
         LR_SCHEDULE_ATTR,
         N_SEEDS_ATTR,
         SEEDS_ATTR,
-        SLURM_JOB_ATTR,
     )
     from lightning_hpo.training import provenance
     from lightning_hpo.training.runs import FitOptions, fit_run
@@ -83,9 +79,6 @@ def make_objective(
     mode = "min" if opt.direction == "minimize" else "max"
 
     def train_trial(trial: optuna.Trial) -> float:
-        job = provenance.slurm_job()
-        if job:  # first: a launcher that sees this job end fails a trial it left RUNNING
-            trial.set_user_attr(SLURM_JOB_ATTR, job)
         if counted(trial.study.get_trials(deepcopy=False), before=trial.number) >= opt.trials:
             # Another worker took the last slot between our count and our ask: the
             # lower trial numbers win, this one ends without running.
@@ -95,8 +88,6 @@ def make_objective(
             )
             trial.study.stop()
             raise TrialFailed("surplus")
-        for key, value in worker_identity().items():
-            _system_attr(trial, key, value)
         beating = Heartbeat(trial, options.heartbeat) if options.heartbeat else nullcontext()
         try:
             cfg = opt.suggest(trial, run)
@@ -159,15 +150,7 @@ def make_objective(
             ignore_further_signals()  # a second signal must not break the writes that end the trial
             # Failed and queued already by another worker: nothing of it is ours to write.
             check_still_ours(trial, interrupted=True)
-            _system_attr(trial, INTERRUPTED, True)
-            trial.set_user_attr(
-                FAIL_REASON,
-                f"interrupted by {signal.Signals(last_signal()).name}: not counted; its "
-                "parameters are queued, and the next run of the study continues it",
-            )
-            # A SLURM time limit or preemption, a spot instance's notice: the next run (a
-            # requeued job) continues this trial from its checkpoints.
-            queue_retry(trial.study, trial.study._storage.get_trial(trial._trial_id), once=False)
+            mark_interrupted(trial.study, trial._trial_id)  # Optuna's tell fails it
             raise KeyboardInterrupt(str(exc)) from exc
         except Exception:
             # Pruned, failed, or a report refused (UpdateFinishedTrialError): by now another

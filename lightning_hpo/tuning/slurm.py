@@ -44,7 +44,7 @@ from lightning_hpo.attrs import SLURM_JOB_ATTR
 from lightning_hpo.cli.common import EXIT_BAD_INPUT
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.storage.connect import redact
-from lightning_hpo.training.provenance import slurm_job
+from lightning_hpo.storage.signed import slurm_job
 from lightning_hpo.tuning.signals import ignore_further_signals, interrupted_by
 from lightning_hpo.tuning.workers import WORKER_FLAG, without_flags
 

@@ -22,9 +22,9 @@ from lightning_hpo.live.screen import short
 from lightning_hpo.storage.connect import default_url, redact
 from lightning_hpo.storage.dashboard import dashboard_command
 from lightning_hpo.tuning.best import best_trial_config
-from lightning_hpo.tuning.liveness import TrialTakenOver, fail_dead_trials
+from lightning_hpo.tuning.liveness import TrialTakenOver, fail_dead_trials, release_own_trials
 from lightning_hpo.tuning.objective import TrialFailed, make_objective
-from lightning_hpo.tuning.signals import restored_signal_handlers
+from lightning_hpo.tuning.signals import ignore_further_signals, restored_signal_handlers
 from lightning_hpo.tuning.study import (
     TuneOptions,
     counted,
@@ -126,6 +126,12 @@ def _optimize(
         if taken.interrupted:
             raise KeyboardInterrupt(str(taken)) from None
         return False
+    except KeyboardInterrupt:
+        # Interrupted outside the objective (which fails its own trial): in study.ask, the
+        # trial just created; in a callback, none.
+        ignore_further_signals()
+        release_own_trials(study)
+        raise
     return True
 
 
