@@ -37,8 +37,18 @@ from services import (  # noqa: F401 - fixtures
     wait_for,
 )
 
-from lightning_hpo.attrs import FAIL_REASON, HOST, INTERRUPTED, PID, RETRIED_FROM, STALE, SURPLUS
+from lightning_hpo.attrs import (
+    FAIL_REASON,
+    HOST,
+    INTERRUPTED,
+    PID,
+    RETRIED_FROM,
+    STALE,
+    STARTED,
+    SURPLUS,
+)
 from lightning_hpo.storage.connect import open_storage
+from lightning_hpo.storage.signed import process_start
 from lightning_hpo.training.results import RESULT_FILE
 from lightning_hpo.training.runs import train
 from lightning_hpo.tuning.study import TuneOptions, counted, create_or_load_study
@@ -270,8 +280,13 @@ def killed_on_journal(tmp_path_factory, small_config_dict) -> AfterDeath:
     try:
         study = open_study(url, STUDY)
         live = study.ask({"optimizer_config_lr": FloatDistribution(1e-4, 1e-2, log=True)})
-        study._storage.set_trial_system_attr(live._trial_id, HOST, socket.gethostname())
-        study._storage.set_trial_system_attr(live._trial_id, PID, sleeper.pid)
+        # Signed as the sleeper's: its host, PID and start time.
+        for key, value in {
+            HOST: socket.gethostname(),
+            PID: sleeper.pid,
+            STARTED: process_start(sleeper.pid),
+        }.items():
+            study._storage.set_trial_system_attr(live._trial_id, key, value)
         proc = rerun(folder, run_cfg, opt, url)
         assert sleeper.poll() is None
     finally:

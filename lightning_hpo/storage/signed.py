@@ -97,10 +97,11 @@ class SignedClaims:
     ) -> bool:
         changed = super().set_trial_state_values(trial_id, state, values)
         if changed and state == TrialState.RUNNING:
-            for key, value in worker_identity().items():
-                self.set_trial_system_attr(trial_id, key, value)
+            # The job first: a SLURM launcher that sees it end fails the trial.
             for key, value in _job().items():
                 self.set_trial_user_attr(trial_id, key, value)
+            for key, value in worker_identity().items():
+                self.set_trial_system_attr(trial_id, key, value)
         return changed
 
 

@@ -37,8 +37,13 @@ def missed_beat(trial: str, exc: BaseException, interval: float | None) -> str:
 
 def queue_retry(study: optuna.Study, trial: FrozenTrial, once: bool = True) -> bool:
     """Queue ``trial``'s parameters once more; with ``once``, not when it is itself a retry
-    (a trial that kills its worker is not run forever). True if queued."""
+    (a trial that kills its worker is not run forever). Never twice: a worker interrupted
+    as it failed its trial may have queued it already. True if queued."""
     if once and (RETRY_OF in trial.user_attrs or RETRIED_FROM in trial.system_attrs):
+        return False
+    if any(
+        t.system_attrs.get(RETRIED_FROM) == trial.number for t in study.get_trials(deepcopy=False)
+    ):
         return False
     study.add_trial(
         optuna.trial.create_trial(

@@ -153,7 +153,7 @@ def release_own_trials(study: optuna.Study) -> list[int]:
     me = worker_identity()
     released = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if all(t.system_attrs.get(key) == value for key, value in me.items()):
+        if all(t.system_attrs.get(key) == me[key] for key in (HOST, PID)):
             mark_interrupted(study, t._trial_id)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             released.append(t.number)
@@ -194,24 +194,29 @@ def fail_dead_workers(
 ) -> list[int]:
     """Mark RUNNING trials whose worker is dead (``why_dead``, or ``dead`` where given: why
     the trial's worker is known dead, None while it may live) as FAIL with the reason, and
-    queue their parameters once more. Live workers' trials are never touched."""
+    queue their parameters once more. Live workers' trials are never touched.
+
+    A worker killed as it failed its interrupted trial (``mark_interrupted`` written, the
+    FAIL not yet) keeps its reason, and its trial is queued as an interrupted one is."""
     dead = dead or (lambda t: why_dead(t, grace, now))
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         why = dead(t)
         if why is None:
             continue
+        interrupted = bool(t.system_attrs.get(INTERRUPTED))
         try:
-            study._storage.set_trial_system_attr(t._trial_id, STALE, True)
-            study._storage.set_trial_user_attr(
-                t._trial_id, FAIL_REASON, f"{why}: failed, and its parameters queued once more"
-            )
+            if not interrupted:
+                study._storage.set_trial_system_attr(t._trial_id, STALE, True)
+                study._storage.set_trial_user_attr(
+                    t._trial_id, FAIL_REASON, f"{why}: failed, and its parameters queued once more"
+                )
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker got there first
         failed.append(t.number)
-        queue_retry(study, t)  # once, and never a retry of a retry
+        queue_retry(study, t, once=not interrupted)  # once, and never a retry of a retry
     return failed
 
 

@@ -34,7 +34,7 @@ from lightning_hpo.config.run import RunConfig
 from lightning_hpo.errors import ConfigError
 from lightning_hpo.tuning.continuation import prepare as continuation_of
 from lightning_hpo.tuning.liveness import Heartbeat, check_still_ours, mark_interrupted
-from lightning_hpo.tuning.signals import ignore_further_signals
+from lightning_hpo.tuning.signals import hold_signals, ignore_further_signals
 from lightning_hpo.tuning.study import TuneOptions, counted, study_project
 
 
@@ -156,8 +156,10 @@ def make_objective(
             # Pruned, failed, or a report refused (UpdateFinishedTrialError): by now another
             # worker may have taken this one for dead and ended the trial.
             check_still_ours(trial)
+            hold_signals()  # until Optuna has told the outcome (tuning.tuner releases them)
             raise
         check_still_ours(trial)  # since the last report: Optuna cannot tell a finished trial
+        hold_signals()
         return value
 
     return objective

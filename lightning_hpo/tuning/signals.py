@@ -9,6 +9,7 @@ import threading
 # Ctrl-C, kill / docker stop / a scheduler's end, SLURM's warning before a time limit
 STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 _received: list[int] = []  # the signals that interrupted this process, in order
+_held: list[int] | None = None  # while held (``hold_signals``): the signals that came
 
 
 def interrupt_on_signals() -> None:
@@ -22,10 +23,32 @@ def interrupt_on_signals() -> None:
 
     def interrupt(signum, frame):
         record_signal(signum)
+        if _held is not None:
+            _held.append(signum)
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
     for sig in STOPPING:
         signal.signal(sig, interrupt)
+
+
+def hold_signals() -> None:
+    """From a trial's end until ``release_signals``: a stopping signal is kept, not raised.
+
+    Optuna records a trial's outcome (its tell) after the objective returns, and a
+    KeyboardInterrupt raised in the middle of that leaves the trial RUNNING and ends the
+    process in an ``UnboundLocalError`` traceback (``optuna.study._optimize._run_trial``)."""
+    global _held
+    if _held is None:
+        _held = []
+
+
+def release_signals() -> None:
+    """Raise KeyboardInterrupt for a stopping signal held since ``hold_signals``, if any."""
+    global _held
+    held, _held = _held, None
+    if held:
+        raise KeyboardInterrupt(f"signal {held[-1]}")
 
 
 def record_signal(signum: int) -> None:

@@ -24,7 +24,11 @@ from lightning_hpo.storage.dashboard import dashboard_command
 from lightning_hpo.tuning.best import best_trial_config
 from lightning_hpo.tuning.liveness import TrialTakenOver, fail_dead_trials, release_own_trials
 from lightning_hpo.tuning.objective import TrialFailed, make_objective
-from lightning_hpo.tuning.signals import ignore_further_signals, restored_signal_handlers
+from lightning_hpo.tuning.signals import (
+    ignore_further_signals,
+    release_signals,
+    restored_signal_handlers,
+)
 from lightning_hpo.tuning.study import (
     TuneOptions,
     counted,
@@ -109,18 +113,23 @@ def _optimize(
     """Pull trials until the study is full: True; False after a trial this worker dropped
     because another worker had taken it over (``TrialTakenOver``, said in one line)."""
     try:
-        study.optimize(
-            make_objective(run, opt, options, folder),
-            n_trials=None,  # StopAtTotal: pull trials while the study is not full
-            catch=(TrialFailed,),
-            callbacks=[
-                collect_and_freeze,
-                Progress(opt, echo),
-                # Workers that died meanwhile, on any host, as Optuna does for RDB.
-                lambda study, _: fail_dead_trials(study, echo, options.heartbeat),
-                StopAtTotal(opt.trials),
-            ],
-        )
+        try:
+            study.optimize(
+                make_objective(run, opt, options, folder),
+                n_trials=None,  # StopAtTotal: pull trials while the study is not full
+                catch=(TrialFailed,),
+                callbacks=[
+                    collect_and_freeze,
+                    Progress(opt, echo),
+                    # A signal that came while Optuna told the trial's outcome stops here.
+                    lambda study, _: release_signals(),
+                    # Workers that died meanwhile, on any host, as Optuna does for RDB.
+                    lambda study, _: fail_dead_trials(study, echo, options.heartbeat),
+                    StopAtTotal(opt.trials),
+                ],
+            )
+        finally:
+            release_signals()  # the study ended with a trial: a signal held since stops it
     except TrialTakenOver as taken:
         echo(f"note: {taken}")
         if taken.interrupted:
