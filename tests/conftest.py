@@ -103,3 +103,13 @@ def fresh_notes(monkeypatch):
     from lightning_hpo import console
 
     monkeypatch.setattr(console, "_noted", set())
+
+
+@pytest.fixture(autouse=True)
+def fresh_signals():
+    """Each test starts with no signal received or held, whatever an earlier test sent."""
+    from lightning_hpo.tuning.signals import forget_signals
+
+    forget_signals()
+    yield
+    forget_signals()

@@ -243,3 +243,43 @@ def test_a_trial_taken_over_before_a_ctrl_c_is_dropped_and_the_worker_stops(
     dropped, queued = studies[0].get_trials()
     assert dropped.state == TrialState.FAIL and INTERRUPTED not in dropped.system_attrs
     assert queued.state == TrialState.WAITING  # queued once, by the worker that took it over
+
+
+def test_a_dead_worker_s_trial_is_not_taken_for_this_one_s_though_its_pid_is_the_same() -> None:
+    # A restarted container: the same host name, the same PID, another process.
+    import os
+    import socket
+
+    from lightning_hpo.attrs import HOST, PID, STARTED
+    from lightning_hpo.storage.signed import process_start
+    from lightning_hpo.tuning.liveness import release_own_trials
+
+    study = optuna.create_study()
+    old, mine = study.ask(), study.ask()
+    for trial, started in ((old, "1"), (mine, process_start(os.getpid()))):
+        for key, value in ((HOST, socket.gethostname()), (PID, os.getpid()), (STARTED, started)):
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    assert release_own_trials(study) == [mine.number]
+    assert "died" in why_dead(study.trials[old.number], grace=None)
+    assert fail_dead_workers(study) == [old.number]
+
+
+def test_a_held_signal_waits_and_a_second_one_stops_at_once() -> None:
+    import os
+
+    from lightning_hpo.tuning.signals import (
+        hold_signals,
+        interrupt_on_signals,
+        release_signals,
+        restored_signal_handlers,
+    )
+
+    with restored_signal_handlers():
+        interrupt_on_signals()
+        hold_signals()
+        os.kill(os.getpid(), signal.SIGTERM)  # held: nothing raised here
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: out at once
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            release_signals()  # the first one, once what it waited for is done
+        release_signals()  # nothing held any more

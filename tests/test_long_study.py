@@ -521,6 +521,29 @@ def test_a_signal_while_optuna_records_a_trial_s_outcome_stops_after_it(
     assert "Traceback" not in captured.out + captured.err
 
 
+def test_a_signal_as_the_objective_ends_stops_after_the_trial_is_recorded(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import os
+    import sys
+
+    from lightning_hpo.tuning import objective
+
+    args = write_configs(tmp_path, trials=3)
+    checked = objective.check_still_ours
+
+    def check_under_sigterm(*a, **k):
+        if sys._getframe(1).f_code.co_name == "objective":  # trained: its last storage read
+            os.kill(os.getpid(), signal.SIGTERM)
+        return checked(*a, **k)
+
+    monkeypatch.setattr(objective, "check_still_ours", check_under_sigterm)
+    assert tune_main(args) == 128 + signal.SIGTERM
+    (trial,) = load(tmp_path).trials
+    assert trial.state == TrialState.COMPLETE  # its value kept, not a FAIL that counts
+    assert "[1/3] trial 0" in capsys.readouterr().out
+
+
 def test_a_killed_process_its_parent_has_not_waited_for_is_dead() -> None:
     import subprocess
 

@@ -22,6 +22,7 @@ from optuna.storages import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import HOST, PID, SLURM_JOB_ATTR, STARTED
+from lightning_hpo.tuning.signals import signals_held
 
 
 def process_start(pid: int) -> str | None:
@@ -95,14 +96,17 @@ class SignedClaims:
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        changed = super().set_trial_state_values(trial_id, state, values)
-        if changed and state == TrialState.RUNNING:
-            # The job first: a SLURM launcher that sees it end fails the trial.
-            for key, value in _job().items():
-                self.set_trial_user_attr(trial_id, key, value)
-            for key, value in worker_identity().items():
-                self.set_trial_system_attr(trial_id, key, value)
-        return changed
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        with signals_held():  # Ctrl-C comes once the claimed trial is signed
+            claimed = super().set_trial_state_values(trial_id, state, values)
+            if claimed:
+                # The job first: a SLURM launcher that sees it end fails the trial.
+                for key, value in _job().items():
+                    self.set_trial_user_attr(trial_id, key, value)
+                for key, value in worker_identity().items():
+                    self.set_trial_system_attr(trial_id, key, value)
+        return claimed
 
 
 class SignedJournalStorage(SignedClaims, JournalStorage):

@@ -153,10 +153,14 @@ def release_own_trials(study: optuna.Study) -> list[int]:
     me = worker_identity()
     released = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if all(t.system_attrs.get(key) == me[key] for key in (HOST, PID)):
+        if any(t.system_attrs.get(key) != value for key, value in me.items()):
+            continue
+        try:
             mark_interrupted(study, t._trial_id)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            released.append(t.number)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker took it for dead meanwhile
+        released.append(t.number)
     return released
 
 
@@ -169,8 +173,7 @@ def why_dead(trial: FrozenTrial, grace: float | None, now: float | None = None) 
     attrs = trial.system_attrs
     host, pid = attrs.get(HOST), attrs.get(PID)
     if host == socket.gethostname() and pid is not None:
-        if pid == os.getpid():
-            return None
+        # This process too: its PID in a restarted container may be a dead one's.
         if not process_alive(pid, attrs.get(STARTED)):
             return f"its worker (pid {pid} on this host) died"
         return None

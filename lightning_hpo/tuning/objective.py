@@ -153,13 +153,13 @@ def make_objective(
             mark_interrupted(trial.study, trial._trial_id)  # Optuna's tell fails it
             raise KeyboardInterrupt(str(exc)) from exc
         except Exception:
+            hold_signals()  # until Optuna has told the outcome (tuning.tuner releases them)
             # Pruned, failed, or a report refused (UpdateFinishedTrialError): by now another
             # worker may have taken this one for dead and ended the trial.
             check_still_ours(trial)
-            hold_signals()  # until Optuna has told the outcome (tuning.tuner releases them)
             raise
-        check_still_ours(trial)  # since the last report: Optuna cannot tell a finished trial
         hold_signals()
+        check_still_ours(trial)  # since the last report: Optuna cannot tell a finished trial
         return value
 
     return objective

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 # Ctrl-C, kill / docker stop / a scheduler's end, SLURM's warning before a time limit
 STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -21,15 +22,24 @@ def interrupt_on_signals() -> None:
     arrives as KeyboardInterrupt and fails the running trial cleanly.
     """
 
+    forget_signals()  # a new command: what interrupted an earlier one in this process is past
+
     def interrupt(signum, frame):
         record_signal(signum)
-        if _held is not None:
+        if _held == []:  # held: the first one waits; a second (Ctrl-C twice) stops at once
             _held.append(signum)
             return
         raise KeyboardInterrupt(f"signal {signum}")
 
     for sig in STOPPING:
         signal.signal(sig, interrupt)
+
+
+def forget_signals() -> None:
+    """Forget the signals received and held so far."""
+    global _held
+    _received.clear()
+    _held = None
 
 
 def hold_signals() -> None:
@@ -49,6 +59,19 @@ def release_signals() -> None:
     held, _held = _held, None
     if held:
         raise KeyboardInterrupt(f"signal {held[-1]}")
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold stopping signals over a few writes that must not be cut apart; one that came
+    is raised after them (not when an outer hold is on: that one releases it)."""
+    outer = _held is not None
+    hold_signals()
+    try:
+        yield
+    finally:
+        if not outer:
+            release_signals()
 
 
 def record_signal(signum: int) -> None:

@@ -136,10 +136,17 @@ def _optimize(
             raise KeyboardInterrupt(str(taken)) from None
         return False
     except KeyboardInterrupt:
-        # Interrupted outside the objective (which fails its own trial): in study.ask, the
-        # trial just created; in a callback, none.
+        # The objective failed its own trial as interrupted; interrupted outside it, in
+        # study.ask, the trial just created is still RUNNING.
         ignore_further_signals()
-        release_own_trials(study)
+        try:
+            release_own_trials(study)
+        except Exception as exc:  # noqa: BLE001 - the storage is out: the interrupt goes on
+            said = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+            echo(
+                "note: could not mark this worker's running trial interrupted "
+                f"({exc.__class__.__name__}{': ' + said if said else ''})"
+            )
         raise
     return True
 
