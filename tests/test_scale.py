@@ -142,12 +142,14 @@ def test_two_local_workers_reach_the_exact_total_in_one_stream_with_split_thread
     tmp_path, write_config, user_dir
 ) -> None:
     log = tmp_path / "threads.log"
+    # Trials of a second or so: a worker that starts a moment after the other still gets some.
     run_cfg, opt = write_configs(
         tmp_path,
         write_config,
         6,
         data="scale_user.record_threads",
         data_config={"n": 300, "log": str(log)},
+        epochs=10,
     )
     url = f"sqlite:///{tmp_path}/study.db"
     proc = run(
