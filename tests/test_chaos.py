@@ -1,6 +1,6 @@
 """Chaos: a 24-trial study on PostgreSQL with 3 workers, a random worker SIGKILLed every few
 seconds (and a new one started), up to 8 times in the first half of the study, and a network that raises
-on some sampled points. Nothing may be lost, counted twice, left RUNNING or mixed up."""
+on some points (one of them queued, so it is surely tried). Nothing may be lost, counted twice, left RUNNING or mixed up."""
 
 from __future__ import annotations
 
@@ -94,6 +94,10 @@ def test_a_study_survives_killed_workers_and_failing_trials(
     workers = [worker(0)]
     while not (tmp_path / "runs").exists() and workers[0].poll() is None:
         time.sleep(0.2)
+    # The refused width for sure, whatever the sampler and the kills make of the others.
+    open_study(postgres_url, "chaos").enqueue_trial(
+        {"net_config_nodes": 12, "optimizer_config_lr": 1.0e-2}
+    )
     workers += [worker(k) for k in (1, 2)]
     rng, kills, last_kill = random.Random(0), 0, time.monotonic()
     try:
