@@ -28,26 +28,21 @@ from lightning_hpo.tuning.signals import signals_held
 def process_start(pid: int) -> str | None:
     """When process ``pid`` started (``/proc/<pid>/stat``'s start time, in clock ticks since
     boot), or None where that cannot be read (no /proc, or no such process)."""
-    fields = _stat_fields(pid)
-    return None if fields is None else fields[19]
+    status = process_status(pid)
+    return None if status is None else status[1]
 
 
-def process_ended(pid: int) -> bool:
-    """Whether ``pid`` is a process that has ended but not yet been waited for (a zombie: it
-    still answers signals, but runs nothing)."""
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] in ("Z", "X")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat``'s fields after the command name (state first), or None."""
+def process_status(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state (``Z``: a zombie, ended but not yet waited for by its parent)
+    and start time, read at once from ``/proc/<pid>/stat``; None where that cannot be read."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             stat = fh.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    return stat.rsplit(")", 1)[1].split()
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
 
 
 def worker_identity() -> dict[str, object]:

@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import BEAT, FAIL_REASON, HOST, INTERRUPTED, PID, STALE, STARTED
 from lightning_hpo.console import note_once
-from lightning_hpo.storage.signed import process_ended, process_start, worker_identity
+from lightning_hpo.storage.signed import process_status, worker_identity
 from lightning_hpo.storage.stale import missed_beat, queue_retry
 from lightning_hpo.tuning.signals import last_signal
 
@@ -52,10 +52,13 @@ def process_alive(pid: int, started: str | None = None) -> bool:
         return False
     except PermissionError:
         pass
-    if process_ended(pid):  # killed, not yet waited for by its parent
+    status = process_status(pid)
+    if status is None:  # no /proc: the signal's answer stands
+        return True
+    state, now = status
+    if state in ("Z", "X"):  # killed, not yet waited for by its parent
         return False
-    now = process_start(pid)
-    return started is None or now is None or now == started
+    return started is None or now == started
 
 
 class Heartbeat:
