@@ -4,6 +4,13 @@ exit status 2) and a run that trained but recorded nothing (``RunFailed``, exit 
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """``exc`` on one line: its class and the first line of its message (the first ``limit``
+    characters of it, when given), or its class alone when it says nothing."""
+    said = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {said[0][:limit]}" if said else exc.__class__.__name__
+
+
 class ConfigError(Exception):
     """Bad input, reported as ``<file>: <key>: <problem>; <fix>``.
 

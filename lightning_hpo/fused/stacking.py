@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lightning_hpo.errors import one_line
+
 Mode = Literal["bmm", "vmap"]
 
 
@@ -96,11 +98,6 @@ def _close(a: Any, b: Any) -> bool:
     return torch.allclose(a.detach(), b.detach(), rtol=1e-4, atol=1e-6 * max(scale, 1.0))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:160]}" if text else exc.__class__.__name__
-
-
 def vectorise(nets: Sequence[nn.Module], x: torch.Tensor) -> tuple[Mode | None, str | None]:
     """How to run ``nets`` stacked, checked on the batch ``x``: ``(mode, None)``, or
     ``(None, reason)`` when neither mode reproduces every network's own output.
@@ -132,7 +129,7 @@ def vectorise(nets: Sequence[nn.Module], x: torch.Tensor) -> tuple[Mode | None, 
             out = run_stacked(stack(nets, mode), mode, x, shared=True)
             out.float().sum().backward()
         except Exception as exc:  # noqa: BLE001 - any failure means: not this way
-            reason = f"the network cannot run vectorised ({_first_line(exc)})"
+            reason = f"the network cannot run vectorised ({one_line(exc, 160)})"
             continue
         if _close(out, alone):
             return mode, None
@@ -223,7 +220,7 @@ def optimizer_blocker(
         try:
             agrees = _stacking_agrees(factory, config, elementwise, shapes, steps)
         except Exception as exc:  # noqa: BLE001
-            return f"its update could not be checked on stacked tensors ({_first_line(exc)})"
+            return f"its update could not be checked on stacked tensors ({one_line(exc, 160)})"
         if not agrees:
             return "its update is not element-wise: seeds stacked into one tensor would influence each other"
     return None

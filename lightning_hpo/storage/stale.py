@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_hpo.attrs import FAIL_REASON, RETRIED_FROM, RETRY_OF
 from lightning_hpo.console import note_once
+from lightning_hpo.errors import one_line
 from lightning_hpo.storage.signed import SignedClaims, signed
 
 STALE_REASON = "its worker stopped sending heartbeats (killed, or its machine lost): failed, and its parameters queued once more"
@@ -27,11 +28,9 @@ STALE_REASON = "its worker stopped sending heartbeats (killed, or its machine lo
 
 def missed_beat(trial: str, exc: BaseException, interval: float | None) -> str:
     """The note for a heartbeat of ``trial`` the storage failed to write, in one line."""
-    said = str(exc).strip().splitlines()
-    reason = exc.__class__.__name__ + (f": {said[0][:200]}" if said else "")
     return (
-        f"{trial}: a heartbeat could not be written ({reason}); the trial goes on, and its "
-        f"heartbeat tries again every {interval:g} s"
+        f"{trial}: a heartbeat could not be written ({one_line(exc, 200)}); the trial goes "
+        f"on, and its heartbeat tries again every {interval:g} s"
     )
 
 

@@ -18,6 +18,7 @@ from lightning_hpo.config.class_paths import shareable
 from lightning_hpo.config.optimize import OptimizeConfig
 from lightning_hpo.config.run import RunConfig
 from lightning_hpo.config.yamlio import dump_yaml
+from lightning_hpo.errors import one_line
 from lightning_hpo.live.screen import short
 from lightning_hpo.storage.connect import default_url, redact
 from lightning_hpo.storage.dashboard import dashboard_command
@@ -142,10 +143,9 @@ def _optimize(
         try:
             release_own_trials(study)
         except Exception as exc:  # noqa: BLE001 - the storage is out: the interrupt goes on
-            said = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
             echo(
                 "note: could not mark this worker's running trial interrupted "
-                f"({exc.__class__.__name__}{': ' + said if said else ''})"
+                f"({redact(one_line(exc))})"
             )
         raise
     return True
