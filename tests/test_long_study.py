@@ -498,50 +498,55 @@ def test_an_interrupt_as_a_trial_is_asked_for_leaves_it_interrupted_not_running(
     assert counted(trials) == 2 and trials[2].state == TrialState.COMPLETE
 
 
+def sigterm_before(monkeypatch, owner: object, name: str, when=lambda caller: True) -> None:
+    """Make ``owner.name`` send this process SIGTERM, then do its work: the handler runs at
+    that very point. ``when``: only for calls from the function of that name."""
+    import os
+    import sys
+
+    real = getattr(owner, name)
+
+    def under_sigterm(*a, **k):
+        if when(sys._getframe(1).f_code.co_name):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, under_sigterm)
+
+
+def stopped_after_one_complete_trial(tmp_path: Path, args: list[str], capsys) -> str:
+    """Run the study, stopped by the SIGTERM: its first trial is recorded COMPLETE and its
+    line printed. Returns what the command printed."""
+    assert tune_main(args) == 128 + signal.SIGTERM
+    (trial,) = load(tmp_path).trials
+    assert trial.state == TrialState.COMPLETE
+    captured = capsys.readouterr()
+    assert "[1/3] trial 0" in captured.out
+    return captured.out + captured.err
+
+
 def test_a_signal_while_optuna_records_a_trial_s_outcome_stops_after_it(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import os
-
     from optuna.study import _optimize
 
     args = write_configs(tmp_path, trials=3)
-    told = _optimize._tell_with_warning
-
-    def tell_under_sigterm(*a, **k):
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs now, in the middle of tell
-        return told(*a, **k)
-
-    monkeypatch.setattr(_optimize, "_tell_with_warning", tell_under_sigterm)
-    assert tune_main(args) == 128 + signal.SIGTERM
-    (trial,) = load(tmp_path).trials
-    assert trial.state == TrialState.COMPLETE  # told whole, then the study stopped
-    captured = capsys.readouterr()
-    assert "[1/3] trial 0" in captured.out
-    assert "Traceback" not in captured.out + captured.err
+    sigterm_before(monkeypatch, _optimize, "_tell_with_warning")  # in the middle of tell
+    # Told whole, then the study stopped, with no traceback.
+    assert "Traceback" not in stopped_after_one_complete_trial(tmp_path, args, capsys)
 
 
 def test_a_signal_as_the_objective_ends_stops_after_the_trial_is_recorded(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import os
-    import sys
-
     from lightning_hpo.tuning import objective
 
     args = write_configs(tmp_path, trials=3)
-    checked = objective.check_still_ours
-
-    def check_under_sigterm(*a, **k):
-        if sys._getframe(1).f_code.co_name == "objective":  # trained: its last storage read
-            os.kill(os.getpid(), signal.SIGTERM)
-        return checked(*a, **k)
-
-    monkeypatch.setattr(objective, "check_still_ours", check_under_sigterm)
-    assert tune_main(args) == 128 + signal.SIGTERM
-    (trial,) = load(tmp_path).trials
-    assert trial.state == TrialState.COMPLETE  # its value kept, not a FAIL that counts
-    assert "[1/3] trial 0" in capsys.readouterr().out
+    # The trial trained: its last storage read. Its value is kept, not a FAIL that counts.
+    sigterm_before(
+        monkeypatch, objective, "check_still_ours", when=lambda caller: caller == "objective"
+    )
+    stopped_after_one_complete_trial(tmp_path, args, capsys)
 
 
 def test_a_killed_process_its_parent_has_not_waited_for_is_dead() -> None:
